@@ -1,0 +1,3 @@
+from pyserving.cli.main import main
+
+raise SystemExit(main())

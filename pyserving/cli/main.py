@@ -1,0 +1,69 @@
+"""`pyserving` command line: `pyserving serve [TF Serving flags]`.
+
+Parses into ServerOptions and calls the server; nothing runs at import time and TensorFlow is imported only
+when a server actually starts.
+"""
+
+from __future__ import annotations
+
+import argparse
+import sys
+from collections.abc import Sequence
+from importlib import metadata
+
+from pyserving import __version__
+
+
+def _version_text() -> str:
+    try:
+        tf_version = metadata.version("tensorflow")
+    except metadata.PackageNotFoundError:
+        tf_version = "not installed"
+    return f"TensorFlow ModelServer: pyserving-{__version__}\nTensorFlow Library: {tf_version}"
+
+
+def serve_main(argv: Sequence[str]) -> int:
+    """`pyserving serve`: TF Serving's flags, TF Serving's behaviour."""
+    from pyserving.config.flags import FlagError, parse_flags, server_options, usage
+
+    if any(a in ("-h", "--help", "-help", "--helpfull") for a in argv):
+        print(usage())
+        return 0
+    try:
+        values, warnings = parse_flags(argv)
+        if values.get("version"):
+            print(_version_text())
+            return 0
+        options = server_options(values)
+    except FlagError as exc:
+        print(f"pyserving serve: error: {exc}", file=sys.stderr)
+        return 2
+    from pyserving.cli.serve import run
+
+    return run(options, warnings)
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    args = list(sys.argv[1:] if argv is None else argv)
+    if args and args[0] == "serve":
+        return serve_main(args[1:])
+    parser = argparse.ArgumentParser(
+        prog="pyserving",
+        description="A model server that speaks TensorFlow Serving's REST and gRPC APIs.",
+    )
+    parser.add_argument("--version", action="store_true", help="print the version and exit")
+    sub = parser.add_subparsers(dest="command", metavar="COMMAND")
+    sub.add_parser("serve", help="serve models (takes tensorflow_model_server's flags; see `serve --help`)",
+                   add_help=False)
+    ns = parser.parse_args(args)
+    if ns.version:
+        print(_version_text())
+        return 0
+    parser.print_help()
+    return 0 if not args else 2
+
+
+def tensorflow_model_server_main() -> int:
+    """`tensorflow_model_server`: the same as `pyserving serve`, so scripts and Dockerfiles written for TF Serving
+    run unchanged."""
+    return serve_main(sys.argv[1:])

@@ -1,0 +1,225 @@
+"""TF Serving's command-line flags, spelled as tensorflow_model_server spells them, parsed into ServerOptions.
+
+Syntax as TF Serving's: `--name=value`; also `--name value`; booleans as bare `--name` or `--name=true|false|1|0`.
+Every flag of TF Serving's main.cc is known. A flag pyserving does not implement yet is accepted with a warning
+that says so (never a silent no-op); an unknown flag or a bad value is an error naming the flag.
+"""
+
+from __future__ import annotations
+
+import difflib
+import os
+from collections.abc import Sequence
+from dataclasses import dataclass
+from typing import Any
+
+from pyserving.options import ModelConfig, RuntimeOptions, ServerOptions
+
+
+class FlagError(ValueError):
+    """A command line that cannot be used; the message names the flag and says what to write instead."""
+
+
+@dataclass(frozen=True, slots=True)
+class Flag:
+    name: str
+    kind: type  # bool, int, float or str
+    default: Any
+    help: str
+    implemented: bool = True
+
+
+def _cpus() -> int:
+    return os.cpu_count() or 1
+
+
+FLAGS: tuple[Flag, ...] = (
+    Flag("port", int, 8500, "gRPC port (0 disables gRPC unless --grpc_socket_path is set)"),
+    Flag("grpc_socket_path", str, "", "also serve gRPC on this UNIX socket"),
+    Flag("grpc_channel_arguments", str, "", "gRPC server arguments as k=v,k=v (int-looking values are ints)"),
+    Flag("grpc_max_threads", int, 0, "TF Serving's gRPC thread cap; pyserving serves gRPC on an event loop", False),
+    Flag("rest_api_port", int, 8501, "REST port (0 disables REST). TF Serving's default is 0; ours is 8501"),
+    Flag("rest_api_num_threads", int, 0, "TF Serving's HTTP thread count; pyserving serves REST on an event loop", False),
+    Flag("rest_api_timeout_in_ms", int, 30000, "timeout of a REST request's model run, in ms"),
+    Flag("rest_api_enable_cors_support", bool, False, "add CORS headers to REST responses"),
+    Flag("model_name", str, "default", "name of the model (single-model mode)"),
+    Flag("model_base_path", str, "", "directory holding the model's numbered version directories"),
+    Flag("model_config_file", str, "", "model_config_list text proto (multi-model mode)", False),
+    Flag("model_config_file_poll_wait_seconds", int, 0, "re-read --model_config_file every N seconds", False),
+    Flag("file_system_poll_wait_seconds", int, 1, "poll base paths for new versions every N seconds", False),
+    Flag("flush_filesystem_caches", bool, True, "flush file-system caches after loads", False),
+    Flag("num_load_threads", int, 0, "threads that load models", False),
+    Flag("num_unload_threads", int, 0, "threads that unload models", False),
+    Flag("max_num_load_retries", int, 5, "retries of a failed load", False),
+    Flag("load_retry_interval_micros", int, 60_000_000, "wait between load retries", False),
+    Flag("allow_version_labels_for_unavailable_models", bool, False, "allow new labels on unloaded versions", False),
+    Flag("enable_batching", bool, False, "batch requests on the server", False),
+    Flag("batching_parameters_file", str, "", "BatchingParameters text proto", False),
+    Flag("enable_per_model_batching_parameters", bool, False, "read batching_params.pbtxt per version", False),
+    Flag("saved_model_tags", str, "serve", "comma-separated tag set of the MetaGraph to load"),
+    Flag("tensorflow_session_parallelism", int, 0, "intra- and inter-op threads of each model (0: TensorFlow picks)"),
+    Flag("tensorflow_intra_op_parallelism", int, 0, "intra-op threads of each model (0: TensorFlow picks)"),
+    Flag("tensorflow_inter_op_parallelism", int, 0, "inter-op threads of each model (0: TensorFlow picks)"),
+    Flag("tensorflow_session_config_file", str, "", "tensorflow.ConfigProto text proto", False),
+    Flag("per_process_gpu_memory_fraction", float, 0.0, "fraction of GPU memory each process may take", False),
+    Flag("tensorflow_gpu_memory_fraction", float, 0.0, "the article's spelling of --per_process_gpu_memory_fraction", False),
+    Flag("enable_model_warmup", bool, True, "replay assets.extra/tf_serving_warmup_requests before serving", False),
+    Flag("num_request_iterations_for_warmup", int, 0, "replays of each warm-up record", False),
+    Flag("monitoring_config_file", str, "", "MonitoringConfig text proto (Prometheus)", False),
+    Flag("enable_metrics", bool, False, "serve Prometheus metrics (the article's flag)", False),
+    Flag("metrics_port", int, 0, "port of the metrics endpoint (the article's flag)", False),
+    Flag("ssl_config_file", str, "", "SSLConfig text proto for gRPC TLS", False),
+    Flag("use_alts_credentials", bool, False, "gRPC ALTS credentials", False),
+    Flag("platform_config_file", str, "", "PlatformConfigMap text proto", False),
+    Flag("enable_signature_method_name_check", bool, False, "require predict/classify/regress method names"),
+    Flag("enable_serialization_as_tensor_content", bool, False, "send gRPC output tensors as tensor_content"),
+    Flag("enable_grpc_healthcheck_service", bool, False, "serve grpc.health.v1", False),
+    Flag("remove_unused_fields_from_bundle_metagraph", bool, True, "keep only signatures in memory", False),
+    Flag("prefer_tflite_model", bool, False, "serve model.tflite when present", False),
+    Flag("num_tflite_pools", int, 0, "TFLite interpreter pools", False),
+    Flag("num_tflite_interpreters_per_pool", int, 1, "TFLite interpreters per pool", False),
+    Flag("xla_cpu_compilation_enabled", bool, False, "XLA CPU JIT", False),
+    Flag("xla_gpu_compilation_enabled", bool, False, "XLA GPU JIT", False),
+    Flag("enable_profiler", bool, True, "TensorBoard profiler service", False),
+    Flag("thread_pool_factory_config_file", str, "", "ThreadPoolFactoryConfig text proto", False),
+    Flag("mixed_precision", str, "", "bfloat16 auto mixed precision", False),
+    Flag("skip_initialize_tpu", bool, False, "TPU builds only", False),
+    Flag("verbosity", str, "", "log level, e.g. INFO (the article's flag)", False),
+    Flag("log_dir", str, "", "also write logs into this directory (the article's flag)", False),
+    Flag("version", bool, False, "print the version and exit"),
+    # pyserving's own
+    Flag("host", str, "0.0.0.0", "address both ports bind to (pyserving; TF Serving binds all interfaces)"),
+)
+_BY_NAME = {f.name: f for f in FLAGS}
+_TRUE, _FALSE = {"true", "1", "yes"}, {"false", "0", "no"}
+
+
+def _convert(flag: Flag, raw: str) -> Any:
+    if flag.kind is bool:
+        low = raw.lower()
+        if low in _TRUE:
+            return True
+        if low in _FALSE:
+            return False
+        raise FlagError(f"--{flag.name}={raw}: expected true or false")
+    try:
+        return flag.kind(raw)
+    except ValueError:
+        what = {int: "an integer", float: "a number"}.get(flag.kind, "a value")
+        raise FlagError(f"--{flag.name}={raw}: expected {what}") from None
+
+
+def parse_flags(argv: Sequence[str]) -> tuple[dict[str, Any], list[str]]:
+    """The values given on the command line (name -> typed value) and warnings for unimplemented flags."""
+    values: dict[str, Any] = {}
+    warnings: list[str] = []
+    args = list(argv)
+    i = 0
+    while i < len(args):
+        arg = args[i]
+        i += 1
+        if not arg.startswith("-") or arg in ("-", "--"):
+            raise FlagError(f"unexpected argument {arg!r}: every setting is a --flag=value")
+        name, has_value, raw = arg.lstrip("-").partition("=")
+        flag = _BY_NAME.get(name)
+        if flag is None:
+            close = difflib.get_close_matches(name, _BY_NAME, n=1)
+            hint = f"; did you mean --{close[0]}?" if close else "; see `pyserving serve --help`"
+            raise FlagError(f"unknown flag --{name}{hint}")
+        if not has_value:
+            if flag.kind is bool:
+                if i < len(args) and args[i].lower() in _TRUE | _FALSE:
+                    raw, i = args[i], i + 1
+                else:
+                    raw = "true"
+            elif i < len(args):
+                raw, i = args[i], i + 1
+            else:
+                raise FlagError(f"--{name} needs a value: --{name}=VALUE")
+        values[name] = _convert(flag, raw)
+        if not flag.implemented and values[name] != flag.default:
+            warnings.append(
+                f"--{name} is accepted for TensorFlow Serving compatibility but not implemented in this pyserving "
+                "version yet: it has no effect."
+            )
+    return values, warnings
+
+
+def _channel_arguments(raw: str) -> tuple[tuple[str, str | int], ...]:
+    out: list[tuple[str, str | int]] = []
+    for item in filter(None, (p.strip() for p in raw.split(","))):
+        key, sep, value = item.partition("=")
+        if not sep or not key:
+            raise FlagError(f"--grpc_channel_arguments: {item!r} is not key=value (write e.g. grpc.max_connection_age_ms=2000)")
+        try:
+            out.append((key, int(value)))
+        except ValueError:
+            out.append((key, value))
+    return tuple(out)
+
+
+def _non_negative(values: dict[str, Any], *names: str) -> None:
+    for name in names:
+        if values.get(name, 0) < 0:
+            raise FlagError(f"--{name}={values[name]}: must be 0 or more")
+
+
+def server_options(values: dict[str, Any]) -> ServerOptions:
+    """Validate flag values together and build ServerOptions."""
+    v = {f.name: f.default for f in FLAGS} | values
+    _non_negative(v, "port", "rest_api_port", "tensorflow_session_parallelism",
+                  "tensorflow_intra_op_parallelism", "tensorflow_inter_op_parallelism")
+    for name in ("port", "rest_api_port"):
+        if v[name] > 65535:
+            raise FlagError(f"--{name}={v[name]}: a port is at most 65535")
+    if not v["model_base_path"] and not v["model_config_file"]:
+        raise FlagError(
+            "Both --model_base_path and --model_config_file are empty: give --model_base_path=/models/NAME (and "
+            "--model_name=NAME), or a --model_config_file."
+        )
+    if v["model_config_file"]:
+        raise FlagError("--model_config_file is not supported by this pyserving version yet; use "
+                        "--model_name and --model_base_path.")
+    if v["port"] == 0 and not v["grpc_socket_path"] and v["rest_api_port"] == 0:
+        raise FlagError("--port=0 and --rest_api_port=0 leave nothing to serve on; set at least one.")
+    session = v["tensorflow_session_parallelism"]
+    intra, inter = v["tensorflow_intra_op_parallelism"], v["tensorflow_inter_op_parallelism"]
+    if session and intra and inter:
+        raise FlagError(
+            "--tensorflow_session_parallelism cannot be combined with both --tensorflow_intra_op_parallelism and "
+            "--tensorflow_inter_op_parallelism; drop one of them."
+        )
+    tags = tuple(t.strip() for t in v["saved_model_tags"].split(",") if t.strip())
+    if not tags:
+        raise FlagError("--saved_model_tags is empty: give the tag set to load, e.g. --saved_model_tags=serve")
+    if v["rest_api_timeout_in_ms"] < 0:
+        raise FlagError(f"--rest_api_timeout_in_ms={v['rest_api_timeout_in_ms']}: must be 0 (no timeout) or more")
+    base_path = os.path.abspath(os.path.expanduser(v["model_base_path"]))
+    return ServerOptions(
+        models=(ModelConfig(name=v["model_name"], base_path=base_path),),
+        host=v["host"],
+        grpc_port=v["port"],
+        grpc_socket_path=v["grpc_socket_path"],
+        grpc_channel_arguments=_channel_arguments(v["grpc_channel_arguments"]),
+        rest_api_port=v["rest_api_port"],
+        rest_api_timeout_ms=v["rest_api_timeout_in_ms"],
+        rest_api_enable_cors_support=v["rest_api_enable_cors_support"],
+        runtime=RuntimeOptions(
+            saved_model_tags=tags,
+            intra_op_parallelism=intra or session,
+            inter_op_parallelism=inter or session,
+        ),
+        enable_signature_method_name_check=v["enable_signature_method_name_check"],
+        enable_serialization_as_tensor_content=v["enable_serialization_as_tensor_content"],
+    )
+
+
+def usage() -> str:
+    lines = ["usage: pyserving serve [--flag=value ...]", "", "Flags (TensorFlow Serving's names):"]
+    for f in FLAGS:
+        default = str(f.default).lower() if f.kind is bool else repr(f.default) if f.kind is str else f.default
+        note = "" if f.implemented else "  [accepted, not implemented yet]"
+        lines.append(f"  --{f.name}={default}\t{f.help}{note}")
+    return "\n".join(lines)
+
+

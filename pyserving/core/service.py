@@ -1,0 +1,304 @@
+"""InferenceService: predict, classify, regress, multi-inference, metadata and status, protocol-neutral.
+
+Front ends hold one of these. It takes numpy arrays and plain values and returns dataclasses; only the codecs in
+`frontends/` know JSON or protobuf. Model code runs in the worker pool, never on the event loop.
+"""
+
+from __future__ import annotations
+
+import asyncio
+from collections.abc import Callable, Mapping, Sequence
+from concurrent.futures import Executor
+from dataclasses import dataclass
+from typing import Any
+
+import numpy as np
+
+from pyserving.core.ids import ServableId, ServableRequest
+from pyserving.core.manager import Lease, ModelManager
+from pyserving.core.states import VersionStatus
+from pyserving.dtypes import DType
+from pyserving.errors import Code, ServingError, SignatureNotFoundError
+from pyserving.runtimes.base import (
+    CLASSIFY_METHOD,
+    DEFAULT_SIGNATURE,
+    PREDICT_METHOD,
+    REGRESS_METHOD,
+    Signature,
+)
+
+Inputs = Mapping[str, np.ndarray]
+InputDecoder = Callable[[Signature], Inputs]
+
+
+@dataclass(frozen=True, slots=True)
+class PredictResult:
+    servable: ServableId
+    signature_name: str
+    outputs: dict[str, np.ndarray]
+
+
+@dataclass(frozen=True, slots=True)
+class Classifications:
+    """Per example, its (label, score) pairs; label is b"" when the model has no classes output."""
+
+    servable: ServableId
+    signature_name: str
+    classes: list[list[tuple[bytes, float]]]
+
+
+@dataclass(frozen=True, slots=True)
+class Regressions:
+    servable: ServableId
+    signature_name: str
+    values: list[float]
+
+
+@dataclass(frozen=True, slots=True)
+class InferenceTask:
+    signature_name: str
+    method_name: str
+
+
+def _sorted_set(keys: Any) -> str:
+    return ",".join(sorted(keys))
+
+
+def signature_of(lease: Lease, name: str) -> Signature:
+    """The signature `name` ("" means serving_default), or TF Serving's FAILED_PRECONDITION."""
+    sig = lease.servable.signatures.get(name or DEFAULT_SIGNATURE)
+    if sig is None:
+        raise SignatureNotFoundError(name or DEFAULT_SIGNATURE)
+    return sig
+
+
+class InferenceService:
+    """The protocol-neutral API both front ends call. Thread-compatible; all methods are called on the event loop."""
+
+    def __init__(self, manager: ModelManager, executor: Executor, *, method_name_check: bool = False) -> None:
+        self.manager = manager
+        self._executor = executor
+        self._method_name_check = method_name_check
+
+    async def _run(
+        self, lease: Lease, signature: str, inputs: Inputs, output_keys: Sequence[str], timeout_s: float | None
+    ) -> dict[str, np.ndarray]:
+        loop = asyncio.get_running_loop()
+        future = loop.run_in_executor(self._executor, lease.servable.run, signature, inputs, output_keys)
+        if timeout_s is None:
+            return await future
+        try:
+            return await asyncio.wait_for(future, timeout_s)
+        except TimeoutError:
+            raise ServingError(
+                Code.DEADLINE_EXCEEDED,
+                f"Deadline exceeded: the model did not answer within {timeout_s * 1000:.0f} ms. Raise the client's "
+                "deadline (REST: --rest_api_timeout_in_ms) or send smaller requests.",
+            ) from None
+
+    # --- predict ----------------------------------------------------------------------------------------------
+
+    async def predict(
+        self,
+        request: ServableRequest,
+        signature_name: str,
+        inputs: Inputs | InputDecoder,
+        *,
+        output_filter: Sequence[str] = (),
+        timeout_s: float | None = None,
+    ) -> PredictResult:
+        """Run a signature. `inputs` may be a decoder called with the signature (REST needs its dtypes to decode)."""
+        with self.manager.lease(request) as lease:
+            sig = signature_of(lease, signature_name)
+            if self._method_name_check and sig.method_name not in (PREDICT_METHOD, CLASSIFY_METHOD, REGRESS_METHOD):
+                raise ServingError(
+                    Code.INTERNAL,
+                    "Expected prediction signature method_name to be one of {tensorflow/serving/predict, "
+                    f"tensorflow/serving/classify, tensorflow/serving/regress}}. Was: {sig.method_name}",
+                )
+            tensors = inputs(sig) if callable(inputs) else inputs
+            self._check_inputs(sig, tensors)
+            output_keys = self._output_keys(sig, output_filter)
+            outputs = await self._run(lease, sig.name, tensors, output_keys, timeout_s)
+            return PredictResult(lease.id, sig.name, outputs)
+
+    @staticmethod
+    def _check_inputs(sig: Signature, tensors: Inputs) -> None:
+        sent, expected = set(tensors), set(sig.inputs)
+        extra, missing = sent - expected, expected - sent - sig.defaults
+        if extra or missing:
+            raise ServingError(
+                Code.INVALID_ARGUMENT,
+                f"input size does not match signature: {len(sent)}!={len(expected)} len({{{_sorted_set(sent)}}}) "
+                f"!= len({{{_sorted_set(expected)}}}). Sent extra: {{{_sorted_set(extra)}}}. "
+                f"Missing but required: {{{_sorted_set(missing)}}}.",
+            )
+
+    @staticmethod
+    def _output_keys(sig: Signature, output_filter: Sequence[str]) -> list[str]:
+        if not output_filter:
+            return sorted(sig.outputs)
+        seen: set[str] = set()
+        for alias in output_filter:
+            if alias not in sig.outputs:
+                raise ServingError(
+                    Code.INVALID_ARGUMENT,
+                    f"output tensor alias not found in signature: {alias} Outputs expected to be in the set "
+                    f"{{{_sorted_set(sig.outputs)}}}.",
+                )
+            if alias in seen:
+                raise ServingError(Code.INVALID_ARGUMENT, f"duplicate output tensor alias: {alias}")
+            seen.add(alias)
+        return list(output_filter)
+
+    # --- classify / regress -----------------------------------------------------------------------------------
+
+    async def classify(
+        self, request: ServableRequest, signature_name: str, examples: Sequence[bytes], *, timeout_s: float | None = None
+    ) -> Classifications:
+        """Classify serialized tf.Examples (context already merged in by the codec)."""
+        with self.manager.lease(request) as lease:
+            sig = signature_of(lease, signature_name)
+            classes = await self._classify(lease, sig, examples, timeout_s)
+            return Classifications(lease.id, sig.name, classes)
+
+    async def regress(
+        self, request: ServableRequest, signature_name: str, examples: Sequence[bytes], *, timeout_s: float | None = None
+    ) -> Regressions:
+        with self.manager.lease(request) as lease:
+            sig = signature_of(lease, signature_name)
+            values = await self._regress(lease, sig, examples, timeout_s)
+            return Regressions(lease.id, sig.name, values)
+
+    async def multi_inference(
+        self, request: ServableRequest, tasks: Sequence[InferenceTask], examples: Sequence[bytes],
+        *, timeout_s: float | None = None,
+    ) -> tuple[ServableId, list[Classifications | Regressions]]:
+        """Several classify/regress signatures of one model version over the same examples."""
+        if not tasks:
+            raise ServingError(Code.INVALID_ARGUMENT, "MultiInferenceRequest has no tasks. Add at least one task.")
+        seen: set[str] = set()
+        with self.manager.lease(request) as lease:
+            results: list[Classifications | Regressions] = []
+            for task in tasks:
+                name = task.signature_name or DEFAULT_SIGNATURE
+                if name in seen:
+                    raise ServingError(Code.INVALID_ARGUMENT, f"Duplicate evaluation of signature: {name}")
+                seen.add(name)
+                sig = signature_of(lease, name)
+                if task.method_name == CLASSIFY_METHOD:
+                    results.append(Classifications(lease.id, name, await self._classify(lease, sig, examples, timeout_s)))
+                elif task.method_name == REGRESS_METHOD:
+                    results.append(Regressions(lease.id, name, await self._regress(lease, sig, examples, timeout_s)))
+                else:
+                    raise ServingError(
+                        Code.UNIMPLEMENTED,
+                        f"Unsupported signature method_name: {task.method_name}. Use {CLASSIFY_METHOD} or "
+                        f"{REGRESS_METHOD}.",
+                    )
+            return lease.id, results
+
+    def _example_input(self, sig: Signature, method: str, what: str) -> str:
+        if self._method_name_check and sig.method_name != method:
+            raise ServingError(
+                Code.INVALID_ARGUMENT,
+                f"Expected {what} signature method_name to be {method}. Was: {sig.method_name}",
+            )
+        if len(sig.inputs) != 1:
+            raise ServingError(Code.INVALID_ARGUMENT, "Expected one input Tensor.")
+        key = next(iter(sig.inputs))
+        if key != "inputs":
+            raise ServingError(Code.INVALID_ARGUMENT, f"No {what} inputs found in SignatureDef: {sig.name}")
+        return key
+
+    async def _classify(
+        self, lease: Lease, sig: Signature, examples: Sequence[bytes], timeout_s: float | None
+    ) -> list[list[tuple[bytes, float]]]:
+        key = self._example_input(sig, CLASSIFY_METHOD, "classification")
+        if not 1 <= len(sig.outputs) <= 2:
+            raise ServingError(Code.INVALID_ARGUMENT, f"Expected one or two output Tensors, found {len(sig.outputs)}")
+        wanted = [k for k in ("classes", "scores") if k in sig.outputs]
+        if not wanted:
+            raise ServingError(
+                Code.INVALID_ARGUMENT,
+                f'Expected classification signature outputs to contain at least one of "classes" or "scores". '
+                f"Signature was: {sig.name} with outputs {{{_sorted_set(sig.outputs)}}}",
+            )
+        batch = self._examples_tensor(examples)
+        out = await self._run(lease, sig.name, {key: batch}, wanted, timeout_s)
+        classes, scores = out.get("classes"), out.get("scores")
+        n = len(examples)
+        for name, tensor, dtype in (("classes", classes, DType.DT_STRING), ("scores", scores, DType.DT_FLOAT)):
+            if tensor is None:
+                continue
+            if tensor.ndim != 2:
+                raise ServingError(
+                    Code.INVALID_ARGUMENT,
+                    f"Expected Tensor shape: [batch_size num_classes] but got {list(tensor.shape)}",
+                )
+            if DType.from_numpy(tensor.dtype) != dtype:
+                raise ServingError(
+                    Code.INVALID_ARGUMENT,
+                    f"Expected {name} Tensor of {dtype.name}. Got: {DType.from_numpy(tensor.dtype).name}",
+                )
+            if tensor.shape[0] != n:
+                raise ServingError(
+                    Code.INVALID_ARGUMENT, f"Expected {name} output batch size of {n}. Got: {tensor.shape[0]}"
+                )
+        if classes is not None and scores is not None and classes.shape[1] != scores.shape[1]:
+            raise ServingError(
+                Code.INVALID_ARGUMENT,
+                f"Tensors class and score should match in dim_size(1). Got {classes.shape[1]} vs. {scores.shape[1]}",
+            )
+        width = (classes if classes is not None else scores).shape[1]  # type: ignore[union-attr]
+        return [
+            [
+                (
+                    bytes(classes[i, j]) if classes is not None else b"",
+                    float(scores[i, j]) if scores is not None else 0.0,
+                )
+                for j in range(width)
+            ]
+            for i in range(n)
+        ]
+
+    async def _regress(
+        self, lease: Lease, sig: Signature, examples: Sequence[bytes], timeout_s: float | None
+    ) -> list[float]:
+        key = self._example_input(sig, REGRESS_METHOD, "regression")
+        if len(sig.outputs) != 1:
+            raise ServingError(Code.INVALID_ARGUMENT, "Expected one output Tensor.")
+        if "outputs" not in sig.outputs:
+            raise ServingError(Code.FAILED_PRECONDITION, f"No regression outputs found in SignatureDef: {sig.name}")
+        batch = self._examples_tensor(examples)
+        out = (await self._run(lease, sig.name, {key: batch}, ["outputs"], timeout_s))["outputs"]
+        n = len(examples)
+        if not (out.ndim == 1 or (out.ndim == 2 and out.shape[1] == 1)):
+            raise ServingError(
+                Code.INVALID_ARGUMENT,
+                f"Expected output Tensor shape to be either [batch_size] or [batch_size, 1] but got {list(out.shape)}",
+            )
+        if out.dtype != np.float32:
+            raise ServingError(
+                Code.INVALID_ARGUMENT, f"Expected output Tensor of DT_FLOAT.  Got: {DType.from_numpy(out.dtype).name}"
+            )
+        if out.shape[0] != n:
+            raise ServingError(Code.INVALID_ARGUMENT, f"Input batch size did not match output batch size: {n} vs. {out.shape[0]}")
+        return [float(v) for v in out.reshape(-1)]
+
+    @staticmethod
+    def _examples_tensor(examples: Sequence[bytes]) -> np.ndarray:
+        if not examples:
+            raise ServingError(Code.INVALID_ARGUMENT, "Input is empty.")
+        batch = np.empty(len(examples), dtype=object)
+        batch[:] = list(examples)
+        return batch
+
+    # --- metadata / status ------------------------------------------------------------------------------------
+
+    def metadata(self, request: ServableRequest) -> tuple[ServableId, Mapping[str, Any]]:
+        with self.manager.lease(request) as lease:
+            return lease.id, lease.servable.metadata()
+
+    def status(self, name: str, version: int | None = None) -> list[VersionStatus]:
+        return self.manager.status(name, version)

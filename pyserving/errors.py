@@ -1,0 +1,55 @@
+"""One error-code space for the whole server; each front end maps it once (REST: HTTP status, gRPC: status)."""
+
+from __future__ import annotations
+
+import enum
+
+
+class Code(enum.IntEnum):
+    """Canonical status codes, numbered as gRPC and TensorFlow's error::Code number them."""
+
+    OK = 0
+    CANCELLED = 1
+    UNKNOWN = 2
+    INVALID_ARGUMENT = 3
+    DEADLINE_EXCEEDED = 4
+    NOT_FOUND = 5
+    ALREADY_EXISTS = 6
+    PERMISSION_DENIED = 7
+    RESOURCE_EXHAUSTED = 8
+    FAILED_PRECONDITION = 9
+    ABORTED = 10
+    OUT_OF_RANGE = 11
+    UNIMPLEMENTED = 12
+    INTERNAL = 13
+    UNAVAILABLE = 14
+    DATA_LOSS = 15
+    UNAUTHENTICATED = 16
+
+
+class ServingError(Exception):
+    """A failure with a canonical code and a message meant for the user."""
+
+    def __init__(self, code: Code, message: str) -> None:
+        super().__init__(message)
+        self.code = code
+        self.message = message
+
+    def __repr__(self) -> str:
+        return f"ServingError({self.code.name}, {self.message!r})"
+
+
+def invalid_argument(message: str) -> ServingError:
+    return ServingError(Code.INVALID_ARGUMENT, message)
+
+
+def not_found(message: str) -> ServingError:
+    return ServingError(Code.NOT_FOUND, message)
+
+
+class SignatureNotFoundError(ServingError):
+    """The model has no signature of that name. gRPC reports it as is; REST rewords it as TF Serving's REST does."""
+
+    def __init__(self, signature_name: str) -> None:
+        super().__init__(Code.FAILED_PRECONDITION, f'Serving signature key "{signature_name}" not found.')
+        self.signature_name = signature_name

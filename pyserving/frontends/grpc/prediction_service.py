@@ -1,0 +1,220 @@
+"""tensorflow.serving.PredictionService and ModelService on grpc.aio, over the InferenceService."""
+
+from __future__ import annotations
+
+from collections.abc import Awaitable, Callable
+from typing import Any, TypeVar
+
+import grpc
+from google.protobuf import any_pb2
+from tensorflow_serving.apis import (
+    classification_pb2,
+    get_model_metadata_pb2,
+    get_model_status_pb2,
+    inference_pb2,
+    model_pb2,
+    model_service_pb2_grpc,
+    predict_pb2,
+    prediction_service_pb2_grpc,
+    regression_pb2,
+)
+
+from pyserving.core.ids import ServableId, ServableRequest
+from pyserving.core.service import Classifications, InferenceService, InferenceTask, Regressions
+from pyserving.errors import Code, ServingError
+from pyserving.frontends.examples import serialized_examples
+from pyserving.frontends.grpc.errors import GRPC_STATUS, grpc_message
+from pyserving.frontends.grpc.tensor_codec import to_ndarray, to_proto
+
+T = TypeVar("T")
+
+
+def servable_request(spec: model_pb2.ModelSpec) -> ServableRequest:
+    choice = spec.WhichOneof("version_choice")
+    if choice == "version":
+        return ServableRequest(spec.name, spec.version.value)
+    if choice == "version_label":
+        return ServableRequest(spec.name, label=spec.version_label)
+    return ServableRequest(spec.name)
+
+
+def fill_model_spec(out: model_pb2.ModelSpec, servable: ServableId, signature_name: str | None) -> None:
+    out.name = servable.name
+    out.version.value = servable.version
+    if signature_name is not None:
+        out.signature_name = signature_name
+
+
+async def _guarded(context: grpc.aio.ServicerContext, call: Callable[[], Awaitable[T]]) -> T:
+    """Run one RPC body; a ServingError becomes its gRPC status with TF Serving's message truncation."""
+    try:
+        return await call()
+    except ServingError as exc:
+        await context.abort(GRPC_STATUS[exc.code], grpc_message(exc.message))
+        raise  # unreachable: abort raises
+
+
+def _timeout_s(context: grpc.aio.ServicerContext) -> float | None:
+    remaining = context.time_remaining()
+    return remaining if remaining is not None and remaining < 1e8 else None
+
+
+def _fill_classifications(out: classification_pb2.ClassificationResult, result: Classifications) -> None:
+    for row in result.classes:
+        classification = out.classifications.add()
+        for label, score in row:
+            classification.classes.add(label=label.decode("utf-8", errors="replace"), score=score)
+
+
+def _fill_regressions(out: regression_pb2.RegressionResult, result: Regressions) -> None:
+    for value in result.values:
+        out.regressions.add(value=value)
+
+
+class PredictionServicer(prediction_service_pb2_grpc.PredictionServiceServicer):
+    def __init__(self, service: InferenceService, *, tensor_content: bool = False) -> None:
+        self._service = service
+        self._tensor_content = tensor_content
+
+    async def Predict(self, request: predict_pb2.PredictRequest, context: grpc.aio.ServicerContext) -> Any:
+        async def call() -> predict_pb2.PredictResponse:
+            inputs = {alias: to_ndarray(alias, proto) for alias, proto in request.inputs.items()}
+            result = await self._service.predict(
+                servable_request(request.model_spec),
+                request.model_spec.signature_name,
+                inputs,
+                output_filter=list(request.output_filter),
+                timeout_s=_timeout_s(context),
+            )
+            response = predict_pb2.PredictResponse()
+            fill_model_spec(response.model_spec, result.servable, result.signature_name)
+            for alias, array in result.outputs.items():
+                response.outputs[alias].CopyFrom(to_proto(array, tensor_content=self._tensor_content))
+            return response
+
+        return await _guarded(context, call)
+
+    async def Classify(self, request: classification_pb2.ClassificationRequest, context: grpc.aio.ServicerContext) -> Any:
+        async def call() -> classification_pb2.ClassificationResponse:
+            result = await self._service.classify(
+                servable_request(request.model_spec),
+                request.model_spec.signature_name,
+                serialized_examples(request.input),
+                timeout_s=_timeout_s(context),
+            )
+            response = classification_pb2.ClassificationResponse()
+            fill_model_spec(response.model_spec, result.servable, result.signature_name)
+            _fill_classifications(response.result, result)
+            return response
+
+        return await _guarded(context, call)
+
+    async def Regress(self, request: regression_pb2.RegressionRequest, context: grpc.aio.ServicerContext) -> Any:
+        async def call() -> regression_pb2.RegressionResponse:
+            result = await self._service.regress(
+                servable_request(request.model_spec),
+                request.model_spec.signature_name,
+                serialized_examples(request.input),
+                timeout_s=_timeout_s(context),
+            )
+            response = regression_pb2.RegressionResponse()
+            fill_model_spec(response.model_spec, result.servable, result.signature_name)
+            _fill_regressions(response.result, result)
+            return response
+
+        return await _guarded(context, call)
+
+    async def MultiInference(self, request: inference_pb2.MultiInferenceRequest, context: grpc.aio.ServicerContext) -> Any:
+        async def call() -> inference_pb2.MultiInferenceResponse:
+            if not request.tasks:
+                raise ServingError(Code.INVALID_ARGUMENT, "MultiInferenceRequest has no tasks. Add at least one task.")
+            first = request.tasks[0].model_spec
+            for task in request.tasks:
+                if task.model_spec.name != first.name:
+                    raise ServingError(
+                        Code.INVALID_ARGUMENT,
+                        "All tasks of a MultiInferenceRequest must name the same model; got "
+                        f"{first.name!r} and {task.model_spec.name!r}.",
+                    )
+            servable, results = await self._service.multi_inference(
+                servable_request(first),
+                [InferenceTask(t.model_spec.signature_name, t.method_name) for t in request.tasks],
+                serialized_examples(request.input),
+                timeout_s=_timeout_s(context),
+            )
+            response = inference_pb2.MultiInferenceResponse()
+            for task, result in zip(request.tasks, results):
+                out = response.results.add()
+                fill_model_spec(out.model_spec, servable, task.model_spec.signature_name)
+                if isinstance(result, Classifications):
+                    _fill_classifications(out.classification_result, result)
+                else:
+                    _fill_regressions(out.regression_result, result)
+            return response
+
+        return await _guarded(context, call)
+
+    async def GetModelMetadata(
+        self, request: get_model_metadata_pb2.GetModelMetadataRequest, context: grpc.aio.ServicerContext
+    ) -> Any:
+        async def call() -> get_model_metadata_pb2.GetModelMetadataResponse:
+            if not request.metadata_field:
+                raise ServingError(
+                    Code.INVALID_ARGUMENT,
+                    "GetModelMetadataRequest must specify at least one metadata_field (use \"signature_def\").",
+                )
+            servable, metadata = self._service.metadata(servable_request(request.model_spec))
+            response = get_model_metadata_pb2.GetModelMetadataResponse()
+            fill_model_spec(response.model_spec, servable, None)
+            for field in request.metadata_field:
+                if field not in metadata:
+                    raise ServingError(
+                        Code.INVALID_ARGUMENT,
+                        f"Metadata field {field} is not supported. Supported fields: {', '.join(sorted(metadata))}.",
+                    )
+                packed = any_pb2.Any()
+                packed.Pack(metadata[field])
+                response.metadata[field].CopyFrom(packed)
+            return response
+
+        return await _guarded(context, call)
+
+
+class ModelServicer(model_service_pb2_grpc.ModelServiceServicer):
+    def __init__(self, service: InferenceService) -> None:
+        self._service = service
+
+    async def GetModelStatus(
+        self, request: get_model_status_pb2.GetModelStatusRequest, context: grpc.aio.ServicerContext
+    ) -> Any:
+        async def call() -> get_model_status_pb2.GetModelStatusResponse:
+            if not request.HasField("model_spec"):
+                raise ServingError(Code.INVALID_ARGUMENT, "Missing ModelSpec")
+            target = servable_request(request.model_spec)
+            version = target.version
+            if target.label is not None:
+                with self._service.manager.lease(target) as lease:
+                    version = lease.id.version
+            response = get_model_status_pb2.GetModelStatusResponse()
+            for status in self._service.status(target.name, version):
+                out = response.model_version_status.add(version=status.version, state=int(status.state))
+                if status.error is not None:
+                    out.status.error_code = int(status.error.code)
+                    out.status.error_message = status.error.message
+            return response
+
+        return await _guarded(context, call)
+
+    async def HandleReloadConfigRequest(self, request: Any, context: grpc.aio.ServicerContext) -> Any:
+        await context.abort(
+            grpc.StatusCode.UNIMPLEMENTED,
+            "HandleReloadConfigRequest is not supported by this pyserving version yet; restart the server with the "
+            "new configuration.",
+        )
+
+
+def add_services(server: grpc.aio.Server, service: InferenceService, *, tensor_content: bool = False) -> None:
+    prediction_service_pb2_grpc.add_PredictionServiceServicer_to_server(
+        PredictionServicer(service, tensor_content=tensor_content), server
+    )
+    model_service_pb2_grpc.add_ModelServiceServicer_to_server(ModelServicer(service), server)

@@ -1,0 +1,56 @@
+"""The one typed picture of what the user asked for. Built by `config/` from flags and files; tests build it directly."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from typing import Literal
+
+
+@dataclass(frozen=True, slots=True)
+class VersionPolicy:
+    """Which of the versions on disk should be served (TF Serving's ServableVersionPolicy)."""
+
+    kind: Literal["latest", "all", "specific"] = "latest"
+    num_versions: int = 1
+    versions: tuple[int, ...] = ()
+
+
+@dataclass(frozen=True, slots=True)
+class ModelConfig:
+    """One entry of a model_config_list (or the single model named by --model_name/--model_base_path)."""
+
+    name: str
+    base_path: str
+    platform: str = "tensorflow"
+    version_policy: VersionPolicy = field(default_factory=VersionPolicy)
+    version_labels: tuple[tuple[str, int], ...] = ()
+
+
+@dataclass(frozen=True, slots=True)
+class RuntimeOptions:
+    """How a runtime loads and runs a model version."""
+
+    saved_model_tags: tuple[str, ...] = ("serve",)
+    intra_op_parallelism: int = 0
+    inter_op_parallelism: int = 0
+
+
+@dataclass(frozen=True, slots=True)
+class ServerOptions:
+    """Everything `pyserving serve` needs. Ports follow TF Serving: 0 disables that front end."""
+
+    models: tuple[ModelConfig, ...] = ()
+    host: str = "0.0.0.0"
+    grpc_port: int = 8500
+    grpc_socket_path: str = ""
+    grpc_channel_arguments: tuple[tuple[str, str | int], ...] = ()
+    grpc_max_message_bytes: int = 2**31 - 1
+    rest_api_port: int = 8501
+    rest_api_timeout_ms: int = 30000
+    rest_api_enable_cors_support: bool = False
+    runtime: RuntimeOptions = field(default_factory=RuntimeOptions)
+    enable_signature_method_name_check: bool = False
+    enable_serialization_as_tensor_content: bool = False
+    num_worker_threads: int = 0
+    """Threads that run model code; 0 picks a default from the CPU count."""
+    shutdown_grace_s: float = 10.0

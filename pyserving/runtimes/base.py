@@ -1,0 +1,63 @@
+"""What every runtime provides: a loader and loaded servables. Runtimes never import core or front ends."""
+
+from __future__ import annotations
+
+from collections.abc import Mapping, Sequence
+from dataclasses import dataclass
+from typing import Any, Protocol
+
+import numpy as np
+
+from pyserving.dtypes import DType
+from pyserving.options import RuntimeOptions
+
+PREDICT_METHOD = "tensorflow/serving/predict"
+CLASSIFY_METHOD = "tensorflow/serving/classify"
+REGRESS_METHOD = "tensorflow/serving/regress"
+DEFAULT_SIGNATURE = "serving_default"
+
+
+@dataclass(frozen=True, slots=True)
+class TensorSpec:
+    """One input or output of a signature. `shape` is None for unknown rank; unknown dims are None."""
+
+    dtype: DType
+    shape: tuple[int | None, ...] | None
+    tensor_name: str = ""
+
+
+@dataclass(frozen=True, slots=True)
+class Signature:
+    """A named function of a servable, with its inputs and outputs keyed by alias."""
+
+    name: str
+    method_name: str
+    inputs: Mapping[str, TensorSpec]
+    outputs: Mapping[str, TensorSpec]
+    defaults: frozenset[str] = frozenset()
+
+
+class Servable(Protocol):
+    """One loaded model version.
+
+    `run` is blocking and thread-safe: callers run it in worker threads, several at once. It raises
+    ServingError for failures the request caused. Nobody calls `run` after `unload`.
+    """
+
+    signatures: Mapping[str, Signature]
+
+    def run(
+        self, signature: str, inputs: Mapping[str, np.ndarray], output_keys: Sequence[str]
+    ) -> dict[str, np.ndarray]: ...
+
+    def metadata(self) -> Mapping[str, Any]:
+        """Metadata protos by field name; "signature_def" is a tensorflow.serving.SignatureDefMap."""
+        ...
+
+    def unload(self) -> None: ...
+
+
+class Runtime(Protocol):
+    """Loads model versions of one platform ("tensorflow", later "onnx")."""
+
+    def load(self, path: str, options: RuntimeOptions) -> Servable: ...

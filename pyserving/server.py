@@ -1,0 +1,174 @@
+"""The composition root: builds manager, service and both front ends, and owns start-up and shutdown order.
+
+One process, one asyncio loop for REST (uvicorn) and gRPC (grpc.aio); model code runs in a thread pool.
+Shutdown: stop accepting -> drain in-flight requests -> unload models.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import gc
+import logging
+import os
+import signal
+from concurrent.futures import ThreadPoolExecutor
+from contextlib import contextmanager
+from collections.abc import Iterator
+
+import grpc
+import uvicorn
+
+from pyserving.core.manager import ModelManager
+from pyserving.core.service import InferenceService
+from pyserving.core.source import FileSystemSource
+from pyserving.frontends.grpc.prediction_service import add_services
+from pyserving.frontends.rest.app import RestApi
+from pyserving.options import ServerOptions
+from pyserving.runtimes.registry import get_runtime
+
+log = logging.getLogger("pyserving.server")
+
+
+class StartupError(RuntimeError):
+    """The server could not start (a model failed to load, a port is taken); the message says what to fix."""
+
+
+class _UvicornServer(uvicorn.Server):
+    @contextmanager
+    def capture_signals(self) -> Iterator[None]:
+        # Signals belong to Server: it must stop gRPC and REST together, in order.
+        yield
+
+
+class Server:
+    """A running pyserving instance. `start()` then `wait()`; `stop()` from the same loop (or a signal)."""
+
+    def __init__(self, options: ServerOptions) -> None:
+        self.options = options
+        workers = options.num_worker_threads or max(4, 2 * (os.cpu_count() or 1))
+        self._executor = ThreadPoolExecutor(max_workers=workers, thread_name_prefix="pyserving-model")
+        self.manager = ModelManager(options.models, options.runtime, get_runtime)
+        self.service = InferenceService(
+            self.manager, self._executor, method_name_check=options.enable_signature_method_name_check
+        )
+        self._source = FileSystemSource(options.models, self.manager.set_aspired_versions)
+        self._grpc: grpc.aio.Server | None = None
+        self._rest: _UvicornServer | None = None
+        self._rest_task: asyncio.Task[None] | None = None
+        self._stopped = asyncio.Event()
+        self.grpc_port: int | None = None
+        self.rest_port: int | None = None
+
+    async def start(self) -> None:
+        opts = self.options
+        loop = asyncio.get_running_loop()
+        await loop.run_in_executor(self._executor, self._load_models)
+        unavailable = self.manager.unavailable_models()
+        if unavailable:
+            await loop.run_in_executor(self._executor, self.manager.unload_all)
+            details = "; ".join(f"{name}: {why}" for name, why in sorted(unavailable.items()))
+            raise StartupError(f"{len(unavailable)} servable(s) did not become available: {details}")
+        # Everything allocated so far lives as long as the server: keep the cyclic GC from rescanning it on every
+        # collection (measured: 2.8x on REST image requests, see PERFORMANCE.md).
+        gc.collect()
+        gc.freeze()
+        await self._start_grpc()
+        await self._start_rest()
+
+    def _load_models(self) -> None:
+        self._source.poll_once()
+        self.manager.reconcile_once()
+
+    async def _start_grpc(self) -> None:
+        opts = self.options
+        if opts.grpc_port == 0 and not opts.grpc_socket_path:
+            return
+        channel_options = [
+            ("grpc.max_receive_message_length", opts.grpc_max_message_bytes),
+            ("grpc.max_send_message_length", opts.grpc_max_message_bytes),
+            *opts.grpc_channel_arguments,
+        ]
+        server = grpc.aio.server(options=channel_options)
+        add_services(server, self.service, tensor_content=opts.enable_serialization_as_tensor_content)
+        if opts.grpc_port:
+            address = f"{opts.host}:{opts.grpc_port}"
+            try:
+                self.grpc_port = server.add_insecure_port(address)
+            except RuntimeError as exc:
+                raise StartupError(f"Cannot listen for gRPC on {address}: {exc}. Is the port in use? Pick another "
+                                   "with --port.") from None
+        if opts.grpc_socket_path:
+            server.add_insecure_port(f"unix:{opts.grpc_socket_path}")
+        await server.start()
+        self._grpc = server
+        log.info("Running gRPC ModelServer at %s:%s%s", opts.host, self.grpc_port,
+                 f" and unix:{opts.grpc_socket_path}" if opts.grpc_socket_path else "")
+
+    async def _start_rest(self) -> None:
+        opts = self.options
+        if opts.rest_api_port == 0:
+            return
+        if opts.rest_api_port == opts.grpc_port:
+            raise StartupError(
+                f"--rest_api_port={opts.rest_api_port} is the same as the gRPC --port; give them different ports."
+            )
+        app = RestApi(self.service, timeout_ms=opts.rest_api_timeout_ms, enable_cors=opts.rest_api_enable_cors_support)
+        config = uvicorn.Config(
+            app, host=opts.host, port=opts.rest_api_port, log_level="warning", lifespan="off",
+            access_log=False, timeout_graceful_shutdown=int(opts.shutdown_grace_s) or None,
+        )
+        rest = _UvicornServer(config)
+        self._rest = rest
+        self._rest_task = asyncio.create_task(rest.serve())
+        while not rest.started:
+            if self._rest_task.done():
+                # uvicorn reports bind errors by logging and exiting (SystemExit) instead of raising.
+                exc = self._rest_task.exception() if not self._rest_task.cancelled() else None
+                raise StartupError(
+                    f"Cannot serve REST on {opts.host}:{opts.rest_api_port} ({exc!r}). Is the port in use? Pick "
+                    "another with --rest_api_port."
+                )
+            await asyncio.sleep(0.01)
+        self.rest_port = rest.servers[0].sockets[0].getsockname()[1] if rest.servers else opts.rest_api_port
+        log.info("Exporting HTTP/REST API at %s:%s", opts.host, self.rest_port)
+
+    async def wait(self) -> None:
+        await self._stopped.wait()
+
+    async def stop(self) -> None:
+        """Stop accepting, let in-flight requests finish (up to the grace period), then unload every model."""
+        if self._stopped.is_set():
+            return
+        grace = self.options.shutdown_grace_s
+        waits = []
+        if self._rest is not None:
+            self._rest.should_exit = True
+            if self._rest_task is not None:
+                waits.append(self._rest_task)
+        if self._grpc is not None:
+            waits.append(asyncio.ensure_future(self._grpc.stop(grace)))
+        if waits:
+            await asyncio.wait(waits, timeout=grace + 5)
+        loop = asyncio.get_running_loop()
+        await loop.run_in_executor(self._executor, self.manager.unload_all)
+        self._executor.shutdown(wait=False)
+        self._stopped.set()
+
+
+async def serve(options: ServerOptions) -> None:
+    """Run until SIGINT or SIGTERM, then shut down gracefully."""
+    server = Server(options)
+    loop = asyncio.get_running_loop()
+    stopping: list[asyncio.Task[None]] = []
+
+    def on_signal(signum: int) -> None:
+        if stopping:
+            log.warning("Second %s: exiting now", signal.Signals(signum).name)
+            os._exit(1)
+        log.info("Received %s: shutting down", signal.Signals(signum).name)
+        stopping.append(asyncio.ensure_future(server.stop()))
+
+    for sig in (signal.SIGINT, signal.SIGTERM):
+        loop.add_signal_handler(sig, on_signal, sig)
+    await server.start()
+    await server.wait()

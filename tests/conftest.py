@@ -1,0 +1,102 @@
+"""Shared fixtures: real servers on 127.0.0.1 ephemeral ports, TF Serving's own test models, real clients."""
+
+from __future__ import annotations
+
+import asyncio
+import os
+import socket
+import threading
+from collections.abc import Iterator
+from contextlib import contextmanager
+from dataclasses import dataclass, replace
+from pathlib import Path
+
+import grpc
+import pytest
+
+from pyserving.options import ModelConfig, ServerOptions
+from pyserving.server import Server
+
+REPO = Path(__file__).resolve().parents[1]
+SHARED = Path(os.environ.get("PYSERVING_SHARED", REPO.parent / "shared"))
+TESTDATA = SHARED / "testdata" / "tfserving"
+GRPC_OPTIONS = [("grpc.max_send_message_length", -1), ("grpc.max_receive_message_length", -1)]
+
+
+def free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+@dataclass
+class RunningServer:
+    server: Server
+    rest_url: str
+    grpc_target: str
+
+    def channel(self) -> grpc.Channel:
+        return grpc.insecure_channel(self.grpc_target, options=GRPC_OPTIONS)
+
+
+@contextmanager
+def run_server(options: ServerOptions) -> Iterator[RunningServer]:
+    """Run a pyserving Server in its own thread and event loop, on 127.0.0.1, until the block ends."""
+    if options.rest_api_port == 8501 or options.grpc_port == 8500:
+        options = replace(options, rest_api_port=free_port(), grpc_port=free_port())
+    options = replace(options, host="127.0.0.1", shutdown_grace_s=2.0)
+    loop = asyncio.new_event_loop()
+    server_box: list[Server] = []
+    started = threading.Event()
+    failure: list[BaseException] = []
+
+    async def main() -> None:
+        server = Server(options)
+        server_box.append(server)
+        try:
+            await server.start()
+        except BaseException as exc:
+            failure.append(exc)
+            started.set()
+            return
+        started.set()
+        await server.wait()
+
+    thread = threading.Thread(target=loop.run_until_complete, args=(main(),), daemon=True)
+    thread.start()
+    if not started.wait(120):
+        raise TimeoutError("server did not start within 120 s")
+    if failure:
+        thread.join(10)
+        raise failure[0]
+    server = server_box[0]
+    try:
+        yield RunningServer(server, f"http://127.0.0.1:{server.rest_port}", f"127.0.0.1:{server.grpc_port}")
+    finally:
+        asyncio.run_coroutine_threadsafe(server.stop(), loop).result(30)
+        thread.join(30)
+        loop.close()
+
+
+def model_options(name: str, base_path: Path | str, **kw: object) -> ServerOptions:
+    return ServerOptions(models=(ModelConfig(name=name, base_path=str(base_path)),), **kw)  # type: ignore[arg-type]
+
+
+@pytest.fixture(scope="session")
+def testdata() -> Path:
+    if not TESTDATA.is_dir():
+        pytest.fail(f"TF Serving test data not found at {TESTDATA}; set PYSERVING_SHARED to the shared/ directory")
+    return TESTDATA
+
+
+@pytest.fixture(scope="session")
+def tf1_server(testdata: Path) -> Iterator[RunningServer]:
+    """saved_model_half_plus_two_cpu served as "default", as TF Serving's own tests serve it."""
+    with run_server(model_options("default", testdata / "saved_model_half_plus_two_cpu")) as running:
+        yield running
+
+
+@pytest.fixture(scope="session")
+def tf2_server(testdata: Path) -> Iterator[RunningServer]:
+    with run_server(model_options("default", testdata / "saved_model_half_plus_two_tf2_cpu")) as running:
+        yield running
