@@ -100,3 +100,28 @@ def tf1_server(testdata: Path) -> Iterator[RunningServer]:
 def tf2_server(testdata: Path) -> Iterator[RunningServer]:
     with run_server(model_options("default", testdata / "saved_model_half_plus_two_tf2_cpu")) as running:
         yield running
+
+
+def export_slow_model(base_path: Path, version: int = 1) -> Path:
+    """A SavedModel whose serving_default spins `spins` loop iterations (~3 us each) and returns y = x."""
+    import tensorflow as tf
+
+    class Slow(tf.Module):
+        @tf.function(input_signature=[tf.TensorSpec([None], tf.float32, name="x"),
+                                      tf.TensorSpec([], tf.int64, name="spins")])
+        def spin(self, x: tf.Tensor, spins: tf.Tensor) -> dict[str, tf.Tensor]:
+            _, acc = tf.while_loop(lambda i, acc: i < spins, lambda i, acc: (i + 1, acc * 0.5 + 1.0),
+                                   [tf.constant(0, tf.int64), tf.zeros_like(x)])
+            return {"y": x + 0.0 * acc}
+
+    module = Slow()
+    target = base_path / str(version)
+    tf.saved_model.save(module, str(target), signatures={"serving_default": module.spin})
+    return target
+
+
+@pytest.fixture(scope="session")
+def slow_model(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    base = tmp_path_factory.mktemp("slow")
+    export_slow_model(base)
+    return base

@@ -55,8 +55,13 @@ async def _guarded(context: grpc.aio.ServicerContext, call: Callable[[], Awaitab
 
 
 def _timeout_s(context: grpc.aio.ServicerContext) -> float | None:
+    """The client's deadline as seconds left (None: no deadline)."""
     remaining = context.time_remaining()
-    return remaining if remaining is not None and remaining < 1e8 else None
+    if remaining is None or remaining > 1e8:
+        return None
+    if remaining <= 0:
+        raise ServingError(Code.DEADLINE_EXCEEDED, "Deadline exceeded before the request could be served.")
+    return remaining
 
 
 def _fill_classifications(out: classification_pb2.ClassificationResult, result: Classifications) -> None:

@@ -1,0 +1,96 @@
+"""The TF Serving flag set: spellings, syntaxes, defaults, warnings and errors (pure: no server)."""
+
+from __future__ import annotations
+
+import pytest
+
+from pyserving.config.flags import FlagError, parse_flags, server_options
+
+
+@pytest.mark.parametrize(
+    ("argv", "expected"),
+    [
+        (["--port=9000"], {"port": 9000}),
+        (["--port", "9000"], {"port": 9000}),
+        (["-port=9000"], {"port": 9000}),
+        (["--enable_batching"], {"enable_batching": True}),
+        (["--enable_batching=true"], {"enable_batching": True}),
+        (["--enable_batching=false"], {"enable_batching": False}),
+        (["--enable_batching=0"], {"enable_batching": False}),
+        (["--enable_batching", "false"], {"enable_batching": False}),
+        (["--rest_api_enable_cors_support", "--port=1"], {"rest_api_enable_cors_support": True, "port": 1}),
+        (["--saved_model_tags=serve,gpu"], {"saved_model_tags": "serve,gpu"}),
+        (["--per_process_gpu_memory_fraction=0.5"], {"per_process_gpu_memory_fraction": 0.5}),
+    ],
+)
+def test_syntaxes(argv: list[str], expected: dict[str, object]) -> None:
+    values, _ = parse_flags(argv)
+    assert values == expected
+
+
+@pytest.mark.parametrize(
+    ("argv", "message"),
+    [
+        (["--port=abc"], "--port=abc: expected an integer"),
+        (["--enable_batching=maybe"], "--enable_batching=maybe: expected true or false"),
+        (["--rest_api_prot=1"], "unknown flag --rest_api_prot; did you mean --rest_api_port?"),
+        (["--model_name"], "--model_name needs a value"),
+        (["serve"], "unexpected argument 'serve'"),
+    ],
+)
+def test_errors_name_the_flag(argv: list[str], message: str) -> None:
+    with pytest.raises(FlagError, match=message.replace("?", r"\?").replace("(", r"\(")):
+        parse_flags(argv)
+
+
+def test_unimplemented_flags_warn_only_when_given() -> None:
+    _, warnings = parse_flags(["--enable_batching=true", "--enable_model_warmup=true"])
+    assert len(warnings) == 1
+    assert "--enable_batching" in warnings[0] and "not implemented" in warnings[0]
+
+
+def test_article_only_flags_are_accepted() -> None:
+    values, warnings = parse_flags(
+        ["--enable_metrics=true", "--metrics_port=8502", "--tensorflow_gpu_memory_fraction=0.8",
+         "--verbosity=INFO", "--log_dir=/tmp/x"]
+    )
+    assert values["metrics_port"] == 8502
+    assert len(warnings) == 5
+
+
+def test_defaults_follow_tf_serving_except_rest_port() -> None:
+    options = server_options({"model_base_path": "/models/m"})
+    assert options.grpc_port == 8500
+    assert options.rest_api_port == 8501
+    assert options.rest_api_timeout_ms == 30000
+    assert options.models[0].name == "default"
+    assert options.runtime.saved_model_tags == ("serve",)
+
+
+def test_session_parallelism_sets_both_pools() -> None:
+    options = server_options({"model_base_path": "/m", "tensorflow_session_parallelism": 4,
+                              "tensorflow_intra_op_parallelism": 2})
+    assert (options.runtime.intra_op_parallelism, options.runtime.inter_op_parallelism) == (2, 4)
+
+
+def test_grpc_channel_arguments() -> None:
+    options = server_options({"model_base_path": "/m",
+                              "grpc_channel_arguments": "grpc.max_connection_age_ms=2000,grpc.primary_user_agent=x"})
+    assert options.grpc_channel_arguments == (("grpc.max_connection_age_ms", 2000), ("grpc.primary_user_agent", "x"))
+
+
+@pytest.mark.parametrize(
+    ("values", "message"),
+    [
+        ({}, "--model_base_path and --model_config_file are empty"),
+        ({"model_base_path": "/m", "port": -1}, "--port=-1: must be 0 or more"),
+        ({"model_base_path": "/m", "port": 0, "rest_api_port": 0}, "nothing to serve"),
+        ({"model_base_path": "/m", "saved_model_tags": " , "}, "--saved_model_tags is empty"),
+        ({"model_base_path": "/m", "grpc_channel_arguments": "novalue"}, "is not key=value"),
+        ({"model_base_path": "/m", "tensorflow_session_parallelism": 1, "tensorflow_intra_op_parallelism": 1,
+          "tensorflow_inter_op_parallelism": 1}, "cannot be combined"),
+    ],
+)
+def test_inconsistent_settings_are_errors(values: dict[str, object], message: str) -> None:
+    with pytest.raises(FlagError, match=message):
+        server_options(values)

@@ -1,0 +1,81 @@
+"""The real CLI in a subprocess: `pyserving serve` with TF Serving's flags, on 127.0.0.1 ephemeral ports."""
+
+from __future__ import annotations
+
+import os
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import requests
+
+from conftest import free_port
+
+ENV = {**os.environ, "PYTHONUNBUFFERED": "1"}
+
+
+def pyserving(*args: str, timeout: float = 60) -> subprocess.CompletedProcess[str]:
+    return subprocess.run([sys.executable, "-m", "pyserving", *args], capture_output=True, text=True,
+                          timeout=timeout, env=ENV)
+
+
+def test_version() -> None:
+    result = pyserving("serve", "--version")
+    assert result.returncode == 0
+    assert result.stdout.startswith("TensorFlow ModelServer: pyserving-")
+    assert "TensorFlow Library: " in result.stdout
+
+
+def test_help_lists_tf_serving_flags() -> None:
+    result = pyserving("serve", "--help")
+    assert result.returncode == 0
+    for flag in ("--port=", "--rest_api_port=", "--model_base_path=", "--grpc_socket_path=", "--saved_model_tags="):
+        assert flag in result.stdout
+
+
+def test_bad_flag_value_is_an_error_naming_the_flag() -> None:
+    result = pyserving("serve", "--port=eighty", "--model_base_path=/nowhere")
+    assert result.returncode == 2
+    assert "--port=eighty: expected an integer" in result.stderr
+
+
+def test_broken_model_fails_startup_with_a_clear_message(testdata: Path) -> None:
+    result = pyserving("serve", f"--port={free_port()}", f"--rest_api_port={free_port()}", "--host=127.0.0.1",
+                       "--model_name=bad", f"--model_base_path={testdata / 'bad_half_plus_two'}", timeout=120)
+    assert result.returncode == 1, result.stderr
+    assert "1 servable(s) did not become available" in result.stderr
+    assert "bad:" in result.stderr and "SavedModel" in result.stderr
+    assert "Traceback" not in result.stderr
+
+
+def test_serve_answers_and_stops_on_sigterm(testdata: Path) -> None:
+    rest_port, grpc_port = free_port(), free_port()
+    proc = subprocess.Popen(
+        [sys.executable, "-m", "pyserving", "serve", f"--port={grpc_port}", f"--rest_api_port={rest_port}",
+         "--host=127.0.0.1", "--model_name=half", f"--model_base_path={testdata / 'saved_model_half_plus_two_cpu'}",
+         "--enable_batching=true"],
+        stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, env=ENV,
+    )
+    try:
+        url = f"http://127.0.0.1:{rest_port}/v1/models/half"
+        deadline = time.monotonic() + 120
+        while True:
+            try:
+                if requests.get(url, timeout=2).status_code == 200:
+                    break
+            except requests.ConnectionError:
+                pass
+            assert proc.poll() is None, proc.communicate()[1]
+            assert time.monotonic() < deadline, "server did not come up"
+            time.sleep(0.2)
+        r = requests.post(url + ":predict", json={"instances": [2.0]}, timeout=10)
+        assert r.json() == {"predictions": [3.0]}
+        proc.terminate()
+        _, stderr = proc.communicate(timeout=30)
+        assert proc.returncode == 0, stderr
+        assert "--enable_batching is accepted for TensorFlow Serving compatibility but not implemented" in stderr
+    finally:
+        if proc.poll() is None:
+            proc.kill()
+            proc.communicate()
