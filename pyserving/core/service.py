@@ -72,6 +72,17 @@ def signature_of(lease: Lease, name: str) -> Signature:
     return sig
 
 
+def example_signature_of(lease: Lease, name: str) -> Signature:
+    """The classify/regress signature `name`: TF Serving's classifier and regressor word a missing one differently
+    from Predict, and call it INVALID_ARGUMENT."""
+    try:
+        return signature_of(lease, name)
+    except SignatureNotFoundError as exc:
+        raise ServingError(
+            Code.INVALID_ARGUMENT, f"No signature was found with the name: {exc.signature_name}"
+        ) from None
+
+
 class InferenceService:
     """The protocol-neutral API both front ends call. Thread-compatible; all methods are called on the event loop."""
 
@@ -158,7 +169,7 @@ class InferenceService:
     ) -> Classifications:
         """Classify serialized tf.Examples (context already merged in by the codec)."""
         with self.manager.lease(request) as lease:
-            sig = signature_of(lease, signature_name)
+            sig = example_signature_of(lease, signature_name)
             classes = await self._classify(lease, sig, examples, timeout_s)
             return Classifications(lease.id, sig.name, classes)
 
@@ -166,7 +177,7 @@ class InferenceService:
         self, request: ServableRequest, signature_name: str, examples: Sequence[bytes], *, timeout_s: float | None = None
     ) -> Regressions:
         with self.manager.lease(request) as lease:
-            sig = signature_of(lease, signature_name)
+            sig = example_signature_of(lease, signature_name)
             values = await self._regress(lease, sig, examples, timeout_s)
             return Regressions(lease.id, sig.name, values)
 
@@ -185,7 +196,7 @@ class InferenceService:
                 if name in seen:
                     raise ServingError(Code.INVALID_ARGUMENT, f"Duplicate evaluation of signature: {name}")
                 seen.add(name)
-                sig = signature_of(lease, name)
+                sig = example_signature_of(lease, name)
                 if task.method_name == CLASSIFY_METHOD:
                     results.append(Classifications(lease.id, name, await self._classify(lease, sig, examples, timeout_s)))
                 elif task.method_name == REGRESS_METHOD:
@@ -269,7 +280,7 @@ class InferenceService:
         if len(sig.outputs) != 1:
             raise ServingError(Code.INVALID_ARGUMENT, "Expected one output Tensor.")
         if "outputs" not in sig.outputs:
-            raise ServingError(Code.FAILED_PRECONDITION, f"No regression outputs found in SignatureDef: {sig.name}")
+            raise ServingError(Code.INVALID_ARGUMENT, f"No regression outputs found in SignatureDef: {sig.name}")
         batch = self._examples_tensor(examples)
         out = (await self._run(lease, sig.name, {key: batch}, ["outputs"], timeout_s))["outputs"]
         n = len(examples)

@@ -29,7 +29,14 @@ from pyserving.frontends.grpc.tensor_codec import to_ndarray, to_proto
 T = TypeVar("T")
 
 
-def servable_request(spec: model_pb2.ModelSpec) -> ServableRequest:
+def servable_request(request: Any) -> ServableRequest:
+    """What the request's model_spec asks for; a request without one is TF Serving's INVALID_ARGUMENT."""
+    if not request.HasField("model_spec"):
+        raise ServingError(Code.INVALID_ARGUMENT, "Missing ModelSpec")
+    return spec_request(request.model_spec)
+
+
+def spec_request(spec: model_pb2.ModelSpec) -> ServableRequest:
     choice = spec.WhichOneof("version_choice")
     if choice == "version":
         return ServableRequest(spec.name, spec.version.value)
@@ -85,7 +92,7 @@ class PredictionServicer(prediction_service_pb2_grpc.PredictionServiceServicer):
         async def call() -> predict_pb2.PredictResponse:
             inputs = {alias: to_ndarray(alias, proto) for alias, proto in request.inputs.items()}
             result = await self._service.predict(
-                servable_request(request.model_spec),
+                servable_request(request),
                 request.model_spec.signature_name,
                 inputs,
                 output_filter=list(request.output_filter),
@@ -102,7 +109,7 @@ class PredictionServicer(prediction_service_pb2_grpc.PredictionServiceServicer):
     async def Classify(self, request: classification_pb2.ClassificationRequest, context: grpc.aio.ServicerContext) -> Any:
         async def call() -> classification_pb2.ClassificationResponse:
             result = await self._service.classify(
-                servable_request(request.model_spec),
+                servable_request(request),
                 request.model_spec.signature_name,
                 serialized_examples(request.input),
                 timeout_s=_timeout_s(context),
@@ -117,7 +124,7 @@ class PredictionServicer(prediction_service_pb2_grpc.PredictionServiceServicer):
     async def Regress(self, request: regression_pb2.RegressionRequest, context: grpc.aio.ServicerContext) -> Any:
         async def call() -> regression_pb2.RegressionResponse:
             result = await self._service.regress(
-                servable_request(request.model_spec),
+                servable_request(request),
                 request.model_spec.signature_name,
                 serialized_examples(request.input),
                 timeout_s=_timeout_s(context),
@@ -138,11 +145,11 @@ class PredictionServicer(prediction_service_pb2_grpc.PredictionServiceServicer):
                 if task.model_spec.name != first.name:
                     raise ServingError(
                         Code.INVALID_ARGUMENT,
-                        "All tasks of a MultiInferenceRequest must name the same model; got "
-                        f"{first.name!r} and {task.model_spec.name!r}.",
+                        "All ModelSpecs in a MultiInferenceRequest must access the same model name "
+                        f"(got {first.name!r} and {task.model_spec.name!r}).",
                     )
             servable, results = await self._service.multi_inference(
-                servable_request(first),
+                spec_request(first),
                 [InferenceTask(t.model_spec.signature_name, t.method_name) for t in request.tasks],
                 serialized_examples(request.input),
                 timeout_s=_timeout_s(context),
@@ -168,15 +175,15 @@ class PredictionServicer(prediction_service_pb2_grpc.PredictionServiceServicer):
                     Code.INVALID_ARGUMENT,
                     "GetModelMetadataRequest must specify at least one metadata_field (use \"signature_def\").",
                 )
-            servable, metadata = self._service.metadata(servable_request(request.model_spec))
+            for field in request.metadata_field:
+                if field != "signature_def":
+                    raise ServingError(
+                        Code.INVALID_ARGUMENT, f"Metadata field {field} is not supported. Ask for \"signature_def\"."
+                    )
+            servable, metadata = self._service.metadata(servable_request(request))
             response = get_model_metadata_pb2.GetModelMetadataResponse()
             fill_model_spec(response.model_spec, servable, None)
             for field in request.metadata_field:
-                if field not in metadata:
-                    raise ServingError(
-                        Code.INVALID_ARGUMENT,
-                        f"Metadata field {field} is not supported. Supported fields: {', '.join(sorted(metadata))}.",
-                    )
                 packed = any_pb2.Any()
                 packed.Pack(metadata[field])
                 response.metadata[field].CopyFrom(packed)
@@ -193,9 +200,7 @@ class ModelServicer(model_service_pb2_grpc.ModelServiceServicer):
         self, request: get_model_status_pb2.GetModelStatusRequest, context: grpc.aio.ServicerContext
     ) -> Any:
         async def call() -> get_model_status_pb2.GetModelStatusResponse:
-            if not request.HasField("model_spec"):
-                raise ServingError(Code.INVALID_ARGUMENT, "Missing ModelSpec")
-            target = servable_request(request.model_spec)
+            target = servable_request(request)
             version = target.version
             if target.label is not None:
                 with self._service.manager.lease(target) as lease:

@@ -184,3 +184,4 @@ class RestApi:
         examples = json_codec.examples_from_json(doc, "regress")
         result = await self._service.regress(target, sig_name, examples, timeout_s=self._timeout_s)
         return json_codec.encode_regress(result.values)
+

@@ -10,7 +10,8 @@ import base64
 import binascii
 import json
 import math
-from collections.abc import Mapping
+from collections.abc import Callable, Iterator, Mapping
+from itertools import chain
 from typing import Any
 
 import numpy as np
@@ -35,6 +36,7 @@ _INT_RANGES = {
     DType.DT_UINT64: (0, 2**64 - 1),
 }
 _FLOATS = (DType.DT_FLOAT, DType.DT_DOUBLE)
+_WEB_SAFE = str.maketrans("-_", "+/")
 _DUMPS_OPTIONS = orjson.OPT_SERIALIZE_NUMPY
 
 
@@ -44,7 +46,7 @@ def _invalid(message: str) -> ServingError:
 
 def _show(value: Any) -> str:
     """A JSON value as TF Serving prints it inside error messages (abridged: errors must stay readable)."""
-    if isinstance(value, np.ndarray):
+    if isinstance(value, (np.ndarray, np.generic)):
         value = value.tolist()
     try:
         text = json.dumps(value, allow_nan=True)
@@ -54,6 +56,8 @@ def _show(value: Any) -> str:
 
 
 def _json_type(value: Any) -> str:
+    if isinstance(value, np.generic):
+        value = value.item()
     if value is None:
         return "Null"
     if value is True:
@@ -75,7 +79,10 @@ def parse_body(body: bytes) -> dict[str, Any]:
         doc = fast_json.loads(body)
     except fast_json.JsonParseError as exc:
         if exc.reason.startswith("The document is empty"):
-            raise _invalid("JSON Parse error: The document is empty") from None
+            if not body:  # TF Serving's own check, before rapidjson runs
+                raise _invalid("JSON Parse error: The document is empty") from None
+            # rapidjson reports a whitespace-only document where its whitespace ends
+            raise _invalid(f"JSON Parse error: The document is empty. at offset: {len(body)}") from None
         raise _invalid(f"JSON Parse error: {exc.reason} at offset: {exc.offset}") from None
     if not isinstance(doc, dict):
         raise _invalid(f"JSON Value: {_show(doc)} Is not object")
@@ -129,11 +136,45 @@ def _check_rectangular(value: Any, shape: list[int], level: int = 0) -> None:
         )
 
 
-def _first_bad(flat: Any, ok: Any) -> Any:
-    for item in flat:
-        if not ok(item):
-            return item
-    return None
+def _leaves(value: Any) -> Iterator[Any]:
+    """The scalars of a nested JSON list (or a decoded ndarray) in document order, as TF Serving visits them."""
+    if isinstance(value, np.ndarray):
+        yield from value.flat
+    elif isinstance(value, list):
+        for item in value:
+            yield from _leaves(item)
+    else:
+        yield value
+
+
+def _first_bad(value: Any, ok: Callable[[Any], bool]) -> Any:
+    """The first scalar of `value` that `ok` rejects. Error paths only: it walks the original JSON, because the
+    array numpy made of it may have changed the values (true -> 1, 1.0 next to "a" -> "1.0")."""
+    return next((item for item in _leaves(value) if not ok(item)), None)
+
+
+def _is_number(v: Any) -> bool:
+    return isinstance(v, (int, float, np.integer, np.floating)) and not isinstance(v, bool)
+
+
+def _is_bool(v: Any) -> bool:
+    return isinstance(v, (bool, np.bool_))
+
+
+def _has_bool(arr: np.ndarray, value: list[Any]) -> bool:
+    """Whether the nested list `value` holds a JSON true/false, which numpy turned into 1/0 in `arr` next to
+    numbers. Big arrays are walked in Python only when they hold a 0 or a 1."""
+    if arr.size > 64 and not ((arr == 0) | (arr == 1)).any():
+        return False
+    level = value  # all items at one depth, walked a depth at a time: per-list overhead would dominate
+    while True:
+        types = set(map(type, level))
+        if bool in types:
+            return True
+        if list not in types:
+            return False
+        lists = level if len(types) == 1 else [v for v in level if type(v) is list]
+        level = list(chain.from_iterable(lists))
 
 
 def _type_error(value: Any, dtype: DType) -> ServingError:
@@ -150,10 +191,16 @@ def _b64_or_text(value: Any) -> bytes:
         try:
             return base64.b64decode(data, validate=True)
         except (binascii.Error, ValueError):
-            try:  # TF Serving also accepts web-safe base64
-                return base64.urlsafe_b64decode(data)
-            except (binascii.Error, ValueError):
-                raise _invalid(f"Unable to base64 decode: {_show(value)}") from None
+            pass
+        # absl::Base64Unescape: padding may be left out (but must be right when present); TF Serving also takes
+        # web-safe base64. Anything else outside the alphabet is an error, never silently dropped.
+        text = data.translate(_WEB_SAFE)
+        if "=" not in text:
+            text += "=" * (-len(text) % 4)
+        try:
+            return base64.b64decode(text, validate=True)
+        except (binascii.Error, ValueError):
+            raise _invalid(f"Unable to base64 decode: {_show(value)}") from None
     raise _type_error(value, DType.DT_STRING)
 
 
@@ -183,44 +230,49 @@ def to_tensor(value: Any, spec: TensorSpec) -> np.ndarray:
             raise _type_error(value.flat[0] if value.size else value, dtype)
         return _string_tensor(value)
     if dtype not in _FLOATS and dtype not in _INT_RANGES and dtype != DType.DT_BOOL:
-        raise ServingError(Code.UNIMPLEMENTED, f"Conversion of JSON Value: {_show(value)} to type: {dtype.short_name}")
+        # TF Serving fails on the first element it tries to convert, and prints that element
+        first = next(_leaves(value), value)
+        raise ServingError(Code.UNIMPLEMENTED, f"Conversion of JSON Value: {_show(first)} to type: {dtype.short_name}")
     if isinstance(value, np.ndarray):
         arr = value
     else:
         try:
             arr = np.asarray(value)
         except (ValueError, OverflowError):
-            shape = _nested_shape(value)
-            _check_rectangular(value, shape)
-            arr = np.asarray(value, dtype=object)
+            arr = np.empty(0, dtype=object)
         if arr.dtype == object:
-            shape = _nested_shape(value)
-            _check_rectangular(value, shape)
+            _check_rectangular(value, _nested_shape(value))
+            arr = np.asarray(value, dtype=object)
+        elif arr.dtype.kind in "iuf" and isinstance(value, list) and _has_bool(arr, value):
+            arr = np.asarray(value, dtype=object)  # true/false are no numbers to TF Serving: report them below
     kind = arr.dtype.kind
     if dtype in _FLOATS:
+        if kind == "O" and all(map(_is_number, arr.flat)):
+            arr = arr.astype(np.float64)  # integers beyond int64 next to other numbers; JSON-wise still numbers
+            kind = "f"
         if kind in "fiu":
             try:
                 with np.errstate(over="raise"):
                     return arr.astype(dtype.numpy, copy=False)
             except FloatingPointError:
-                big = _first_bad(arr.flat, lambda v: abs(float(v)) <= float(np.finfo(dtype.numpy).max))
+                big = _first_bad(value, lambda v: abs(float(v)) <= float(np.finfo(dtype.numpy).max))
                 raise _invalid(
                     f"Cannot convert JSON value: {big} to {dtype.short_name} without loss of precision."
                 ) from None
-        raise _type_error(_first_bad(arr.flat, lambda v: isinstance(v, (int, float)) and not isinstance(v, bool)), dtype)
+        raise _type_error(_first_bad(value, _is_number), dtype)
     if dtype == DType.DT_BOOL:
         if kind == "b":
             return arr
-        raise _type_error(_first_bad(arr.flat, lambda v: isinstance(v, (bool, np.bool_))), dtype)
+        raise _type_error(_first_bad(value, _is_bool), dtype)
     lo, hi = _INT_RANGES[dtype]
-    if kind in "iu":
-        if arr.size and (arr.min() < lo or arr.max() > hi):
-            bad = _first_bad(arr.flat, lambda v: lo <= v <= hi)
-            raise _type_error(int(bad), dtype)
+    if kind in "iu" and not (arr.size and (arr.min() < lo or arr.max() > hi)):
         return arr.astype(dtype.numpy, copy=False)
-    if kind == "f":
-        raise _type_error(float(_first_bad(arr.flat, lambda v: float(v).is_integer()) or arr.flat[0]), dtype)
-    raise _type_error(_first_bad(arr.flat, lambda v: isinstance(v, int) and not isinstance(v, bool)), dtype)
+    # JSON 1.0 is no integer to TF Serving either
+    bad = _first_bad(value, lambda v: isinstance(v, (int, np.integer)) and not isinstance(v, bool) and lo <= v <= hi)
+    if kind == "f" and isinstance(value, np.ndarray):
+        # fast_json made every number of the array a float: a fraction surely was one; else which was is unknown
+        bad = next((v for v in value.flat if not float(v).is_integer()), bad)
+    raise _type_error(bad, dtype)
 
 
 def _is_b64(value: Any) -> bool:
@@ -252,42 +304,99 @@ def _row_inputs(instances: Any, sig: Signature) -> dict[str, np.ndarray]:
     names = sorted(sig.inputs)
     first = instances[0]
     if isinstance(first, dict) and not _is_b64(first):
-        columns: dict[str, list[Any]] = {n: [] for n in names}
-        for i, row in enumerate(instances):
-            if not isinstance(row, dict) or _is_b64(row):
-                raise _invalid(f"Expecting object but got list at item {i} of input list")
-            if set(row) != set(names):
-                missing = sorted(set(names) - set(row))
-                raise _invalid(
-                    f"Failed to process element: {i} of 'instances' list. JSON object: "
-                    + (f"does not have named input: {missing[0]}" if missing else
-                       f"has unexpected keys {sorted(set(row) - set(names))}")
-                    + f". Its keys must be equal to: {','.join(names)}"
-                )
-            for n in names:
-                columns[n].append(row[n])
-        return {n: _stack_rows(columns[n], sig.inputs[n], n) for n in names}
+        return _object_rows(instances, sig, names)
     if len(names) > 1:
         raise _invalid(
             "instances is a plain list, but expecting list of objects as multiple input tensors required as per "
             f"tensorinfo_map (inputs: {','.join(names)})"
         )
-    for i, row in enumerate(instances if isinstance(instances, list) else ()):
+    spec = sig.inputs[names[0]]
+    try:
+        return {names[0]: to_tensor(instances, spec)}
+    except ServingError as exc:
+        # Converting the batch at once is fast; TF Serving converts row by row, so find and word its error
+        raise (_plain_rows_error(instances, spec) or exc) from None
+
+
+def _element_error(i: int, exc: ServingError, name: str | None = None) -> ServingError:
+    """TF Serving's wrapping of an error in one element of 'instances': always INVALID_ARGUMENT (even for an
+    UNIMPLEMENTED dtype), with the inner status, code name first, in the message."""
+    key = f" key: {name}" if name is not None else ""
+    return _invalid(f"Failed to process element: {i}{key} of 'instances' list. Error: {exc.code.name}: {exc.message}")
+
+
+def _row_mismatch(first: np.ndarray, tensor: np.ndarray) -> ServingError | None:
+    """Every row of an input must have the first row's size and shape."""
+    if tensor.size != first.size:
+        return _invalid(f"Expecting tensor size: {first.size} but got: {tensor.size}")
+    if tensor.shape != first.shape:
+        return _invalid(f"Expecting shape {_shape_text(first.shape)} but got: {_shape_text(tensor.shape)}")
+    return None
+
+
+def _shape_text(shape: tuple[int, ...]) -> str:
+    return "[" + ",".join(map(str, shape)) + "]"
+
+
+def _plain_rows_error(instances: Any, spec: TensorSpec) -> ServingError | None:
+    first = None
+    for i, row in enumerate(instances):
         if isinstance(row, dict) and not _is_b64(row):
-            raise _invalid(f"Expecting value/list but got object at item {i} of input list")
-    return {names[0]: to_tensor(instances, sig.inputs[names[0]])}
+            return _invalid(f"Expecting value/list but got object at item {i} of input list")
+        try:
+            tensor = to_tensor(row, spec)
+        except ServingError as exc:
+            return _element_error(i, exc)
+        if first is None:
+            first = tensor
+        elif mismatch := _row_mismatch(first, tensor):
+            return _element_error(i, mismatch)
+    return None
 
 
-def _stack_rows(rows: list[Any], spec: TensorSpec, name: str) -> np.ndarray:
-    tensors = [to_tensor(r, spec) for r in rows]
-    shape = tensors[0].shape
-    for i, t in enumerate(tensors):
-        if t.shape != shape:
-            raise _invalid(
-                f"Failed to process element: {i} key: {name} of 'instances' list. Error: Expecting shape "
-                f"{list(shape)} but got: {list(t.shape)}"
+def _object_rows(instances: Any, sig: Signature, names: list[str]) -> dict[str, np.ndarray]:
+    """Rows of {input name: value}: each input's values are converted at once, as a column."""
+    columns: dict[str, list[Any]] = {n: [] for n in names}
+    well_formed = True
+    for row in instances:
+        if not isinstance(row, dict) or _is_b64(row) or row.keys() != columns.keys():
+            well_formed = False
+            break
+        for name, value in row.items():
+            columns[name].append(value)
+    error = None
+    if well_formed:
+        try:
+            return {n: to_tensor(values, sig.inputs[n]) for n, values in columns.items()}
+        except ServingError as exc:
+            error = exc
+    raise (_object_rows_error(instances, sig, names) or error) from None
+
+
+def _object_rows_error(instances: Any, sig: Signature, names: list[str]) -> ServingError | None:
+    """The error TF Serving reports for object rows, found in its order: row by row, each row's values in the
+    row's key order, then the row's key set."""
+    first: dict[str, np.ndarray] = {}
+    for i, row in enumerate(instances):
+        if not isinstance(row, dict) or _is_b64(row):
+            return _invalid(f"Expecting object but got list at item {i} of input list")
+        for name, value in row.items():
+            if name not in sig.inputs:
+                return _element_error(i, _invalid(f"JSON object: does not have named input: {name}"), name)
+            try:
+                tensor = to_tensor(value, sig.inputs[name])
+            except ServingError as exc:
+                return _element_error(i, exc, name)
+            if name not in first:
+                first[name] = tensor
+            elif mismatch := _row_mismatch(first[name], tensor):
+                return _element_error(i, mismatch, name)
+        if len(row) != len(names):  # every key is known by now, so only a missing one is left
+            return _invalid(
+                f"Failed to process element: {i} of 'instances' list. JSON object: {_show(row)} keys must be "
+                f"equal to: {','.join(names)}"
             )
-    return np.stack(tensors)
+    return None
 
 
 def _columnar_inputs(inputs: Any, sig: Signature) -> dict[str, np.ndarray]:
@@ -382,26 +491,28 @@ def encode_predict(outputs: Mapping[str, np.ndarray], row_format: bool) -> bytes
 def _feature(name: str, value: Any) -> feature_pb2.Feature:
     values = value if isinstance(value, list) else value.tolist() if isinstance(value, np.ndarray) else [value]
     feature = feature_pb2.Feature()
-    kinds = set()
+    kind = None  # the first element's kind is the feature's; TF Serving names it when a later element differs
     for v in values:
         if isinstance(v, bool):
-            kinds.add("int64")
+            this = "int64"
         elif isinstance(v, int):
             if v >= 2**63:
                 raise _invalid(f"Feature: {name} has uint64 element. Only int64 is supported.")
-            kinds.add("int64")
+            this = "int64"
         elif isinstance(v, float):
-            kinds.add("float")
+            this = "float"
         elif isinstance(v, str) or _is_b64(v):
-            kinds.add("bytes")
+            this = "bytes"
         else:
             raise _invalid(f"Feature: {name} has element with unexpected JSON type: {_json_type(v)}")
-    if len(kinds) > 1:
-        raise _invalid(
-            f"Unexpected element type in feature: {name} expecting type: {sorted(kinds)[0]}. Send one kind of "
-            "value per feature (write 1.0 for float features)."
-        )
-    kind = kinds.pop() if kinds else "float"
+        if kind is None:
+            kind = this
+        elif this != kind:
+            raise _invalid(
+                f"Unexpected element type in feature: {name} expecting type: {kind}. Send one kind of "
+                "value per feature (write 1.0 for float features)."
+            )
+    kind = kind or "float"
     if kind == "int64":
         feature.int64_list.value.extend(int(v) for v in values)
     elif kind == "float":
