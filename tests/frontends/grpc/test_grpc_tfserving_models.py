@@ -17,6 +17,8 @@ from tensorflow_serving.apis import (
     regression_pb2,
 )
 
+from pathlib import Path
+
 from conftest import RunningServer
 
 TIMEOUT = 30
@@ -113,3 +115,16 @@ def test_messages_beyond_grpc_default_4mib(stub: prediction_service_pb2_grpc.Pre
     request.inputs["x"].CopyFrom(tf.make_tensor_proto(x))
     response = stub.Predict(request, TIMEOUT)
     np.testing.assert_allclose(tf.make_ndarray(response.outputs["y"]), x * 0.5 + 2)
+
+
+def test_unix_socket(testdata: Path, tmp_path: Path) -> None:
+    from conftest import model_options, run_server
+
+    socket_path = tmp_path / "grpc.sock"
+    options = model_options("default", testdata / "saved_model_half_plus_two_cpu", grpc_socket_path=str(socket_path))
+    with run_server(options):
+        stub = prediction_service_pb2_grpc.PredictionServiceStub(grpc.insecure_channel(f"unix:{socket_path}"))
+        request = predict_pb2.PredictRequest()
+        request.model_spec.name = "default"
+        request.inputs["x"].CopyFrom(tf.make_tensor_proto([4.0], shape=[1]))
+        assert tf.make_ndarray(stub.Predict(request, TIMEOUT).outputs["y"]).tolist() == [4.0]
