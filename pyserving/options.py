@@ -16,6 +16,42 @@ class VersionPolicy:
 
 
 @dataclass(frozen=True, slots=True)
+class TrafficSplit:
+    """The article's `percentage` policy: requests naming no version or label are split by weight.
+
+    Each arm is a version number or a version label; weights are percentages summing to 100.
+    """
+
+    arms: tuple[tuple[int | str, int], ...]
+
+
+@dataclass(frozen=True, slots=True)
+class BatchingOptions:
+    """TF Serving's BatchingParameters with its library defaults, in TF Serving's units."""
+
+    max_batch_size: int = 1000
+    batch_timeout_micros: int = 0
+    max_enqueued_batches: int = 10
+    num_batch_threads: int = 0
+    """0: as many as CPUs (TF Serving's port::MaxParallelism())."""
+    thread_pool_name: str = "batch_threads"
+    allowed_batch_sizes: tuple[int, ...] = ()
+    pad_variable_length_inputs: bool = False
+    enable_large_batch_splitting: bool = False
+    max_execution_batch_size: int = 0
+    """0: same as max_batch_size."""
+
+
+@dataclass(frozen=True, slots=True)
+class LoggingOptions:
+    """TF Serving's per-model logging_config: which requests to log and where."""
+
+    sampling_rate: float = 0.0
+    collector_type: str = ""
+    filename_prefix: str = ""
+
+
+@dataclass(frozen=True, slots=True)
 class ModelConfig:
     """One entry of a model_config_list (or the single model named by --model_name/--model_base_path)."""
 
@@ -24,6 +60,9 @@ class ModelConfig:
     platform: str = "tensorflow"
     version_policy: VersionPolicy = field(default_factory=VersionPolicy)
     version_labels: tuple[tuple[str, int], ...] = ()
+    traffic_split: TrafficSplit | None = None
+    batching: BatchingOptions | None = None
+    logging: LoggingOptions | None = None
 
 
 @dataclass(frozen=True, slots=True)
