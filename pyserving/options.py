@@ -72,6 +72,23 @@ class RuntimeOptions:
     saved_model_tags: tuple[str, ...] = ("serve",)
     intra_op_parallelism: int = 0
     inter_op_parallelism: int = 0
+    enable_model_warmup: bool = True
+    num_request_iterations_for_warmup: int = 0
+    """0: replay each warm-up record once (TF Serving's default)."""
+
+
+@dataclass(frozen=True, slots=True)
+class LifecycleOptions:
+    """How versions are discovered, loaded, retried and labelled (TF Serving's flag names, converted units)."""
+
+    file_system_poll_wait_seconds: float = 1.0
+    """<= 0: look once at start-up (TF Serving: 0 polls once, < 0 never; both mean no polling here)."""
+    max_num_load_retries: int = 5
+    load_retry_interval_s: float = 60.0
+    num_load_threads: int = 0
+    allow_version_labels_for_unavailable_models: bool = False
+    model_config_file: str = ""
+    model_config_file_poll_wait_seconds: float = 0.0
 
 
 @dataclass(frozen=True, slots=True)
@@ -88,8 +105,10 @@ class ServerOptions:
     rest_api_timeout_ms: int = 30000
     rest_api_enable_cors_support: bool = False
     runtime: RuntimeOptions = field(default_factory=RuntimeOptions)
+    lifecycle: LifecycleOptions = field(default_factory=LifecycleOptions)
     enable_signature_method_name_check: bool = False
     enable_serialization_as_tensor_content: bool = False
+    enable_grpc_healthcheck_service: bool = False
     num_worker_threads: int = 0
     """Threads that run model code; 0 picks a default from the CPU count."""
     shutdown_grace_s: float = 10.0

@@ -12,18 +12,19 @@ import logging
 import os
 import signal
 from concurrent.futures import ThreadPoolExecutor
+from collections.abc import Callable, Iterator, Sequence
 from contextlib import contextmanager
-from collections.abc import Iterator
 
 import grpc
 import uvicorn
 
+from pyserving.core.lifecycle import ModelLifecycle
 from pyserving.core.manager import ModelManager
 from pyserving.core.service import InferenceService
-from pyserving.core.source import FileSystemSource
+from pyserving.errors import ServingError
 from pyserving.frontends.grpc.prediction_service import add_services
 from pyserving.frontends.rest.app import RestApi
-from pyserving.options import ServerOptions
+from pyserving.options import ModelConfig, ServerOptions
 from pyserving.runtimes.registry import get_runtime
 
 log = logging.getLogger("pyserving.server")
@@ -41,31 +42,50 @@ class _UvicornServer(uvicorn.Server):
 
 
 class Server:
-    """A running pyserving instance. `start()` then `wait()`; `stop()` from the same loop (or a signal)."""
+    """A running pyserving instance. `start()` then `wait()`; `stop()` from the same loop (or a signal).
 
-    def __init__(self, options: ServerOptions) -> None:
+    Threads: the event loop serves both front ends; `pyserving-model` threads run model code; one
+    `pyserving-control` thread runs every load, unload, poll and reload, one at a time.
+    """
+
+    def __init__(
+        self,
+        options: ServerOptions,
+        *,
+        config_loader: Callable[[str], Sequence[ModelConfig]] | None = None,
+    ) -> None:
         self.options = options
         workers = options.num_worker_threads or max(4, 2 * (os.cpu_count() or 1))
         self._executor = ThreadPoolExecutor(max_workers=workers, thread_name_prefix="pyserving-model")
-        self.manager = ModelManager(options.models, options.runtime, get_runtime)
+        self._control = ThreadPoolExecutor(max_workers=1, thread_name_prefix="pyserving-control")
+        self.manager = ModelManager(options.models, options.runtime, get_runtime, options.lifecycle)
+        self.lifecycle = ModelLifecycle(self.manager, options.models, options.lifecycle)
         self.service = InferenceService(
-            self.manager, self._executor, method_name_check=options.enable_signature_method_name_check
+            self.manager, self._executor, method_name_check=options.enable_signature_method_name_check,
+            reloader=self.reload,
         )
-        self._source = FileSystemSource(options.models, self.manager.set_aspired_versions)
+        self._config_loader = config_loader
         self._grpc: grpc.aio.Server | None = None
         self._rest: _UvicornServer | None = None
         self._rest_task: asyncio.Task[None] | None = None
+        self._background: list[asyncio.Task[None]] = []
         self._stopped = asyncio.Event()
         self.grpc_port: int | None = None
         self.rest_port: int | None = None
 
+    async def _control_call(self, fn: Callable[..., object], *args: object) -> object:
+        return await asyncio.get_running_loop().run_in_executor(self._control, fn, *args)
+
     async def start(self) -> None:
-        opts = self.options
-        loop = asyncio.get_running_loop()
-        await loop.run_in_executor(self._executor, self._load_models)
+        names = [m.name for m in self.options.models]
+        try:
+            await self._control_call(self.lifecycle.load_until_settled, names)
+        except ServingError as exc:
+            await self._control_call(self.manager.unload_all)
+            raise StartupError(exc.message) from None
         unavailable = self.manager.unavailable_models()
         if unavailable:
-            await loop.run_in_executor(self._executor, self.manager.unload_all)
+            await self._control_call(self.manager.unload_all)
             details = "; ".join(f"{name}: {why}" for name, why in sorted(unavailable.items()))
             raise StartupError(f"{len(unavailable)} servable(s) did not become available: {details}")
         # Everything allocated so far lives as long as the server: keep the cyclic GC from rescanning it on every
@@ -74,10 +94,42 @@ class Server:
         gc.freeze()
         await self._start_grpc()
         await self._start_rest()
+        lifecycle = self.options.lifecycle
+        if lifecycle.file_system_poll_wait_seconds > 0:
+            self._background.append(asyncio.create_task(self._poll_versions(lifecycle.file_system_poll_wait_seconds)))
+        if lifecycle.model_config_file and lifecycle.model_config_file_poll_wait_seconds > 0:
+            self._background.append(asyncio.create_task(
+                self._poll_config(lifecycle.model_config_file, lifecycle.model_config_file_poll_wait_seconds)
+            ))
 
-    def _load_models(self) -> None:
-        self._source.poll_once()
-        self.manager.reconcile_once()
+    async def _poll_versions(self, every_s: float) -> None:
+        while True:
+            await asyncio.sleep(every_s)
+            try:
+                await self._control_call(self.lifecycle.poll_once)
+            except Exception:  # a poll must never end polling
+                log.exception("File-system poll failed")
+
+    async def _poll_config(self, path: str, every_s: float) -> None:
+        assert self._config_loader is not None, "a model config file needs a config_loader"
+        while True:
+            await asyncio.sleep(every_s)
+            try:
+                models = await self._control_call(self._config_loader, path)
+            except Exception as exc:
+                log.error("Ignoring %s: %s. The current configuration keeps serving.", path, exc)
+                continue
+            if tuple(models) == self.lifecycle.models:  # type: ignore[arg-type]
+                continue
+            try:
+                await self.reload(models)  # type: ignore[arg-type]
+                log.info("Reloaded the model configuration from %s", path)
+            except ServingError as exc:
+                log.error("Reloading %s failed: %s", path, exc.message)
+
+    async def reload(self, models: Sequence[ModelConfig]) -> None:
+        """Replace the model list (config reload); raises ServingError when a new model cannot be served."""
+        await self._control_call(self.lifecycle.reload, tuple(models))
 
     async def _start_grpc(self) -> None:
         opts = self.options
@@ -89,7 +141,10 @@ class Server:
             *opts.grpc_channel_arguments,
         ]
         server = grpc.aio.server(options=channel_options)
-        add_services(server, self.service, tensor_content=opts.enable_serialization_as_tensor_content)
+        await add_services(
+            server, self.service, tensor_content=opts.enable_serialization_as_tensor_content,
+            health=opts.enable_grpc_healthcheck_service, config_parser=self._config_parser(),
+        )
         if opts.grpc_port:
             address = f"{opts.host}:{opts.grpc_port}"
             try:
@@ -132,6 +187,14 @@ class Server:
         self.rest_port = rest.servers[0].sockets[0].getsockname()[1] if rest.servers else opts.rest_api_port
         log.info("Exporting HTTP/REST API at %s:%s", opts.host, self.rest_port)
 
+    def _config_parser(self) -> Callable[[str], Sequence[ModelConfig]] | None:
+        """Text of a ModelServerConfig -> models, for HandleReloadConfigRequest (None: reloads unsupported)."""
+        try:
+            from pyserving.config.model_config import parse_model_server_config
+        except ImportError:
+            return None
+        return lambda text: parse_model_server_config(text, source="HandleReloadConfigRequest")
+
     async def wait(self) -> None:
         await self._stopped.wait()
 
@@ -149,15 +212,19 @@ class Server:
             waits.append(asyncio.ensure_future(self._grpc.stop(grace)))
         if waits:
             await asyncio.wait(waits, timeout=grace + 5)
-        loop = asyncio.get_running_loop()
-        await loop.run_in_executor(self._executor, self.manager.unload_all)
+        for task in self._background:
+            task.cancel()
+        await self._control_call(self.manager.unload_all)
         self._executor.shutdown(wait=False)
+        self._control.shutdown(wait=False)
         self._stopped.set()
 
 
-async def serve(options: ServerOptions) -> None:
+async def serve(
+    options: ServerOptions, *, config_loader: Callable[[str], Sequence[ModelConfig]] | None = None
+) -> None:
     """Run until SIGINT or SIGTERM, then shut down gracefully."""
-    server = Server(options)
+    server = Server(options, config_loader=config_loader)
     loop = asyncio.get_running_loop()
     stopping: list[asyncio.Task[None]] = []
 

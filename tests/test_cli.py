@@ -42,10 +42,12 @@ def test_bad_flag_value_is_an_error_naming_the_flag() -> None:
 
 def test_broken_model_fails_startup_with_a_clear_message(testdata: Path) -> None:
     result = pyserving("serve", f"--port={free_port()}", f"--rest_api_port={free_port()}", "--host=127.0.0.1",
-                       "--model_name=bad", f"--model_base_path={testdata / 'bad_half_plus_two'}", timeout=120)
+                       "--model_name=bad", f"--model_base_path={testdata / 'bad_half_plus_two'}",
+                       "--max_num_load_retries=1", "--load_retry_interval_micros=100000", timeout=120)
     assert result.returncode == 1, result.stderr
     assert "1 servable(s) did not become available" in result.stderr
     assert "bad:" in result.stderr and "SavedModel" in result.stderr
+    assert "failed (attempt 1 of 2), retrying in 0.1 s" in result.stderr
     assert "Traceback" not in result.stderr
 
 
@@ -54,7 +56,7 @@ def test_serve_answers_and_stops_on_sigterm(testdata: Path) -> None:
     proc = subprocess.Popen(
         [sys.executable, "-m", "pyserving", "serve", f"--port={grpc_port}", f"--rest_api_port={rest_port}",
          "--host=127.0.0.1", "--model_name=half", f"--model_base_path={testdata / 'saved_model_half_plus_two_cpu'}",
-         "--enable_batching=true"],
+         "--enable_batching=true", "--file_system_poll_wait_seconds=0"],
         stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, env=ENV,
     )
     try:

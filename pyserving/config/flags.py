@@ -13,7 +13,7 @@ from collections.abc import Sequence
 from dataclasses import dataclass
 from typing import Any
 
-from pyserving.options import ModelConfig, RuntimeOptions, ServerOptions
+from pyserving.options import LifecycleOptions, ModelConfig, RuntimeOptions, ServerOptions
 
 
 class FlagError(ValueError):
@@ -44,15 +44,15 @@ FLAGS: tuple[Flag, ...] = (
     Flag("rest_api_enable_cors_support", bool, False, "add CORS headers to REST responses"),
     Flag("model_name", str, "default", "name of the model (single-model mode)"),
     Flag("model_base_path", str, "", "directory holding the model's numbered version directories"),
-    Flag("model_config_file", str, "", "model_config_list text proto (multi-model mode)", False),
-    Flag("model_config_file_poll_wait_seconds", int, 0, "re-read --model_config_file every N seconds", False),
-    Flag("file_system_poll_wait_seconds", int, 1, "poll base paths for new versions every N seconds", False),
+    Flag("model_config_file", str, "", "model_config_list text proto (multi-model mode)"),
+    Flag("model_config_file_poll_wait_seconds", int, 0, "re-read --model_config_file every N seconds"),
+    Flag("file_system_poll_wait_seconds", int, 1, "poll base paths for new versions every N seconds"),
     Flag("flush_filesystem_caches", bool, True, "flush file-system caches after loads", False),
-    Flag("num_load_threads", int, 0, "threads that load models", False),
+    Flag("num_load_threads", int, 0, "threads that load models"),
     Flag("num_unload_threads", int, 0, "threads that unload models", False),
-    Flag("max_num_load_retries", int, 5, "retries of a failed load", False),
-    Flag("load_retry_interval_micros", int, 60_000_000, "wait between load retries", False),
-    Flag("allow_version_labels_for_unavailable_models", bool, False, "allow new labels on unloaded versions", False),
+    Flag("max_num_load_retries", int, 5, "retries of a failed load"),
+    Flag("load_retry_interval_micros", int, 60_000_000, "wait between load retries"),
+    Flag("allow_version_labels_for_unavailable_models", bool, False, "allow new labels on unloaded versions"),
     Flag("enable_batching", bool, False, "batch requests on the server", False),
     Flag("batching_parameters_file", str, "", "BatchingParameters text proto", False),
     Flag("enable_per_model_batching_parameters", bool, False, "read batching_params.pbtxt per version", False),
@@ -63,8 +63,8 @@ FLAGS: tuple[Flag, ...] = (
     Flag("tensorflow_session_config_file", str, "", "tensorflow.ConfigProto text proto", False),
     Flag("per_process_gpu_memory_fraction", float, 0.0, "fraction of GPU memory each process may take", False),
     Flag("tensorflow_gpu_memory_fraction", float, 0.0, "the article's spelling of --per_process_gpu_memory_fraction", False),
-    Flag("enable_model_warmup", bool, True, "replay assets.extra/tf_serving_warmup_requests before serving", False),
-    Flag("num_request_iterations_for_warmup", int, 0, "replays of each warm-up record", False),
+    Flag("enable_model_warmup", bool, True, "replay assets.extra/tf_serving_warmup_requests before serving"),
+    Flag("num_request_iterations_for_warmup", int, 0, "replays of each warm-up record"),
     Flag("monitoring_config_file", str, "", "MonitoringConfig text proto (Prometheus)", False),
     Flag("enable_metrics", bool, False, "serve Prometheus metrics (the article's flag)", False),
     Flag("metrics_port", int, 0, "port of the metrics endpoint (the article's flag)", False),
@@ -73,7 +73,7 @@ FLAGS: tuple[Flag, ...] = (
     Flag("platform_config_file", str, "", "PlatformConfigMap text proto", False),
     Flag("enable_signature_method_name_check", bool, False, "require predict/classify/regress method names"),
     Flag("enable_serialization_as_tensor_content", bool, False, "send gRPC output tensors as tensor_content"),
-    Flag("enable_grpc_healthcheck_service", bool, False, "serve grpc.health.v1", False),
+    Flag("enable_grpc_healthcheck_service", bool, False, "serve grpc.health.v1"),
     Flag("remove_unused_fields_from_bundle_metagraph", bool, True, "keep only signatures in memory", False),
     Flag("prefer_tflite_model", bool, False, "serve model.tflite when present", False),
     Flag("num_tflite_pools", int, 0, "TFLite interpreter pools", False),
@@ -177,9 +177,17 @@ def server_options(values: dict[str, Any]) -> ServerOptions:
             "Both --model_base_path and --model_config_file are empty: give --model_base_path=/models/NAME (and "
             "--model_name=NAME), or a --model_config_file."
         )
+    models: tuple[ModelConfig, ...]
     if v["model_config_file"]:
-        raise FlagError("--model_config_file is not supported by this pyserving version yet; use "
-                        "--model_name and --model_base_path.")
+        from pyserving.config.model_config import load_model_config_file
+
+        try:
+            models = tuple(load_model_config_file(v["model_config_file"]))
+        except ValueError as exc:
+            raise FlagError(f"--model_config_file={v['model_config_file']}: {exc}") from None
+    else:
+        models = (ModelConfig(name=v["model_name"], base_path=os.path.abspath(os.path.expanduser(v["model_base_path"]))),)
+    _non_negative(v, "max_num_load_retries", "num_load_threads", "num_request_iterations_for_warmup")
     if v["port"] == 0 and not v["grpc_socket_path"] and v["rest_api_port"] == 0:
         raise FlagError("--port=0 and --rest_api_port=0 leave nothing to serve on; set at least one.")
     session = v["tensorflow_session_parallelism"]
@@ -194,9 +202,8 @@ def server_options(values: dict[str, Any]) -> ServerOptions:
         raise FlagError("--saved_model_tags is empty: give the tag set to load, e.g. --saved_model_tags=serve")
     if v["rest_api_timeout_in_ms"] < 0:
         raise FlagError(f"--rest_api_timeout_in_ms={v['rest_api_timeout_in_ms']}: must be 0 (no timeout) or more")
-    base_path = os.path.abspath(os.path.expanduser(v["model_base_path"]))
     return ServerOptions(
-        models=(ModelConfig(name=v["model_name"], base_path=base_path),),
+        models=models,
         host=v["host"],
         grpc_port=v["port"],
         grpc_socket_path=v["grpc_socket_path"],
@@ -208,7 +215,19 @@ def server_options(values: dict[str, Any]) -> ServerOptions:
             saved_model_tags=tags,
             intra_op_parallelism=intra or session,
             inter_op_parallelism=inter or session,
+            enable_model_warmup=v["enable_model_warmup"],
+            num_request_iterations_for_warmup=v["num_request_iterations_for_warmup"],
         ),
+        lifecycle=LifecycleOptions(
+            file_system_poll_wait_seconds=float(v["file_system_poll_wait_seconds"]),
+            max_num_load_retries=v["max_num_load_retries"],
+            load_retry_interval_s=max(v["load_retry_interval_micros"], 0) / 1e6,
+            num_load_threads=v["num_load_threads"],
+            allow_version_labels_for_unavailable_models=v["allow_version_labels_for_unavailable_models"],
+            model_config_file=os.path.abspath(v["model_config_file"]) if v["model_config_file"] else "",
+            model_config_file_poll_wait_seconds=float(v["model_config_file_poll_wait_seconds"]),
+        ),
+        enable_grpc_healthcheck_service=v["enable_grpc_healthcheck_service"],
         enable_signature_method_name_check=v["enable_signature_method_name_check"],
         enable_serialization_as_tensor_content=v["enable_serialization_as_tensor_content"],
     )

@@ -1,8 +1,13 @@
 """ModelManager: owns every loaded servable, reconciles aspired versions with loaded ones, hands out leases.
 
-Concurrency contract: `lease()` and `status()` may be called from any thread (the event loop calls them on every
-request) and never block on a load. `reconcile_once()` does the slow work (loads, unloads) and must be called from
-one thread at a time, never from the event loop. A version is unloaded only after every lease on it is released.
+Loading is reconciliation: a source reports the complete set of versions each model should serve
+(`set_aspired_versions`), and `reconcile_once()` moves toward it with the availability-preserving steps of
+`transitions.next_actions`.
+
+Concurrency contract: `lease()`, `status()` and the other readers may be called from any thread (the event loop
+calls them on every request) and never wait for a load. `reconcile_once()`, `set_models()` and `unload_all()` do
+or trigger the slow work and must be called from one control thread at a time, never from the event loop. A
+version is unloaded only after every lease on it is released.
 """
 
 from __future__ import annotations
@@ -11,18 +16,20 @@ import logging
 import threading
 import time
 from collections.abc import Callable, Mapping, Sequence
+from concurrent.futures import ThreadPoolExecutor
 
 from pyserving.core.ids import ServableId, ServableRequest
 from pyserving.core.states import ServableState, VersionStatus
+from pyserving.core.transitions import VersionSnapshot, next_actions
 from pyserving.errors import Code, ServingError
-from pyserving.options import ModelConfig, RuntimeOptions
+from pyserving.options import LifecycleOptions, ModelConfig, RuntimeOptions
 from pyserving.runtimes.base import Runtime, Servable
 
 log = logging.getLogger("pyserving.manager")
 
 
 class _Version:
-    __slots__ = ("id", "path", "state", "error", "servable", "leases")
+    __slots__ = ("id", "path", "state", "error", "servable", "leases", "attempts", "retry_at")
 
     def __init__(self, sid: ServableId, path: str) -> None:
         self.id = sid
@@ -31,17 +38,20 @@ class _Version:
         self.error: ServingError | None = None
         self.servable: Servable | None = None
         self.leases = 0
+        self.attempts = 0
+        self.retry_at = 0.0  # monotonic time of the next load attempt while LOADING between retries
 
 
 class _Model:
-    __slots__ = ("config", "versions", "aspired", "labels", "latest")
+    __slots__ = ("config", "versions", "aspired", "labels", "latest", "removed")
 
     def __init__(self, config: ModelConfig) -> None:
         self.config = config
         self.versions: dict[int, _Version] = {}
         self.aspired: dict[int, str] = {}
-        self.labels: dict[str, int] = dict(config.version_labels)
+        self.labels: dict[str, int] = {}
         self.latest: _Version | None = None  # highest AVAILABLE version: the hot path reads only this
+        self.removed = False
 
 
 class Lease:
@@ -74,19 +84,43 @@ class ModelManager:
         models: Sequence[ModelConfig],
         runtime_options: RuntimeOptions,
         runtime_for: Callable[[str], Runtime],
+        lifecycle: LifecycleOptions | None = None,
     ) -> None:
-        self._models = {m.name: _Model(m) for m in models}
+        self._lifecycle = lifecycle or LifecycleOptions()
+        self._models: dict[str, _Model] = {}
         self._runtime_options = runtime_options
         self._runtime_for = runtime_for
         self._lock = threading.Lock()
         self._drained = threading.Condition(self._lock)
+        self._loaders = (
+            ThreadPoolExecutor(self._lifecycle.num_load_threads, thread_name_prefix="pyserving-load")
+            if self._lifecycle.num_load_threads > 1 else None
+        )
+        self.set_models(models)
 
     # --- control path -------------------------------------------------------------------------------------
+
+    def set_models(self, models: Sequence[ModelConfig]) -> None:
+        """The complete model list (a config reload). New models are added; models that left are unloaded by the
+        next reconcile; the others keep serving, with their new policy, labels and settings."""
+        with self._lock:
+            wanted = {m.name: m for m in models}
+            for name, model in self._models.items():
+                if name not in wanted:
+                    model.removed = True
+                    model.aspired = {}
+            for name, config in wanted.items():
+                model = self._models.get(name)
+                if model is None or model.removed:
+                    model = self._models[name] = _Model(config)
+                model.config = config
 
     def set_aspired_versions(self, name: str, versions: Mapping[int, str]) -> None:
         """The complete set of versions (version -> directory) that should be served; others get unloaded."""
         with self._lock:
-            model = self._models[name]
+            model = self._models.get(name)
+            if model is None or model.removed:
+                return
             model.aspired = dict(versions)
             for v, path in versions.items():
                 known = model.versions.get(v)
@@ -95,43 +129,64 @@ class ModelManager:
                     model.versions[v] = _Version(ServableId(name, v), path)
 
     def reconcile_once(self) -> bool:
-        """Load every aspired version not loaded yet, then unload versions no longer aspired. True if any changed.
-
-        Loads come first, so a model that swaps versions is never without an AVAILABLE one.
-        """
+        """Take every step the snapshot allows now: loads (and due retries), then the unloads they enable.
+        True if anything changed."""
         changed = False
-        for version in self._pending(ServableState.START):
-            self._load(version)
+        loads = self._due_loads()
+        if loads:
             changed = True
-        for version in self._unaspired():
+            if self._loaders is None:
+                for version in loads:
+                    self._load(version)
+            else:
+                list(self._loaders.map(self._load, loads))
+        for version in self._unloads():
             self._unload(version)
             changed = True
+        self._forget_removed()
         return changed
 
-    def _pending(self, state: ServableState) -> list[_Version]:
+    def _snapshot(self, model: _Model) -> dict[int, VersionSnapshot]:
+        return {
+            v: VersionSnapshot(ver.state, v in model.aspired, ver.error is not None)
+            for v, ver in model.versions.items()
+        }
+
+    def _due_loads(self) -> list[_Version]:
+        now = time.monotonic()
+        with self._lock:
+            due = []
+            for model in self._models.values():
+                for v in next_actions(self._snapshot(model)).load:
+                    due.append(model.versions[v])
+                due.extend(
+                    ver for v, ver in model.versions.items()
+                    if ver.state == ServableState.LOADING and ver.attempts and ver.retry_at <= now and v in model.aspired
+                )
+            for version in due:
+                version.state = ServableState.LOADING
+            return due
+
+    def _unloads(self) -> list[_Version]:
         with self._lock:
             return [
-                ver
+                model.versions[v]
                 for model in self._models.values()
-                for v, ver in sorted(model.versions.items(), reverse=True)
-                if ver.state == state and v in model.aspired
+                for v in next_actions(self._snapshot(model)).unload
             ]
 
-    def _unaspired(self) -> list[_Version]:
+    def _forget_removed(self) -> None:
         with self._lock:
-            return [
-                ver
-                for model in self._models.values()
-                for v, ver in sorted(model.versions.items())
-                if ver.state == ServableState.AVAILABLE and v not in model.aspired
-            ]
+            for name in [n for n, m in self._models.items() if m.removed]:
+                model = self._models[name]
+                if all(v.state == ServableState.END for v in model.versions.values()):
+                    del self._models[name]
 
     def _load(self, version: _Version) -> None:
         model = self._models[version.id.name]
-        with self._lock:
-            version.state = ServableState.LOADING
         started = time.monotonic()
-        log.info("Loading servable version %s from %s", version.id, version.path)
+        version.attempts += 1
+        log.info("Loading servable version %s from %s (attempt %d)", version.id, version.path, version.attempts)
         try:
             runtime = self._runtime_for(model.config.platform)
             servable = runtime.load(version.path, self._runtime_options)
@@ -142,16 +197,36 @@ class ModelManager:
             self._fail(version, ServingError(Code.UNKNOWN, f"{type(exc).__name__}: {exc}"))
             return
         with self._lock:
-            version.servable = servable
-            version.state = ServableState.AVAILABLE
-            self._refresh_latest(model)
+            if version.id.version not in model.aspired:
+                # Unaspired while loading (removed from disk or config): never serve it.
+                pending_unload = servable
+            else:
+                pending_unload = None
+                version.servable = servable
+                version.state = ServableState.AVAILABLE
+                version.error = None
+                self._refresh_latest(model)
+        if pending_unload is not None:
+            pending_unload.unload()
+            with self._lock:
+                version.state = ServableState.END
+            return
         log.info("Successfully loaded servable version %s in %.2f s", version.id, time.monotonic() - started)
 
     def _fail(self, version: _Version, error: ServingError) -> None:
-        log.error("Loading servable version %s from %s failed: %s", version.id, version.path, error.message)
+        retries = self._lifecycle.max_num_load_retries
         with self._lock:
+            if version.attempts <= retries:
+                version.retry_at = time.monotonic() + max(self._lifecycle.load_retry_interval_s, 0.0)
+                version.error = error
+                log.warning(
+                    "Loading servable version %s failed (attempt %d of %d), retrying in %.1f s: %s",
+                    version.id, version.attempts, retries + 1, self._lifecycle.load_retry_interval_s, error.message,
+                )
+                return
             version.state = ServableState.END
             version.error = error
+        log.error("Loading servable version %s from %s failed: %s", version.id, version.path, error.message)
 
     def _unload(self, version: _Version) -> None:
         model = self._models[version.id.name]
@@ -168,6 +243,7 @@ class ModelManager:
         finally:
             with self._lock:
                 version.state = ServableState.END
+            log.info("Done unloading servable version %s", version.id)
 
     def unload_all(self) -> None:
         """Unaspire and unload everything (shutdown); waits for in-flight requests to release their leases."""
@@ -175,10 +251,34 @@ class ModelManager:
             for model in self._models.values():
                 model.aspired = {}
         self.reconcile_once()
+        if self._loaders is not None:
+            self._loaders.shutdown(wait=False)
 
     def _refresh_latest(self, model: _Model) -> None:
         available = [v for v in model.versions.values() if v.state == ServableState.AVAILABLE]
         model.latest = max(available, key=lambda v: v.id.version) if available else None
+
+    def set_labels(self, name: str, labels: Mapping[str, int], *, allow_unavailable: bool = False) -> None:
+        """Replace a model's version labels, with TF Serving's rules: a label may point only at an AVAILABLE
+        version, except that with `allow_unavailable` a NEW label (not moving an existing one) may point anywhere.
+        Moving a label to a version that is not serving would drop traffic, so that is always refused."""
+        with self._lock:
+            model = self._models.get(name)
+            if model is None:
+                raise ServingError(Code.NOT_FOUND, f"Could not find any versions of model {name}")
+            for label, version in labels.items():
+                ver = model.versions.get(version)
+                if ver is not None and ver.state == ServableState.AVAILABLE:
+                    continue
+                is_new = label not in model.labels or model.labels[label] == version
+                if allow_unavailable and is_new:
+                    continue
+                raise ServingError(
+                    Code.FAILED_PRECONDITION,
+                    f"Request to assign label to version {version} of model {name}, which is not currently "
+                    "available for inference",
+                )
+            model.labels = dict(labels)
 
     # --- request path -------------------------------------------------------------------------------------
 
@@ -187,7 +287,7 @@ class ModelManager:
         with self._lock:
             model = self._models.get(request.name)
             version: _Version | None
-            if model is None:
+            if model is None or model.removed:
                 version = None
             elif request.label is not None:
                 number = model.labels.get(request.label)
@@ -224,23 +324,46 @@ class ModelManager:
                 chosen = [ver]
             else:
                 chosen = [model.versions[v] for v in sorted(model.versions, reverse=True)]
-            return [VersionStatus(v.id.version, v.state, v.error) for v in chosen]
+            return [
+                VersionStatus(v.id.version, v.state, v.error if v.state == ServableState.END else None)
+                for v in chosen
+            ]
+
+    def labels(self, name: str) -> dict[str, int]:
+        with self._lock:
+            model = self._models.get(name)
+            return dict(model.labels) if model is not None else {}
 
     def model_names(self) -> list[str]:
-        return sorted(self._models)
+        with self._lock:
+            return sorted(n for n, m in self._models.items() if not m.removed)
 
-    def unavailable_models(self) -> dict[str, str]:
-        """Models with no AVAILABLE version: name -> why (the last load error, or that none was found)."""
+    def unavailable_models(self, names: Sequence[str] | None = None) -> dict[str, str]:
+        """Models (of `names`, default all) with no AVAILABLE version: name -> why. A model still loading or
+        waiting for a retry says so."""
         with self._lock:
             out = {}
             for name, model in self._models.items():
-                if model.latest is not None:
+                if model.removed or (names is not None and name not in names) or model.latest is not None:
                     continue
+                pending = [v for v in model.versions.values() if v.state in (ServableState.START, ServableState.LOADING)]
                 errors = [v.error.message for v in model.versions.values() if v.error is not None]
-                if errors:
+                if pending:
+                    out[name] = "still loading" + (f" (last attempt failed: {errors[-1]})" if errors else "")
+                elif errors:
                     out[name] = errors[-1]
                 elif not model.versions:
                     out[name] = f"no version found under base path {model.config.base_path}"
                 else:
-                    out[name] = "still loading"
+                    out[name] = "no version available"
             return out
+
+    def is_settled(self, names: Sequence[str] | None = None) -> bool:
+        """True when no version of these models is waiting to load (START, or LOADING / retrying)."""
+        with self._lock:
+            return not any(
+                v.state in (ServableState.START, ServableState.LOADING)
+                for name, model in self._models.items()
+                if names is None or name in names
+                for v in model.versions.values()
+            )

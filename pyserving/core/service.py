@@ -7,7 +7,7 @@ Front ends hold one of these. It takes numpy arrays and plain values and returns
 from __future__ import annotations
 
 import asyncio
-from collections.abc import Callable, Mapping, Sequence
+from collections.abc import Awaitable, Callable, Mapping, Sequence
 from concurrent.futures import Executor
 from dataclasses import dataclass
 from typing import Any
@@ -19,6 +19,7 @@ from pyserving.core.manager import Lease, ModelManager
 from pyserving.core.states import VersionStatus
 from pyserving.dtypes import DType
 from pyserving.errors import Code, ServingError, SignatureNotFoundError
+from pyserving.options import ModelConfig
 from pyserving.runtimes.base import (
     CLASSIFY_METHOD,
     DEFAULT_SIGNATURE,
@@ -86,10 +87,18 @@ def example_signature_of(lease: Lease, name: str) -> Signature:
 class InferenceService:
     """The protocol-neutral API both front ends call. Thread-compatible; all methods are called on the event loop."""
 
-    def __init__(self, manager: ModelManager, executor: Executor, *, method_name_check: bool = False) -> None:
+    def __init__(
+        self,
+        manager: ModelManager,
+        executor: Executor,
+        *,
+        method_name_check: bool = False,
+        reloader: Callable[[Sequence[ModelConfig]], Awaitable[None]] | None = None,
+    ) -> None:
         self.manager = manager
         self._executor = executor
         self._method_name_check = method_name_check
+        self._reloader = reloader
 
     async def _run(
         self, lease: Lease, signature: str, inputs: Inputs, output_keys: Sequence[str], timeout_s: float | None
@@ -313,3 +322,24 @@ class InferenceService:
 
     def status(self, name: str, version: int | None = None) -> list[VersionStatus]:
         return self.manager.status(name, version)
+
+    def models(self) -> list[tuple[str, list[VersionStatus], dict[str, int]]]:
+        """Every served model with its versions and labels (pyserving's GET /v1/models; TF Serving has none)."""
+        out = []
+        for name in self.manager.model_names():
+            try:
+                statuses = self.manager.status(name)
+            except ServingError:
+                statuses = []
+            out.append((name, statuses, self.manager.labels(name)))
+        return out
+
+    def unready_models(self) -> dict[str, str]:
+        """Configured models without an AVAILABLE version, and why (readiness)."""
+        return self.manager.unavailable_models()
+
+    async def reload_config(self, models: Sequence[ModelConfig]) -> None:
+        """Replace the served model list (HandleReloadConfigRequest)."""
+        if self._reloader is None:
+            raise ServingError(Code.UNIMPLEMENTED, "This server does not support configuration reloads.")
+        await self._reloader(models)

@@ -321,7 +321,6 @@ REST_CASES = [
          message=f"Malformed request: GET {M}/default/versions/123/labels/stable", exact=True),
     Rest("version-overflow", "GET", f"{M}/default/versions/99999999999999999999",
          message="Failed to convert version: 99999999999999999999 to numeric.", exact=True),
-    Rest("list-models", "GET", M, message="Missing model name in request.", exact=True),
     Rest("list-models-slash", "GET", f"{M}/", message=f"Malformed request: GET {M}/", exact=True),
 ]
 

@@ -2,16 +2,17 @@
 
 from __future__ import annotations
 
-from collections.abc import Awaitable, Callable
+from collections.abc import Awaitable, Callable, Sequence
 from typing import Any, TypeVar
 
 import grpc
-from google.protobuf import any_pb2
+from google.protobuf import any_pb2, text_format
 from tensorflow_serving.apis import (
     classification_pb2,
     get_model_metadata_pb2,
     get_model_status_pb2,
     inference_pb2,
+    model_management_pb2,
     model_pb2,
     model_service_pb2_grpc,
     predict_pb2,
@@ -25,6 +26,7 @@ from pyserving.errors import Code, ServingError
 from pyserving.frontends.examples import serialized_examples
 from pyserving.frontends.grpc.errors import GRPC_STATUS, grpc_message
 from pyserving.frontends.grpc.tensor_codec import to_ndarray, to_proto
+from pyserving.options import ModelConfig
 
 T = TypeVar("T")
 
@@ -193,8 +195,11 @@ class PredictionServicer(prediction_service_pb2_grpc.PredictionServiceServicer):
 
 
 class ModelServicer(model_service_pb2_grpc.ModelServiceServicer):
-    def __init__(self, service: InferenceService) -> None:
+    def __init__(
+        self, service: InferenceService, config_parser: Callable[[str], Sequence[ModelConfig]] | None = None
+    ) -> None:
         self._service = service
+        self._config_parser = config_parser
 
     async def GetModelStatus(
         self, request: get_model_status_pb2.GetModelStatusRequest, context: grpc.aio.ServicerContext
@@ -215,16 +220,50 @@ class ModelServicer(model_service_pb2_grpc.ModelServiceServicer):
 
         return await _guarded(context, call)
 
-    async def HandleReloadConfigRequest(self, request: Any, context: grpc.aio.ServicerContext) -> Any:
-        await context.abort(
-            grpc.StatusCode.UNIMPLEMENTED,
-            "HandleReloadConfigRequest is not supported by this pyserving version yet; restart the server with the "
-            "new configuration.",
-        )
+    async def HandleReloadConfigRequest(
+        self, request: model_management_pb2.ReloadConfigRequest, context: grpc.aio.ServicerContext
+    ) -> Any:
+        """Replace the model list. Errors come back in the response's status (as TF Serving does), not as RPC
+        errors; the models that were serving keep serving."""
+        response = model_management_pb2.ReloadConfigResponse()
+        try:
+            kind = request.config.WhichOneof("config")
+            if kind == "custom_model_config":
+                raise ServingError(Code.INVALID_ARGUMENT, "custom_model_config is not supported; send a model_config_list.")
+            if kind is None:
+                return response  # TF Serving: an empty config is a no-op
+            if self._config_parser is None:
+                raise ServingError(Code.UNIMPLEMENTED, "This server cannot parse model configurations.")
+            try:
+                models = self._config_parser(text_format.MessageToString(request.config))
+            except ValueError as exc:
+                raise ServingError(Code.INVALID_ARGUMENT, str(exc)) from None
+            await self._service.reload_config(models)
+        except ServingError as exc:
+            response.status.error_code = int(exc.code)
+            response.status.error_message = exc.message
+        return response
 
 
-def add_services(server: grpc.aio.Server, service: InferenceService, *, tensor_content: bool = False) -> None:
+async def add_services(
+    server: grpc.aio.Server,
+    service: InferenceService,
+    *,
+    tensor_content: bool = False,
+    health: bool = False,
+    config_parser: Callable[[str], Sequence[ModelConfig]] | None = None,
+) -> None:
     prediction_service_pb2_grpc.add_PredictionServiceServicer_to_server(
         PredictionServicer(service, tensor_content=tensor_content), server
     )
-    model_service_pb2_grpc.add_ModelServiceServicer_to_server(ModelServicer(service), server)
+    model_service_pb2_grpc.add_ModelServiceServicer_to_server(ModelServicer(service, config_parser), server)
+    if health:
+        # TF Serving registers both services as SERVING at start-up, statically.
+        from grpc_health.v1 import health as grpc_health
+        from grpc_health.v1 import health_pb2, health_pb2_grpc
+
+        servicer = grpc_health.aio.HealthServicer()
+        for name in ("", "tensorflow.serving.ModelService", "tensorflow.serving.PredictionService",
+                     "ModelService", "PredictionService"):
+            await servicer.set(name, health_pb2.HealthCheckResponse.SERVING)
+        health_pb2_grpc.add_HealthServicer_to_server(servicer, server)

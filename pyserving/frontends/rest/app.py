@@ -86,6 +86,8 @@ class RestApi:
     async def _dispatch(self, request: Request) -> Response:
         path, method = request.url.path, request.method
         if not _V1.fullmatch(path):
+            if method == "GET" and path in ("/healthz", "/readyz"):
+                return self._health(path)
             return Response(_NOT_FOUND_HTML, status_code=404, media_type="text/html")
         if method == "OPTIONS":
             if _ORIGIN.fullmatch(request.headers.get("origin", "")):
@@ -99,6 +101,24 @@ class RestApi:
             raise ServingError(Code.INVALID_ARGUMENT, f"Malformed request: {method} {path}")
         except ServingError as exc:
             return self._error(exc)
+
+    def _health(self, path: str) -> Response:
+        """Beyond TF Serving: /healthz (the process answers) and /readyz (every configured model has an AVAILABLE
+        version; 503 with the reasons otherwise), for Kubernetes probes."""
+        if path == "/healthz":
+            return self._json(b'{"status": "ok"}')
+        unready = self._service.unready_models()
+        if unready:
+            return self._json(orjson.dumps({"status": "unavailable", "models": unready}), 503)
+        return self._json(b'{"status": "ready"}')
+
+    def _list_models(self) -> Response:
+        """Beyond TF Serving (its GET /v1/models is an error): every model, its versions' states and its labels."""
+        models = [
+            {"name": name, **_version_status_json(statuses), "version_labels": {k: str(v) for k, v in labels.items()}}
+            for name, statuses, labels in self._service.models()
+        ]
+        return self._json(orjson.dumps({"models": models}))
 
     @staticmethod
     def _servable_request(name: str | None, version: str | None, label: str | None) -> ServableRequest:
@@ -114,6 +134,8 @@ class RestApi:
 
     def _get(self, m: re.Match[str]) -> Response:
         name, version, label, metadata = m.groups()
+        if name is None and version is None and label is None and metadata is None:
+            return self._list_models()
         target = self._servable_request(name, version, label)
         if metadata:
             servable, meta = self._service.metadata(target)

@@ -1,0 +1,76 @@
+"""ModelLifecycle: the control path in one place. Start-up load, file-system polls and config reloads all end in
+the same steps: report aspired versions, reconcile, then apply version labels.
+
+Every method is blocking and must run on the one control thread (never the event loop); the server serialises
+them. Requests keep flowing through the manager's leases meanwhile.
+"""
+
+from __future__ import annotations
+
+import logging
+import time
+from collections.abc import Sequence
+
+from pyserving.core.manager import ModelManager
+from pyserving.core.source import FileSystemSource
+from pyserving.errors import Code, ServingError
+from pyserving.options import LifecycleOptions, ModelConfig
+
+log = logging.getLogger("pyserving.lifecycle")
+
+
+class ModelLifecycle:
+    """Owns the model list, the source that watches it and the labels; drives the manager."""
+
+    def __init__(self, manager: ModelManager, models: Sequence[ModelConfig], options: LifecycleOptions) -> None:
+        self.manager = manager
+        self.options = options
+        self.models: tuple[ModelConfig, ...] = tuple(models)
+        self.source = FileSystemSource(self.models, manager.set_aspired_versions)
+
+    def poll_once(self) -> bool:
+        """One file-system poll and one reconcile step. True if anything changed."""
+        self.source.poll_once()
+        return self.manager.reconcile_once()
+
+    def load_until_settled(self, names: Sequence[str], *, timeout_s: float | None = None) -> None:
+        """Poll and reconcile until no version of `names` is loading (retries included), then apply labels."""
+        deadline = None if timeout_s is None else time.monotonic() + timeout_s
+        self.poll_once()
+        while not self.manager.is_settled(names):
+            if deadline is not None and time.monotonic() > deadline:
+                break
+            time.sleep(0.05)
+            self.manager.reconcile_once()
+        self.apply_labels(names)
+
+    def apply_labels(self, names: Sequence[str] | None = None) -> None:
+        for model in self.models:
+            if names is None or model.name in names:
+                self.manager.set_labels(
+                    model.name, dict(model.version_labels),
+                    allow_unavailable=self.options.allow_version_labels_for_unavailable_models,
+                )
+
+    def reload(self, models: Sequence[ModelConfig]) -> None:
+        """Replace the model list: models that left are unloaded, new ones loaded (this call waits until they are
+        AVAILABLE or failed), unchanged ones keep serving. Raises ServingError if a new model cannot be served or
+        a label is refused; models that were serving keep serving either way."""
+        old = {m.name: m for m in self.models}
+        for model in models:
+            before = old.get(model.name)
+            if before is not None and before.platform != model.platform:
+                raise ServingError(
+                    Code.INVALID_ARGUMENT,
+                    f"Cannot change the model_platform of model {model.name} from {before.platform} to "
+                    f"{model.platform} in a reload; give the new platform's model another name.",
+                )
+        self.models = tuple(models)
+        self.manager.set_models(self.models)
+        self.source.set_models(self.models)
+        added = [m.name for m in models if m.name not in old]
+        self.load_until_settled([m.name for m in models])
+        failed = self.manager.unavailable_models(added)
+        if failed:
+            details = "; ".join(f"{name}: {why}" for name, why in sorted(failed.items()))
+            raise ServingError(Code.UNKNOWN, f"{len(failed)} model(s) did not become available: {details}")
