@@ -89,7 +89,14 @@ class TensorFlowServable:
         }
         self._callables: dict[tuple[str, tuple[str, ...], tuple[str, ...]], Any] = {}
         self._lock = threading.Lock()
+        if options.enable_model_warmup:
+            from pyserving.runtimes.tensorflow_warmup import warm_up
 
+            try:
+                warm_up(self, path, options.num_request_iterations_for_warmup)
+            except BaseException:
+                self.unload()
+                raise
     def _callable(self, signature: str, input_keys: tuple[str, ...], output_keys: tuple[str, ...]) -> Any:
         key = (signature, input_keys, output_keys)
         fn = self._callables.get(key)

@@ -1,0 +1,116 @@
+"""SavedModel warm-up: replay `assets.extra/tf_serving_warmup_requests` before a version serves, as TF Serving does.
+
+The file is a TFRecord of tensorflow.serving.PredictionLog. Predict, classify, regress and multi-inference records
+are replayed (each `iterations` times); any failure fails the load, so a version never serves half-warm.
+"""
+
+from __future__ import annotations
+
+import logging
+import os
+from collections.abc import Iterator
+from typing import Protocol
+
+import numpy as np
+import tensorflow as tf
+from tensorflow_serving.apis import input_pb2, prediction_log_pb2
+
+from pyserving.errors import Code, ServingError
+from pyserving.runtimes.base import DEFAULT_SIGNATURE, Signature
+
+log = logging.getLogger("pyserving.warmup")
+
+WARMUP_FILE = os.path.join("assets.extra", "tf_serving_warmup_requests")
+MAX_WARMUP_RECORDS = 1000
+
+
+class _Runnable(Protocol):
+    signatures: dict[str, Signature]
+
+    def run(self, signature: str, inputs: dict[str, np.ndarray], output_keys: list[str]) -> dict[str, np.ndarray]: ...
+
+
+def _records(path: str) -> Iterator[bytes]:
+    try:
+        for record in tf.compat.v1.io.tf_record_iterator(path):
+            yield record
+    except tf.errors.OpError as exc:
+        raise ServingError(
+            Code.DATA_LOSS,
+            f"Failed to read warmup record from {path}: {exc.message}. Please verify your warmup data is in "
+            "TFRecord format.",
+        ) from None
+
+
+def _examples(request_input: input_pb2.Input) -> np.ndarray:
+    kind = request_input.WhichOneof("kind")
+    if kind == "example_list":
+        data = [e.SerializeToString() for e in request_input.example_list.examples]
+    elif kind == "example_list_with_context":
+        context = request_input.example_list_with_context.context.SerializeToString()
+        data = [context + e.SerializeToString() for e in request_input.example_list_with_context.examples]
+    else:
+        raise ServingError(Code.INVALID_ARGUMENT, "Input is empty.")
+    out = np.empty(len(data), dtype=object)
+    out[:] = data
+    return out
+
+
+def _signature(servable: _Runnable, name: str) -> Signature:
+    sig = servable.signatures.get(name or DEFAULT_SIGNATURE)
+    if sig is None:
+        raise ServingError(Code.FAILED_PRECONDITION, f'Serving signature key "{name or DEFAULT_SIGNATURE}" not found.')
+    return sig
+
+
+def _replay(servable: _Runnable, entry: prediction_log_pb2.PredictionLog) -> None:
+    kind = entry.WhichOneof("log_type")
+    if kind == "predict_log":
+        request = entry.predict_log.request
+        sig = _signature(servable, request.model_spec.signature_name)
+        inputs = {alias: tf.make_ndarray(proto) for alias, proto in request.inputs.items()}
+        servable.run(sig.name, inputs, list(request.output_filter) or sorted(sig.outputs))
+    elif kind in ("classify_log", "regress_log"):
+        request = getattr(entry, kind).request
+        sig = _signature(servable, request.model_spec.signature_name)
+        servable.run(sig.name, {next(iter(sig.inputs)): _examples(request.input)}, sorted(sig.outputs))
+    elif kind == "multi_inference_log":
+        request = entry.multi_inference_log.request
+        batch = _examples(request.input)
+        for task in request.tasks:
+            sig = _signature(servable, task.model_spec.signature_name)
+            servable.run(sig.name, {next(iter(sig.inputs)): batch}, sorted(sig.outputs))
+    else:
+        raise ServingError(Code.UNIMPLEMENTED, f"Unsupported log_type for warmup: {kind}")
+
+
+def warm_up(servable: _Runnable, model_dir: str, iterations: int) -> int:
+    """Replay the version's warm-up records; returns how many records there were (0 without a file)."""
+    path = os.path.join(model_dir, WARMUP_FILE)
+    if not os.path.isfile(path):
+        log.info("No warmup data file found at %s", path)
+        return 0
+    count = 0
+    for record in _records(path):
+        count += 1
+        if count > MAX_WARMUP_RECORDS:
+            raise ServingError(
+                Code.INVALID_ARGUMENT,
+                f"Number of warmup records exceeds the maximum ({MAX_WARMUP_RECORDS}) at {path}",
+            )
+        entry = prediction_log_pb2.PredictionLog()
+        try:
+            entry.ParseFromString(record)
+        except Exception:
+            raise ServingError(Code.INVALID_ARGUMENT, f"Failed to parse warmup record {count} of {path} as a PredictionLog") from None
+        try:
+            for _ in range(max(iterations, 1)):
+                _replay(servable, entry)
+        except ServingError as exc:
+            raise ServingError(exc.code, f"Warmup record {count} of {path} failed: {exc.message}") from None
+        except Exception as exc:
+            raise ServingError(
+                Code.INVALID_ARGUMENT, f"Warmup record {count} of {path} failed: {type(exc).__name__}: {exc}"
+            ) from None
+    log.info("Finished reading warmup data for model at %s. Number of warmup records read: %d.", path, count)
+    return count
