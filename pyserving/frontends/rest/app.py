@@ -19,7 +19,7 @@ from starlette.requests import Request
 from starlette.responses import Response
 from starlette.types import Receive, Scope, Send
 
-from pyserving.core.ids import ServableRequest
+from pyserving.core.ids import ServableId, ServableRequest
 from pyserving.core.service import InferenceService
 from pyserving.core.states import VersionStatus
 from pyserving.errors import Code, ServingError, SignatureNotFoundError
@@ -32,6 +32,8 @@ _V1 = re.compile(r"/v1/.*", re.I | re.S)
 _ORIGIN = re.compile(r"https?://.*", re.I)
 
 _JSON = "application/json"
+VERSION_HEADER = "X-Model-Version"
+"""Response header naming the model version that answered a predict/classify/regress request."""
 _CORS_HEADERS = {
     "Access-Control-Allow-Origin": "*",
     "Access-Control-Allow-Methods": "POST, GET",
@@ -179,10 +181,12 @@ class RestApi:
         doc = json_codec.parse_body(await self._body(request))
         sig_name = json_codec.signature_name(doc)
         verb = verb.lower()
-        handler: Callable[..., Awaitable[bytes]] = getattr(self, f"_{verb}")
-        return self._json(await handler(target, sig_name, doc))
+        handler: Callable[..., Awaitable[tuple[bytes, ServableId]]] = getattr(self, f"_{verb}")
+        body, servable = await handler(target, sig_name, doc)
+        # TF Serving's body has no room for the version that answered; canary users need it (see ARCHITECTURE).
+        return Response(body, media_type=_JSON, headers={**self._extra_headers, VERSION_HEADER: str(servable.version)})
 
-    async def _predict(self, target: ServableRequest, sig_name: str, doc: dict[str, Any]) -> bytes:
+    async def _predict(self, target: ServableRequest, sig_name: str, doc: dict[str, Any]) -> tuple[bytes, ServableId]:
         row_format = "instances" in doc
 
         def decode(sig: Any) -> Any:
@@ -195,15 +199,15 @@ class RestApi:
             raise ServingError(
                 Code.INVALID_ARGUMENT, f'Serving signature name: "{exc.signature_name}" not found in signature def'
             ) from None
-        return json_codec.encode_predict(result.outputs, row_format)
+        return json_codec.encode_predict(result.outputs, row_format), result.servable
 
-    async def _classify(self, target: ServableRequest, sig_name: str, doc: dict[str, Any]) -> bytes:
+    async def _classify(self, target: ServableRequest, sig_name: str, doc: dict[str, Any]) -> tuple[bytes, ServableId]:
         examples = json_codec.examples_from_json(doc, "classify")
         result = await self._service.classify(target, sig_name, examples, timeout_s=self._timeout_s)
-        return json_codec.encode_classify(result.classes)
+        return json_codec.encode_classify(result.classes), result.servable
 
-    async def _regress(self, target: ServableRequest, sig_name: str, doc: dict[str, Any]) -> bytes:
+    async def _regress(self, target: ServableRequest, sig_name: str, doc: dict[str, Any]) -> tuple[bytes, ServableId]:
         examples = json_codec.examples_from_json(doc, "regress")
         result = await self._service.regress(target, sig_name, examples, timeout_s=self._timeout_s)
-        return json_codec.encode_regress(result.values)
+        return json_codec.encode_regress(result.values), result.servable
 
