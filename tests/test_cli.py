@@ -81,3 +81,42 @@ def test_serve_answers_and_stops_on_sigterm(testdata: Path) -> None:
         if proc.poll() is None:
             proc.kill()
             proc.communicate()
+
+
+def test_graceful_shutdown_finishes_requests_in_flight(slow_model: Path) -> None:
+    import threading
+
+    rest_port, grpc_port = free_port(), free_port()
+    proc = subprocess.Popen(
+        [sys.executable, "-m", "pyserving", "serve", f"--port={grpc_port}", f"--rest_api_port={rest_port}",
+         "--host=127.0.0.1", "--model_name=slow", f"--model_base_path={slow_model}"],
+        stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, env=ENV,
+    )
+    try:
+        url = f"http://127.0.0.1:{rest_port}/v1/models/slow"
+        deadline = time.monotonic() + 120
+        while True:
+            try:
+                if requests.get(url, timeout=2).status_code == 200:
+                    break
+            except requests.ConnectionError:
+                pass
+            assert proc.poll() is None, proc.communicate()[1]
+            assert time.monotonic() < deadline, "server did not come up"
+            time.sleep(0.2)
+        answers: list[requests.Response] = []
+        # ~1 s of model work, in flight when SIGTERM arrives
+        client = threading.Thread(target=lambda: answers.append(
+            requests.post(url + ":predict", json={"inputs": {"x": [5.0], "spins": 300_000}}, timeout=30)))
+        client.start()
+        time.sleep(0.3)
+        proc.terminate()
+        client.join(30)
+        _, stderr = proc.communicate(timeout=30)
+        assert answers and answers[0].status_code == 200, stderr
+        assert answers[0].json() == {"outputs": [5.0]}
+        assert proc.returncode == 0, stderr
+    finally:
+        if proc.poll() is None:
+            proc.kill()
+            proc.communicate()
