@@ -18,6 +18,7 @@ from contextlib import contextmanager
 import grpc
 import uvicorn
 
+from pyserving.config.model_config import load_model_config_file, parse_model_server_config
 from pyserving.core.lifecycle import ModelLifecycle
 from pyserving.core.manager import ModelManager
 from pyserving.core.service import InferenceService
@@ -48,12 +49,7 @@ class Server:
     `pyserving-control` thread runs every load, unload, poll and reload, one at a time.
     """
 
-    def __init__(
-        self,
-        options: ServerOptions,
-        *,
-        config_loader: Callable[[str], Sequence[ModelConfig]] | None = None,
-    ) -> None:
+    def __init__(self, options: ServerOptions) -> None:
         self.options = options
         workers = options.num_worker_threads or max(4, 2 * (os.cpu_count() or 1))
         self._executor = ThreadPoolExecutor(max_workers=workers, thread_name_prefix="pyserving-model")
@@ -64,7 +60,6 @@ class Server:
             self.manager, self._executor, method_name_check=options.enable_signature_method_name_check,
             reloader=self.reload,
         )
-        self._config_loader = config_loader
         self._grpc: grpc.aio.Server | None = None
         self._rest: _UvicornServer | None = None
         self._rest_task: asyncio.Task[None] | None = None
@@ -111,11 +106,10 @@ class Server:
                 log.exception("File-system poll failed")
 
     async def _poll_config(self, path: str, every_s: float) -> None:
-        assert self._config_loader is not None, "a model config file needs a config_loader"
         while True:
             await asyncio.sleep(every_s)
             try:
-                models = await self._control_call(self._config_loader, path)
+                models = await self._control_call(load_model_config_file, path)
             except Exception as exc:
                 log.error("Ignoring %s: %s. The current configuration keeps serving.", path, exc)
                 continue
@@ -187,12 +181,9 @@ class Server:
         self.rest_port = rest.servers[0].sockets[0].getsockname()[1] if rest.servers else opts.rest_api_port
         log.info("Exporting HTTP/REST API at %s:%s", opts.host, self.rest_port)
 
-    def _config_parser(self) -> Callable[[str], Sequence[ModelConfig]] | None:
-        """Text of a ModelServerConfig -> models, for HandleReloadConfigRequest (None: reloads unsupported)."""
-        try:
-            from pyserving.config.model_config import parse_model_server_config
-        except ImportError:
-            return None
+    @staticmethod
+    def _config_parser() -> Callable[[str], Sequence[ModelConfig]]:
+        """Text of a ModelServerConfig -> models, for HandleReloadConfigRequest."""
         return lambda text: parse_model_server_config(text, source="HandleReloadConfigRequest")
 
     async def wait(self) -> None:
@@ -220,11 +211,9 @@ class Server:
         self._stopped.set()
 
 
-async def serve(
-    options: ServerOptions, *, config_loader: Callable[[str], Sequence[ModelConfig]] | None = None
-) -> None:
+async def serve(options: ServerOptions) -> None:
     """Run until SIGINT or SIGTERM, then shut down gracefully."""
-    server = Server(options, config_loader=config_loader)
+    server = Server(options)
     loop = asyncio.get_running_loop()
     stopping: list[asyncio.Task[None]] = []
 

@@ -21,13 +21,8 @@ def run(options: ServerOptions, warnings: list[str] = []) -> int:  # noqa: B006 
         log.warning(warning)
     from pyserving.server import StartupError, serve
 
-    config_loader = None
-    if options.lifecycle.model_config_file:
-        from pyserving.config.model_config import load_model_config_file
-
-        config_loader = load_model_config_file
     try:
-        asyncio.run(serve(options, config_loader=config_loader))
+        asyncio.run(serve(options))
     except StartupError as exc:
         log.error("%s", exc)
         return 1
