@@ -12,7 +12,9 @@ import time
 from collections.abc import Sequence
 
 from pyserving.core.manager import ModelManager
-from pyserving.core.source import FileSystemSource
+from pyserving.core.source import FileSystemSource, versions_on_disk
+from pyserving.core.version_policy import aspired_versions
+from pyserving.core.states import ServableState
 from pyserving.errors import Code, ServingError
 from pyserving.options import LifecycleOptions, ModelConfig
 
@@ -52,6 +54,38 @@ class ModelLifecycle:
                     allow_unavailable=self.options.allow_version_labels_for_unavailable_models,
                 )
 
+    def _check_labels(self, models: Sequence[ModelConfig]) -> None:
+        """Refuse, before anything changes, a reload whose labels would have nowhere to send traffic: a label on a
+        version the new policy will not serve, or an existing label moved onto a version not AVAILABLE now."""
+        allow_new = self.options.allow_version_labels_for_unavailable_models
+        for model in models:
+            if not model.version_labels:
+                continue
+            try:
+                will_serve = set(aspired_versions(model.version_policy, versions_on_disk(model.base_path)))
+            except OSError:
+                will_serve = set()
+            current = self.manager.labels(model.name)
+            try:
+                available = {
+                    s.version for s in self.manager.status(model.name) if s.state == ServableState.AVAILABLE
+                }
+            except ServingError:
+                available = set()
+            for label, version in model.version_labels:
+                if label in current and current[label] != version:
+                    ok = version in available and version in will_serve
+                else:
+                    ok = version in will_serve or allow_new
+                if ok:
+                    continue
+                raise ServingError(
+                    Code.FAILED_PRECONDITION,
+                    f"Request to assign label to version {version} of model {model.name}, which is not currently "
+                    "available for inference. Serve the version first (a config whose policy includes it), then "
+                    "point the label at it in a second reload.",
+                )
+
     def reload(self, models: Sequence[ModelConfig]) -> None:
         """Replace the model list: models that left are unloaded, new ones loaded (this call waits until they are
         AVAILABLE or failed), unchanged ones keep serving. Raises ServingError if a new model cannot be served or
@@ -65,6 +99,7 @@ class ModelLifecycle:
                     f"Cannot change the model_platform of model {model.name} from {before.platform} to "
                     f"{model.platform} in a reload; give the new platform's model another name.",
                 )
+        self._check_labels(models)
         self.models = tuple(models)
         self.manager.set_models(self.models)
         self.source.set_models(self.models)

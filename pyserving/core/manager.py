@@ -296,6 +296,7 @@ class ModelManager:
                         Code.INVALID_ARGUMENT, f"Unrecognized servable version label: {request.label}"
                     )
                 version = model.versions.get(number)
+                request = ServableRequest(request.name, number)  # TF Serving reports the resolved version
             elif request.version is not None:
                 version = model.versions.get(request.version)
             else:
