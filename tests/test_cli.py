@@ -120,3 +120,54 @@ def test_graceful_shutdown_finishes_requests_in_flight(slow_model: Path) -> None
         if proc.poll() is None:
             proc.kill()
             proc.communicate()
+
+
+ARTICLE_CONFIG = """model_config_list {
+  config {
+    name: "my_model"
+    base_path: "%s"
+    model_platform: "tensorflow"
+    # 可选:指定默认版本(若不设置,默认使用最高版本)
+    default_version_policy {
+      latest {
+        num_versions: 1
+      }
+    }
+  }
+}
+"""
+
+
+def test_the_articles_command_line_works(testdata: Path, tmp_path: Path) -> None:
+    """Section 2.2's bare-metal command with the flags of sections 5.2, 6.1 and 6.2, as a user types them."""
+    config = tmp_path / "model_config.conf"
+    config.write_text(ARTICLE_CONFIG % (testdata / "saved_model_half_plus_two_cpu"), encoding="utf-8")
+    binary = Path(sys.executable).parent / "tensorflow_model_server"
+    rest_port, grpc_port = free_port(), free_port()
+    proc = subprocess.Popen(
+        [str(binary), f"--rest_api_port={rest_port}", f"--model_config_file={config}", "--enable_batching=true",
+         f"--batching_parameters_file={testdata / 'batching_config.txt'}",
+         "--tensorflow_session_parallelism=4", "--tensorflow_gpu_memory_fraction=0.8",
+         "--tensorflow_intra_op_parallelism=4", "--tensorflow_inter_op_parallelism=4",
+         "--enable_metrics=true", f"--metrics_port={free_port()}", "--verbosity=INFO", f"--log_dir={tmp_path / 'logs'}",
+         f"--port={grpc_port}", "--host=127.0.0.1"],
+        stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, env=ENV,
+    )
+    try:
+        url = f"http://127.0.0.1:{rest_port}/v1/models/my_model"
+        deadline = time.monotonic() + 120
+        while True:
+            try:
+                if requests.get(url, timeout=2).status_code == 200:
+                    break
+            except requests.ConnectionError:
+                pass
+            assert proc.poll() is None, proc.communicate()[1]
+            assert time.monotonic() < deadline, "server did not come up"
+            time.sleep(0.2)
+        assert requests.post(url + ":predict", json={"instances": [2.0]}, timeout=10).json() == {"predictions": [3.0]}
+    finally:
+        proc.terminate()
+        _, stderr = proc.communicate(timeout=30)
+    assert proc.returncode == 0, stderr
+    assert "--tensorflow_session_parallelism is ignored" in stderr

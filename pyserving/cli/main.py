@@ -34,7 +34,7 @@ def serve_main(argv: Sequence[str]) -> int:
         if values.get("version"):
             print(_version_text())
             return 0
-        options = server_options(values)
+        options = server_options(values, warnings)
     except FlagError as exc:
         print(f"pyserving serve: error: {exc}", file=sys.stderr)
         return 2

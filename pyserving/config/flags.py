@@ -164,8 +164,8 @@ def _non_negative(values: dict[str, Any], *names: str) -> None:
             raise FlagError(f"--{name}={values[name]}: must be 0 or more")
 
 
-def server_options(values: dict[str, Any]) -> ServerOptions:
-    """Validate flag values together and build ServerOptions."""
+def server_options(values: dict[str, Any], warnings: list[str] | None = None) -> ServerOptions:
+    """Validate flag values together and build ServerOptions; notes for the user are appended to `warnings`."""
     v = {f.name: f.default for f in FLAGS} | values
     _non_negative(v, "port", "rest_api_port", "tensorflow_session_parallelism",
                   "tensorflow_intra_op_parallelism", "tensorflow_inter_op_parallelism")
@@ -192,10 +192,11 @@ def server_options(values: dict[str, Any]) -> ServerOptions:
         raise FlagError("--port=0 and --rest_api_port=0 leave nothing to serve on; set at least one.")
     session = v["tensorflow_session_parallelism"]
     intra, inter = v["tensorflow_intra_op_parallelism"], v["tensorflow_inter_op_parallelism"]
-    if session and intra and inter:
-        raise FlagError(
-            "--tensorflow_session_parallelism cannot be combined with both --tensorflow_intra_op_parallelism and "
-            "--tensorflow_inter_op_parallelism; drop one of them."
+    if session and intra and inter and warnings is not None:
+        # TF Serving refuses this combination, but the article's command uses it: the specific flags win.
+        warnings.append(
+            "--tensorflow_session_parallelism is ignored because --tensorflow_intra_op_parallelism and "
+            "--tensorflow_inter_op_parallelism are both set."
         )
     tags = tuple(t.strip() for t in v["saved_model_tags"].split(",") if t.strip())
     if not tags:

@@ -73,6 +73,14 @@ def test_session_parallelism_sets_both_pools() -> None:
     assert (options.runtime.intra_op_parallelism, options.runtime.inter_op_parallelism) == (2, 4)
 
 
+def test_articles_parallelism_flags_work_together() -> None:
+    warnings: list[str] = []
+    options = server_options({"model_base_path": "/m", "tensorflow_session_parallelism": 4,
+                              "tensorflow_intra_op_parallelism": 2, "tensorflow_inter_op_parallelism": 3}, warnings)
+    assert (options.runtime.intra_op_parallelism, options.runtime.inter_op_parallelism) == (2, 3)
+    assert "--tensorflow_session_parallelism is ignored" in warnings[0]
+
+
 def test_grpc_channel_arguments() -> None:
     options = server_options({"model_base_path": "/m",
                               "grpc_channel_arguments": "grpc.max_connection_age_ms=2000,grpc.primary_user_agent=x"})
@@ -87,8 +95,6 @@ def test_grpc_channel_arguments() -> None:
         ({"model_base_path": "/m", "port": 0, "rest_api_port": 0}, "nothing to serve"),
         ({"model_base_path": "/m", "saved_model_tags": " , "}, "--saved_model_tags is empty"),
         ({"model_base_path": "/m", "grpc_channel_arguments": "novalue"}, "is not key=value"),
-        ({"model_base_path": "/m", "tensorflow_session_parallelism": 1, "tensorflow_intra_op_parallelism": 1,
-          "tensorflow_inter_op_parallelism": 1}, "cannot be combined"),
     ],
 )
 def test_inconsistent_settings_are_errors(values: dict[str, object], message: str) -> None:
