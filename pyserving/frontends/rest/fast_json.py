@@ -5,6 +5,10 @@ again. Here each big all-number '[...]' is validated and parsed from the raw byt
 digit decoding, exact float64 rounding), the rest of the document ("skeleton", one placeholder per array) is
 parsed by orjson, and the arrays are put back. Anything unusual falls back to the plain path, which also
 reports errors, so results and errors always match it.
+
+Arrays that stay lists although rectangular: ones holding NaN/Infinity or empty lists, nested over 32 deep,
+int arrays with a value outside int64, and arrays where over 1/16 of the numbers have more than 19 significant
+digits (those go through float() one by one, so orjson is faster).
 """
 
 from __future__ import annotations
