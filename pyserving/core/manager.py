@@ -121,17 +121,20 @@ class ModelManager:
             model = self._models.get(name)
             if model is None or model.removed:
                 return
-            model.aspired = dict(versions)
+            before, model.aspired = model.aspired, dict(versions)
             for v, path in versions.items():
                 known = model.versions.get(v)
-                # A version that was unloaded may come back; one that failed is not retried (as in TF Serving).
-                if known is None or (known.state == ServableState.END and known.error is None):
+                # A version that ended comes back as a new load when it is aspired again after leaving (an
+                # unloaded version, or a broken export replaced by a fixed one); a failed version that stayed
+                # aspired is not retried beyond its load retries, as in TF Serving.
+                if known is None or (known.state == ServableState.END and (known.error is None or v not in before)):
                     model.versions[v] = _Version(ServableId(name, v), path)
 
     def reconcile_once(self) -> bool:
         """Take every step the snapshot allows now: loads (and due retries), then the unloads they enable.
         True if anything changed."""
         changed = False
+        self._drop_unaspired_pending()
         loads = self._due_loads()
         if loads:
             changed = True
@@ -166,6 +169,17 @@ class ModelManager:
             for version in due:
                 version.state = ServableState.LOADING
             return due
+
+    def _drop_unaspired_pending(self) -> None:
+        """Versions no longer aspired that never became AVAILABLE (not started yet, or waiting for a load retry)
+        simply end: there is nothing to unload."""
+        with self._lock:
+            for model in self._models.values():
+                for v, ver in model.versions.items():
+                    if v not in model.aspired and (
+                        ver.state == ServableState.START or (ver.state == ServableState.LOADING and ver.attempts)
+                    ):
+                        ver.state = ServableState.END
 
     def _unloads(self) -> list[_Version]:
         with self._lock:
@@ -216,7 +230,7 @@ class ModelManager:
     def _fail(self, version: _Version, error: ServingError) -> None:
         retries = self._lifecycle.max_num_load_retries
         with self._lock:
-            if version.attempts <= retries:
+            if version.attempts <= retries and version.id.version in self._models[version.id.name].aspired:
                 version.retry_at = time.monotonic() + max(self._lifecycle.load_retry_interval_s, 0.0)
                 version.error = error
                 log.warning(

@@ -27,12 +27,10 @@ def versions_on_disk(base_path: str) -> dict[int, str]:
         for entry in entries:
             if not entry.is_dir():
                 continue
-            try:
-                version = int(entry.name)
-            except ValueError:
+            # TF Serving's safe_strto64: ASCII digits only (int() would also take "+3", "1_000" and "١٢").
+            if not (entry.name.isascii() and entry.name.isdigit()):
                 continue
-            if version < 0:
-                continue
+            version = int(entry.name)
             if version in found:
                 log.warning(
                     "Two directories name version %d of %s (%s and %s); serving %s",
@@ -80,9 +78,9 @@ def is_complete(path: str, *, now: float | None = None) -> bool:
     if not names.intersection(SAVED_MODEL_FILES):
         return False
     variables = os.path.join(path, "variables")
-    if not os.path.isdir(variables):
+    files = set(os.listdir(variables)) if os.path.isdir(variables) else set()
+    if not files:  # a graph without variables (or variables/ not written yet): wait for the writes to settle
         return age > SETTLE_S
-    files = set(os.listdir(variables))
     if "variables.index" not in files:
         return False
     shards = [m for m in map(_SHARD.match, files) if m]

@@ -46,7 +46,8 @@ def _tensor_spec(info: Any) -> TensorSpec:
         shape = None
     else:
         shape = tuple(d.size if d.size >= 0 else None for d in info.tensor_shape.dim)
-    return TensorSpec(dtype=DType(info.dtype), shape=shape, tensor_name=info.name)
+    dtype = info.dtype - 100 if info.dtype > 100 else info.dtype  # DT_FLOAT_REF etc.: TF1 variables' ref types
+    return TensorSpec(dtype=DType(dtype), shape=shape, tensor_name=info.name)
 
 
 class TensorFlowServable:
@@ -71,22 +72,22 @@ class TensorFlowServable:
                 meta_graph = tf.compat.v1.saved_model.loader.load(
                     self._session, list(options.saved_model_tags), path
                 )
+            self._signature_defs = dict(meta_graph.signature_def)
+            self.signatures: Mapping[str, Signature] = {
+                name: Signature(
+                    name=name,
+                    method_name=sd.method_name,
+                    inputs={k: _tensor_spec(v) for k, v in sd.inputs.items()},
+                    outputs={k: _tensor_spec(v) for k, v in sd.outputs.items()},
+                    defaults=frozenset(sd.defaults.keys()),
+                )
+                for name, sd in self._signature_defs.items()
+            }
         except BaseException as exc:
             self._session.close()
             if isinstance(exc, RuntimeError) and "could not be found in SavedModel" in str(exc):
                 raise ServingError(Code.NOT_FOUND, str(exc)) from exc
             raise _serving_error(exc) from exc
-        self._signature_defs = dict(meta_graph.signature_def)
-        self.signatures: Mapping[str, Signature] = {
-            name: Signature(
-                name=name,
-                method_name=sd.method_name,
-                inputs={k: _tensor_spec(v) for k, v in sd.inputs.items()},
-                outputs={k: _tensor_spec(v) for k, v in sd.outputs.items()},
-                defaults=frozenset(sd.defaults.keys()),
-            )
-            for name, sd in self._signature_defs.items()
-        }
         self._callables: dict[tuple[str, tuple[str, ...], tuple[str, ...]], Any] = {}
         self._lock = threading.Lock()
         if options.enable_model_warmup:

@@ -68,6 +68,17 @@ def _replay(servable: _Runnable, entry: prediction_log_pb2.PredictionLog) -> Non
     if kind == "predict_log":
         request = entry.predict_log.request
         sig = _signature(servable, request.model_spec.signature_name)
+        sent, expected = set(request.inputs), set(sig.inputs)
+        if sent - expected or expected - sent - sig.defaults:
+            raise ServingError(  # TF Serving replays through its Predict path, with Predict's wording
+                Code.INVALID_ARGUMENT,
+                f"input size does not match signature: {len(sent)}!={len(expected)} len({{{','.join(sorted(sent))}}}) "
+                f"!= len({{{','.join(sorted(expected))}}}). Sent extra: {{{','.join(sorted(sent - expected))}}}. "
+                f"Missing but required: {{{','.join(sorted(expected - sent - sig.defaults))}}}.",
+            )
+        unknown = [a for a in request.output_filter if a not in sig.outputs]
+        if unknown:
+            raise ServingError(Code.INVALID_ARGUMENT, f"output tensor alias not found in signature: {unknown[0]}")
         inputs = {alias: tf.make_ndarray(proto) for alias, proto in request.inputs.items()}
         servable.run(sig.name, inputs, list(request.output_filter) or sorted(sig.outputs))
     elif kind in ("classify_log", "regress_log"):
