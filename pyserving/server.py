@@ -71,7 +71,22 @@ class Server:
     async def _control_call(self, fn: Callable[..., object], *args: object) -> object:
         return await asyncio.get_running_loop().run_in_executor(self._control, fn, *args)
 
+    def _warn_unimplemented(self) -> None:
+        for model in self.options.models:
+            if model.traffic_split is not None:
+                log.warning(
+                    "Model %s: the percentage traffic split is not implemented in this pyserving version yet; its "
+                    "versions are served, and requests that name no version go to the highest one.", model.name,
+                )
+            if model.batching is not None:
+                log.warning("Model %s: batching_parameters are not implemented in this pyserving version yet; "
+                            "requests run unbatched.", model.name)
+            if model.logging is not None:
+                log.warning("Model %s: logging_config is not implemented in this pyserving version yet; requests "
+                            "are not logged.", model.name)
+
     async def start(self) -> None:
+        self._warn_unimplemented()
         names = [m.name for m in self.options.models]
         try:
             await self._control_call(self.lifecycle.load_until_settled, names)

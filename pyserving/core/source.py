@@ -97,6 +97,7 @@ class FileSystemSource:
         self._models = list(models)
         self._on_aspired = on_aspired
         self._waiting: set[str] = set()
+        self._complete: dict[str, set[str]] = {}
         self._empty: set[str] = set()
 
     def set_models(self, models: Sequence[ModelConfig]) -> None:
@@ -121,9 +122,13 @@ class FileSystemSource:
                 continue
             self._empty.discard(model.name)
             complete = {}
+            # A directory found complete is not re-examined on every poll, while it stays on disk.
+            known = self._complete.setdefault(model.name, set())
+            known.intersection_update(on_disk.values())
             for version, path in on_disk.items():
-                if is_complete(path):
+                if path in known or is_complete(path):
                     complete[version] = path
+                    known.add(path)
                     self._waiting.discard(path)
                 elif path not in self._waiting:
                     self._waiting.add(path)
