@@ -109,6 +109,10 @@ class ServerOptions:
     enable_signature_method_name_check: bool = False
     enable_serialization_as_tensor_content: bool = False
     enable_grpc_healthcheck_service: bool = False
+    batching: BatchingOptions | None = None
+    """--enable_batching: every model's versions batch with these (from --batching_parameters_file)."""
+    enable_per_model_batching_parameters: bool = False
+    """Each version's batching_params.pbtxt decides; a version without one is served unbatched."""
     num_worker_threads: int = 0
     """Threads that run model code; 0 picks a default from the CPU count."""
     shutdown_grace_s: float = 10.0

@@ -19,13 +19,16 @@ import grpc
 import uvicorn
 
 from pyserving.config.model_config import load_model_config_file, parse_model_server_config
+from pyserving.config.batching_config import batching_for_version
+from pyserving.core.batching import Batcher, BatchScheduler
 from pyserving.core.lifecycle import ModelLifecycle
 from pyserving.core.manager import ModelManager
 from pyserving.core.service import InferenceService
-from pyserving.errors import ServingError
+from pyserving.errors import Code, ServingError
 from pyserving.frontends.grpc.prediction_service import add_services
 from pyserving.frontends.rest.app import RestApi
 from pyserving.options import ModelConfig, ServerOptions
+from pyserving.runtimes.base import Servable
 from pyserving.runtimes.registry import get_runtime
 
 log = logging.getLogger("pyserving.server")
@@ -54,7 +57,10 @@ class Server:
         workers = options.num_worker_threads or max(4, 2 * (os.cpu_count() or 1))
         self._executor = ThreadPoolExecutor(max_workers=workers, thread_name_prefix="pyserving-model")
         self._control = ThreadPoolExecutor(max_workers=1, thread_name_prefix="pyserving-control")
-        self.manager = ModelManager(options.models, options.runtime, get_runtime, options.lifecycle)
+        self._schedulers: dict[str, BatchScheduler] = {}
+        self.manager = ModelManager(
+            options.models, options.runtime, get_runtime, options.lifecycle, attach_batcher=self._attach_batcher
+        )
         self.lifecycle = ModelLifecycle(self.manager, options.models, options.lifecycle)
         self.service = InferenceService(
             self.manager, self._executor, method_name_check=options.enable_signature_method_name_check,
@@ -71,6 +77,26 @@ class Server:
     async def _control_call(self, fn: Callable[..., object], *args: object) -> object:
         return await asyncio.get_running_loop().run_in_executor(self._control, fn, *args)
 
+    def _attach_batcher(self, model: ModelConfig, version_dir: str, servable: Servable) -> Batcher | None:
+        """Control thread, at load: the version's batcher, per the precedence in config.batching_config."""
+        try:
+            batching = batching_for_version(
+                model, version_dir, global_options=self.options.batching,
+                per_model_files=self.options.enable_per_model_batching_parameters,
+            )
+        except ValueError as exc:
+            raise ServingError(Code.INVALID_ARGUMENT, str(exc)) from None
+        if batching is None:
+            return None
+        pool = self.options.batching or batching  # the shared pool's size comes from the global parameters
+        name = batching.thread_pool_name if model.batching is not None else pool.thread_pool_name
+        scheduler = self._schedulers.get(name)
+        if scheduler is None:
+            threads = (batching if model.batching is not None else pool).num_batch_threads
+            scheduler = self._schedulers[name] = BatchScheduler(threads, self._executor)
+        log.info("Batching %s from %s: %s", model.name, version_dir, batching)
+        return Batcher(servable.run, batching, scheduler)
+
     def _warn_unimplemented(self) -> None:
         for model in self.options.models:
             if model.traffic_split is not None:
@@ -78,9 +104,6 @@ class Server:
                     "Model %s: the percentage traffic split is not implemented in this pyserving version yet; its "
                     "versions are served, and requests that name no version go to the highest one.", model.name,
                 )
-            if model.batching is not None:
-                log.warning("Model %s: batching_parameters are not implemented in this pyserving version yet; "
-                            "requests run unbatched.", model.name)
             if model.logging is not None:
                 log.warning("Model %s: logging_config is not implemented in this pyserving version yet; requests "
                             "are not logged.", model.name)

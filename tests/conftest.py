@@ -103,14 +103,16 @@ def tf2_server(testdata: Path) -> Iterator[RunningServer]:
 
 
 def export_slow_model(base_path: Path, version: int = 1) -> Path:
-    """A SavedModel whose serving_default spins `spins` loop iterations (~3 us each) and returns y = x."""
+    """A SavedModel whose serving_default spins max(`spins`) loop iterations (~3 us each) and returns y = x.
+    Both inputs are batched ([None]), so it can be served with batching."""
     import tensorflow as tf
 
     class Slow(tf.Module):
         @tf.function(input_signature=[tf.TensorSpec([None], tf.float32, name="x"),
-                                      tf.TensorSpec([], tf.int64, name="spins")])
+                                      tf.TensorSpec([None], tf.int64, name="spins")])
         def spin(self, x: tf.Tensor, spins: tf.Tensor) -> dict[str, tf.Tensor]:
-            _, acc = tf.while_loop(lambda i, acc: i < spins, lambda i, acc: (i + 1, acc * 0.5 + 1.0),
+            n = tf.reduce_max(spins)
+            _, acc = tf.while_loop(lambda i, acc: i < n, lambda i, acc: (i + 1, acc * 0.5 + 1.0),
                                    [tf.constant(0, tf.int64), tf.zeros_like(x)])
             return {"y": x + 0.0 * acc}
 

@@ -56,7 +56,7 @@ def test_serve_answers_and_stops_on_sigterm(testdata: Path) -> None:
     proc = subprocess.Popen(
         [sys.executable, "-m", "pyserving", "serve", f"--port={grpc_port}", f"--rest_api_port={rest_port}",
          "--host=127.0.0.1", "--model_name=half", f"--model_base_path={testdata / 'saved_model_half_plus_two_cpu'}",
-         "--enable_batching=true", "--file_system_poll_wait_seconds=0"],
+         "--xla_cpu_compilation_enabled=true", "--file_system_poll_wait_seconds=0"],
         stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, env=ENV,
     )
     try:
@@ -76,7 +76,7 @@ def test_serve_answers_and_stops_on_sigterm(testdata: Path) -> None:
         proc.terminate()
         _, stderr = proc.communicate(timeout=30)
         assert proc.returncode == 0, stderr
-        assert "--enable_batching is accepted for TensorFlow Serving compatibility but not implemented" in stderr
+        assert "--xla_cpu_compilation_enabled is accepted for TensorFlow Serving compatibility but not implemented" in stderr
     finally:
         if proc.poll() is None:
             proc.kill()
@@ -107,7 +107,7 @@ def test_graceful_shutdown_finishes_requests_in_flight(slow_model: Path) -> None
         answers: list[requests.Response] = []
         # ~1 s of model work, in flight when SIGTERM arrives
         client = threading.Thread(target=lambda: answers.append(
-            requests.post(url + ":predict", json={"inputs": {"x": [5.0], "spins": 300_000}}, timeout=30)))
+            requests.post(url + ":predict", json={"inputs": {"x": [5.0], "spins": [300_000]}}, timeout=30)))
         client.start()
         time.sleep(0.3)
         proc.terminate()

@@ -33,6 +33,8 @@ enable_large_batch_splitting is on); 0 < max_execution_batch_size <= max_batch_s
 
 from __future__ import annotations
 
+import os
+
 import difflib
 import functools
 from collections.abc import Callable, Sequence
@@ -41,7 +43,7 @@ from typing import Any, NoReturn
 from google.protobuf import descriptor_pb2, descriptor_pool, message_factory, text_format, wrappers_pb2
 from google.protobuf.message import Message
 
-from pyserving.options import BatchingOptions
+from pyserving.options import BatchingOptions, ModelConfig
 
 PACKAGE = "pyserving.config"
 
@@ -391,3 +393,38 @@ def read_config_file(path: str, *, what: str) -> str:
     except OSError as e:
         raise ConfigError(f"cannot read {what}: {e.strerror}", source=path) from None
 
+
+
+PER_VERSION_FILE = "batching_params.pbtxt"
+
+
+def batching_for_version(
+    model: ModelConfig,
+    version_dir: str,
+    *,
+    global_options: BatchingOptions | None,
+    per_model_files: bool,
+) -> BatchingOptions | None:
+    """How one loaded version batches, or None for unbatched. Precedence (documented in the README):
+
+    1. with --enable_per_model_batching_parameters, the version's own `batching_params.pbtxt` (TF Serving's
+       rule: a version without one is unbatched, unless its model config has a `batching_parameters` block);
+    2. the model's `batching_parameters { ... }` block in the model config (the article's form);
+    3. --enable_batching with --batching_parameters_file (or TF Serving's defaults).
+    A version file and a model block for the same model conflict: that is an error, never a silent choice.
+    The global file's num_batch_threads/thread_pool_name still pick the shared thread pool in cases 1 and 2.
+    """
+    if per_model_files:
+        path = os.path.join(version_dir, PER_VERSION_FILE)
+        if os.path.isfile(path):
+            if model.batching is not None:
+                raise ConfigError(
+                    f"model {model.name!r} has both a batching_parameters block in the model config and {path}; "
+                    "keep one of them",
+                    source=path,
+                )
+            return load_batching_parameters_file(path)
+        return model.batching
+    if model.batching is not None:
+        return model.batching
+    return global_options

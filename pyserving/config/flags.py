@@ -53,9 +53,9 @@ FLAGS: tuple[Flag, ...] = (
     Flag("max_num_load_retries", int, 5, "retries of a failed load"),
     Flag("load_retry_interval_micros", int, 60_000_000, "wait between load retries"),
     Flag("allow_version_labels_for_unavailable_models", bool, False, "allow new labels on unloaded versions"),
-    Flag("enable_batching", bool, False, "batch requests on the server", False),
-    Flag("batching_parameters_file", str, "", "BatchingParameters text proto", False),
-    Flag("enable_per_model_batching_parameters", bool, False, "read batching_params.pbtxt per version", False),
+    Flag("enable_batching", bool, False, "batch requests on the server"),
+    Flag("batching_parameters_file", str, "", "BatchingParameters text proto"),
+    Flag("enable_per_model_batching_parameters", bool, False, "read batching_params.pbtxt per version"),
     Flag("saved_model_tags", str, "serve", "comma-separated tag set of the MetaGraph to load"),
     Flag("tensorflow_session_parallelism", int, 0, "intra- and inter-op threads of each model (0: TensorFlow picks)"),
     Flag("tensorflow_intra_op_parallelism", int, 0, "intra-op threads of each model (0: TensorFlow picks)"),
@@ -188,6 +188,23 @@ def server_options(values: dict[str, Any], warnings: list[str] | None = None) ->
     else:
         models = (ModelConfig(name=v["model_name"], base_path=os.path.abspath(os.path.expanduser(v["model_base_path"]))),)
     _non_negative(v, "max_num_load_retries", "num_load_threads", "num_request_iterations_for_warmup")
+    batching = None
+    if v["batching_parameters_file"] and not v["enable_batching"]:
+        raise FlagError(
+            "--batching_parameters_file is set but --enable_batching is not: add --enable_batching=true (or drop "
+            "the file)."
+        )
+    if v["enable_batching"]:
+        from pyserving.config.batching_config import load_batching_parameters_file
+        from pyserving.options import BatchingOptions
+
+        try:
+            batching = (
+                load_batching_parameters_file(v["batching_parameters_file"])
+                if v["batching_parameters_file"] else BatchingOptions(thread_pool_name="model_server_batch_threads")
+            )
+        except ValueError as exc:
+            raise FlagError(f"--batching_parameters_file={v['batching_parameters_file']}: {exc}") from None
     if v["port"] == 0 and not v["grpc_socket_path"] and v["rest_api_port"] == 0:
         raise FlagError("--port=0 and --rest_api_port=0 leave nothing to serve on; set at least one.")
     session = v["tensorflow_session_parallelism"]
@@ -229,6 +246,8 @@ def server_options(values: dict[str, Any], warnings: list[str] | None = None) ->
             model_config_file_poll_wait_seconds=float(v["model_config_file_poll_wait_seconds"]),
         ),
         enable_grpc_healthcheck_service=v["enable_grpc_healthcheck_service"],
+        batching=batching,
+        enable_per_model_batching_parameters=v["enable_per_model_batching_parameters"],
         enable_signature_method_name_check=v["enable_signature_method_name_check"],
         enable_serialization_as_tensor_content=v["enable_serialization_as_tensor_content"],
     )

@@ -18,6 +18,7 @@ import time
 from collections.abc import Callable, Mapping, Sequence
 from concurrent.futures import ThreadPoolExecutor
 
+from pyserving.core.batching import Batcher
 from pyserving.core.ids import ServableId, ServableRequest
 from pyserving.core.states import ServableState, VersionStatus
 from pyserving.core.transitions import VersionSnapshot, next_actions
@@ -27,9 +28,12 @@ from pyserving.runtimes.base import Runtime, Servable
 
 log = logging.getLogger("pyserving.manager")
 
+AttachBatcher = Callable[[ModelConfig, str, Servable], Batcher | None]
+"""(model, version directory, loaded servable) -> the version's batcher, or None to serve it unbatched."""
+
 
 class _Version:
-    __slots__ = ("id", "path", "state", "error", "servable", "leases", "attempts", "retry_at")
+    __slots__ = ("id", "path", "state", "error", "servable", "batcher", "leases", "attempts", "retry_at")
 
     def __init__(self, sid: ServableId, path: str) -> None:
         self.id = sid
@@ -37,6 +41,7 @@ class _Version:
         self.state = ServableState.START
         self.error: ServingError | None = None
         self.servable: Servable | None = None
+        self.batcher: Batcher | None = None
         self.leases = 0
         self.attempts = 0
         self.retry_at = 0.0  # monotonic time of the next load attempt while LOADING between retries
@@ -57,12 +62,13 @@ class _Model:
 class Lease:
     """A hold on one AVAILABLE servable for the duration of a request. Release exactly once (use `with`)."""
 
-    __slots__ = ("id", "servable", "_manager", "_version")
+    __slots__ = ("id", "servable", "batcher", "_manager", "_version")
 
     def __init__(self, manager: ModelManager, version: _Version) -> None:
         assert version.servable is not None
         self.id = version.id
         self.servable: Servable = version.servable
+        self.batcher: Batcher | None = version.batcher
         self._manager = manager
         self._version = version
 
@@ -85,8 +91,10 @@ class ModelManager:
         runtime_options: RuntimeOptions,
         runtime_for: Callable[[str], Runtime],
         lifecycle: LifecycleOptions | None = None,
+        attach_batcher: AttachBatcher | None = None,
     ) -> None:
         self._lifecycle = lifecycle or LifecycleOptions()
+        self._attach_batcher = attach_batcher
         self._models: dict[str, _Model] = {}
         self._runtime_options = runtime_options
         self._runtime_for = runtime_for
@@ -204,6 +212,11 @@ class ModelManager:
         try:
             runtime = self._runtime_for(model.config.platform)
             servable = runtime.load(version.path, self._runtime_options)
+            try:
+                batcher = self._attach_batcher(model.config, version.path, servable) if self._attach_batcher else None
+            except BaseException:
+                servable.unload()
+                raise
         except ServingError as exc:
             self._fail(version, exc)
             return
@@ -217,6 +230,7 @@ class ModelManager:
             else:
                 pending_unload = None
                 version.servable = servable
+                version.batcher = batcher
                 version.state = ServableState.AVAILABLE
                 version.error = None
                 self._refresh_latest(model)
@@ -250,8 +264,11 @@ class ModelManager:
             while version.leases:
                 self._drained.wait()
             servable, version.servable = version.servable, None
+            batcher, version.batcher = version.batcher, None
         log.info("Unloading servable version %s", version.id)
         try:
+            if batcher is not None:
+                batcher.close()  # its queues are empty: every request held a lease until it had its answer
             if servable is not None:
                 servable.unload()
         finally:

@@ -103,8 +103,13 @@ class InferenceService:
     async def _run(
         self, lease: Lease, signature: str, inputs: Inputs, output_keys: Sequence[str], timeout_s: float | None
     ) -> dict[str, np.ndarray]:
-        loop = asyncio.get_running_loop()
-        future = loop.run_in_executor(self._executor, lease.servable.run, signature, inputs, output_keys)
+        future: Awaitable[dict[str, np.ndarray]]
+        if lease.batcher is not None:
+            future = lease.batcher.run(signature, inputs, output_keys)
+        else:
+            future = asyncio.get_running_loop().run_in_executor(
+                self._executor, lease.servable.run, signature, inputs, output_keys
+            )
         if timeout_s is None:
             return await future
         try:

@@ -19,13 +19,13 @@ SPINS_PER_SECOND = 300_000
 def test_rest_timeout_and_grpc_deadline(slow_model: Path) -> None:
     with run_server(model_options("slow", slow_model, rest_api_timeout_ms=300)) as server:
         fast = requests.post(server.rest_url + "/v1/models/slow:predict",
-                             json={"inputs": {"x": [1.0], "spins": 10}}, timeout=30)
+                             json={"inputs": {"x": [1.0], "spins": [10]}}, timeout=30)
         assert fast.status_code == 200, fast.text
         assert fast.json() == {"outputs": [1.0]}
 
         started = time.monotonic()
         slow = requests.post(server.rest_url + "/v1/models/slow:predict",
-                             json={"inputs": {"x": [1.0], "spins": 3 * SPINS_PER_SECOND}}, timeout=30)
+                             json={"inputs": {"x": [1.0], "spins": [3 * SPINS_PER_SECOND]}}, timeout=30)
         assert slow.status_code == 504, slow.text
         assert "--rest_api_timeout_in_ms" in slow.json()["error"]
         assert time.monotonic() - started < 2.5
@@ -34,7 +34,7 @@ def test_rest_timeout_and_grpc_deadline(slow_model: Path) -> None:
         request = predict_pb2.PredictRequest()
         request.model_spec.name = "slow"
         request.inputs["x"].CopyFrom(tf.make_tensor_proto([1.0]))
-        request.inputs["spins"].CopyFrom(tf.make_tensor_proto(3 * SPINS_PER_SECOND, dtype=tf.int64))
+        request.inputs["spins"].CopyFrom(tf.make_tensor_proto([3 * SPINS_PER_SECOND], dtype=tf.int64))
         started = time.monotonic()
         with pytest.raises(grpc.RpcError) as info:
             stub.Predict(request, timeout=0.3)

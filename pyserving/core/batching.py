@@ -1,0 +1,339 @@
+"""Server-side batching: concurrent requests for the same model version, signature and output set run as one call.
+
+TF Serving's semantics (BatchingParameters): a task larger than `max_batch_size` is refused (unless
+`enable_large_batch_splitting`, which spreads it over batches of `max_execution_batch_size`); a batch runs when it
+is full, or when its oldest task has waited `batch_timeout_micros` and a batch thread is free; a queue holding
+`max_enqueued_batches` batches refuses new work with UNAVAILABLE at once, never blocking the caller;
+`allowed_batch_sizes` pads a batch up to the next allowed size and the padding is trimmed from the outputs.
+
+Shape: one BatchScheduler per batch-thread pool (TF Serving's shared scheduler: `num_batch_threads` batches run
+at once, queues served round-robin); one Batcher per loaded version, attached at load and closed at unload; inside
+it one BatchQueue per (signature, inputs, outputs, dtypes and non-batch shapes). Queues and the scheduler live on
+the event loop and are touched only from its thread; concatenation, the model call and splitting run in a worker
+thread.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import collections
+import itertools
+import os
+import time
+from collections.abc import Callable, Mapping, Sequence
+from concurrent.futures import Executor
+from dataclasses import dataclass, field
+
+import numpy as np
+
+from pyserving.errors import Code, ServingError
+from pyserving.options import BatchingOptions
+
+RunFn = Callable[[str, Mapping[str, np.ndarray], Sequence[str]], dict[str, np.ndarray]]
+QUEUE_FULL = "The batch scheduling queue to which this task was submitted is full"
+
+
+@dataclass(slots=True)
+class _Task:
+    inputs: Mapping[str, np.ndarray]
+    size: int
+    future: asyncio.Future[dict[str, np.ndarray]]
+    parts: list[dict[str, np.ndarray] | None] = field(default_factory=list)
+    pending: int = 0
+
+
+@dataclass(slots=True)
+class _Piece:
+    task: _Task
+    index: int  # which part of its task (splitting)
+    start: int
+    stop: int
+
+
+@dataclass(slots=True)
+class _Batch:
+    queue: BatchQueue
+    created: float
+    pieces: list[_Piece] = field(default_factory=list)
+    size: int = 0
+    full: bool = False
+
+
+class BatchQueue:
+    """The tasks of one signature/input/output set of one version, grouped into batches in arrival order."""
+
+    def __init__(self, batcher: Batcher, signature: str, output_keys: tuple[str, ...]) -> None:
+        self._batcher = batcher
+        self.signature = signature
+        self.output_keys = output_keys
+        self.batches: collections.deque[_Batch] = collections.deque()
+        self.queued_tasks = 0
+
+    @property
+    def options(self) -> BatchingOptions:
+        return self._batcher.options
+
+    def enqueue(self, task: _Task) -> None:
+        opts = self.options
+        limit = self._batcher.execution_limit
+        pieces = [(0, task.size)]
+        if task.size > limit or (self.batches and not self.batches[-1].full and self.batches[-1].size + task.size > limit):
+            if opts.enable_large_batch_splitting:
+                room = limit - self.batches[-1].size if self.batches and not self.batches[-1].full else 0
+                cuts = [0, *range(room, task.size, limit)] if room else list(range(0, task.size, limit))
+                pieces = [(a, min(b, task.size)) for a, b in itertools.pairwise([*cuts, task.size]) if b > a]
+        new_batches = self._new_batches_needed(pieces, limit)
+        if len(self.batches) + new_batches > opts.max_enqueued_batches:
+            raise ServingError(Code.UNAVAILABLE, QUEUE_FULL)
+        task.parts = [None] * len(pieces)
+        task.pending = len(pieces)
+        now = time.monotonic()
+        for index, (start, stop) in enumerate(pieces):
+            n = stop - start
+            batch = self.batches[-1] if self.batches else None
+            if batch is None or batch.full or batch.size + n > limit:
+                if batch is not None:
+                    batch.full = True
+                batch = _Batch(self, now)
+                self.batches.append(batch)
+            batch.pieces.append(_Piece(task, index, start, stop))
+            batch.size += n
+            if batch.size >= limit:
+                batch.full = True
+        self.queued_tasks += 1
+
+    def _new_batches_needed(self, pieces: list[tuple[int, int]], limit: int) -> int:
+        size = self.batches[-1].size if self.batches and not self.batches[-1].full else None
+        count = 0
+        for start, stop in pieces:
+            n = stop - start
+            if size is None or size + n > limit:
+                count += 1
+                size = 0
+            size += n
+        return count
+
+    def ready(self, now: float, timeout_s: float) -> _Batch | None:
+        """The oldest batch if it may run now: full, or its oldest task has waited the timeout."""
+        if not self.batches:
+            return None
+        batch = self.batches[0]
+        if batch.full or now >= batch.created + timeout_s:
+            return self.batches.popleft()
+        return None
+
+    def deadline(self, timeout_s: float) -> float | None:
+        return self.batches[0].created + timeout_s if self.batches else None
+
+
+class BatchScheduler:
+    """Runs the batches of every queue registered with it, `num_batch_threads` at a time, round-robin.
+
+    Event-loop confined: call everything from the loop's thread. It never blocks: a batch that may not run yet
+    waits for a timer or a free thread.
+    """
+
+    def __init__(self, num_batch_threads: int, executor: Executor) -> None:
+        self.num_threads = num_batch_threads or os.cpu_count() or 1
+        self._free = self.num_threads
+        self._executor = executor
+        self._queues: list[BatchQueue] = []
+        self._next = 0
+        self._timer: asyncio.TimerHandle | None = None
+        self._timer_at = 0.0
+
+    def add(self, queue: BatchQueue) -> None:
+        self._queues.append(queue)
+
+    def remove(self, queues: Sequence[BatchQueue]) -> None:
+        gone = set(map(id, queues))
+        self._queues = [q for q in self._queues if id(q) not in gone]
+
+    def pump(self) -> None:
+        """Start every batch that may run now; arm a timer for the earliest one that may run later."""
+        loop = asyncio.get_running_loop()
+        now = time.monotonic()
+        while self._free > 0 and self._queues:
+            batch = None
+            for step in range(len(self._queues)):
+                queue = self._queues[(self._next + step) % len(self._queues)]
+                batch = queue.ready(now, queue.options.batch_timeout_micros / 1e6)
+                if batch is not None:
+                    self._next = (self._next + step + 1) % len(self._queues)
+                    break
+            if batch is None:
+                break
+            self._free -= 1
+            loop.create_task(self._execute(batch))
+        if self._free > 0:
+            deadlines = [d for q in self._queues if (d := q.deadline(q.options.batch_timeout_micros / 1e6)) is not None]
+            if deadlines:
+                at = min(deadlines)
+                if self._timer is None or at < self._timer_at:
+                    if self._timer is not None:
+                        self._timer.cancel()
+                    self._timer_at = at
+                    self._timer = loop.call_at(loop.time() + max(at - time.monotonic(), 0.0), self._on_timer)
+
+    def _on_timer(self) -> None:
+        self._timer = None
+        self.pump()
+
+    async def _execute(self, batch: _Batch) -> None:
+        queue = batch.queue
+        loop = asyncio.get_running_loop()
+        try:
+            results = await loop.run_in_executor(self._executor, queue._batcher.execute, batch)
+            for piece, out in zip(batch.pieces, results):
+                _complete(piece, out, None)
+        except BaseException as exc:  # the model failed: every caller in the batch gets the error
+            error = exc if isinstance(exc, ServingError) else ServingError(Code.INTERNAL, f"{type(exc).__name__}: {exc}")
+            for piece in batch.pieces:
+                _complete(piece, None, error)
+        finally:
+            self._free += 1
+            self.pump()
+
+
+def _complete(piece: _Piece, out: dict[str, np.ndarray] | None, error: ServingError | None) -> None:
+    task = piece.task
+    if task.future.done():
+        return
+    if error is not None:
+        task.future.set_exception(error)
+        return
+    task.parts[piece.index] = out
+    task.pending -= 1
+    if task.pending == 0:
+        parts = task.parts
+        if len(parts) == 1:
+            task.future.set_result(parts[0])  # type: ignore[arg-type]
+        else:
+            task.future.set_result({k: np.concatenate([p[k] for p in parts]) for k in parts[0]})  # type: ignore[index]
+
+
+class Batcher:
+    """The batching front of one loaded version: `run` has the servable's signature and answers with the
+    caller's own rows. Close it only after every caller has its answer (the manager's leases guarantee that)."""
+
+    def __init__(self, run: RunFn, options: BatchingOptions, scheduler: BatchScheduler) -> None:
+        self.options = options
+        self._run = run
+        self._scheduler = scheduler
+        self._queues: dict[tuple[object, ...], BatchQueue] = {}
+        self.execution_limit = (
+            options.max_execution_batch_size or options.max_batch_size
+            if options.enable_large_batch_splitting else options.max_batch_size
+        )
+        self.batch_sizes: collections.Counter[int] = collections.Counter()
+        """Executed batch sizes (padding included) -> count, for metrics."""
+        self._loop: asyncio.AbstractEventLoop | None = None
+
+    @property
+    def queue_length(self) -> int:
+        """Tasks waiting in this version's queues."""
+        return sum(q.queued_tasks for q in self._queues.values())
+
+    async def run(
+        self, signature: str, inputs: Mapping[str, np.ndarray], output_keys: Sequence[str]
+    ) -> dict[str, np.ndarray]:
+        size = self._task_size(inputs)
+        if size > self.options.max_batch_size:
+            raise ServingError(
+                Code.INVALID_ARGUMENT,
+                f"Task size {size} is larger than maximum input batch size {self.options.max_batch_size}",
+            )
+        outputs = tuple(output_keys)
+        key: tuple[object, ...] = (signature, outputs, *(
+            (k, v.dtype.str, v.shape[1:] if not self.options.pad_variable_length_inputs else len(v.shape))
+            for k, v in sorted(inputs.items())
+        ))
+        queue = self._queues.get(key)
+        if queue is None:
+            queue = self._queues[key] = BatchQueue(self, signature, outputs)
+            self._scheduler.add(queue)
+        self._loop = loop = asyncio.get_running_loop()
+        task = _Task(inputs, size, loop.create_future())
+        queue.enqueue(task)
+        self._scheduler.pump()
+        try:
+            return await task.future
+        finally:
+            queue.queued_tasks -= 1
+
+    @staticmethod
+    def _task_size(inputs: Mapping[str, np.ndarray]) -> int:
+        sizes = set()
+        for name, value in inputs.items():
+            if value.ndim == 0:
+                raise ServingError(
+                    Code.INVALID_ARGUMENT,
+                    f"Batching session Run() input tensors must have at least one dimension; {name} is a scalar. "
+                    "Send it with a batch dimension, or serve this model without batching.",
+                )
+            sizes.add(value.shape[0])
+        if len(sizes) != 1:
+            raise ServingError(
+                Code.INVALID_ARGUMENT,
+                "Batching Run() input tensors must have equal 0th-dimension size "
+                f"(got {', '.join(f'{k}: {v.shape[0]}' for k, v in sorted(inputs.items()))})",
+            )
+        return sizes.pop()
+
+    def execute(self, batch: _Batch) -> list[dict[str, np.ndarray]]:
+        """Worker thread: concatenate the pieces, pad, run once, split the outputs back (padding trimmed)."""
+        queue = batch.queue
+        first = batch.pieces[0].task.inputs
+        inputs = {}
+        for name in first:
+            parts = [p.task.inputs[name][p.start:p.stop] for p in batch.pieces]
+            if self.options.pad_variable_length_inputs:
+                parts = _pad_to_common_shape(parts)
+            inputs[name] = parts[0] if len(parts) == 1 else np.concatenate(parts)
+        size = batch.size
+        padded = _allowed_size(size, self.options.allowed_batch_sizes)
+        if padded > size:
+            inputs = {k: np.concatenate([v, np.repeat(v[:1], padded - size, axis=0)]) for k, v in inputs.items()}
+        outputs = self._run(queue.signature, inputs, queue.output_keys)
+        self.batch_sizes[padded] += 1
+        for name, value in outputs.items():
+            if value.ndim == 0 or value.shape[0] != padded:
+                raise ServingError(
+                    Code.INVALID_ARGUMENT,
+                    f"Batched output tensor {name} has {value.shape[0] if value.ndim else 'no'} rows for a batch of "
+                    f"{padded}: a model served with batching must return one row per input row.",
+                )
+        results, offset = [], 0
+        for piece in batch.pieces:
+            n = piece.stop - piece.start
+            results.append({k: v[offset:offset + n] for k, v in outputs.items()})
+            offset += n
+        return results
+
+    def close(self) -> None:
+        """Detach from the scheduler. Any thread may call it; the queues are empty by then (no leases left)."""
+        queues = list(self._queues.values())
+        if self._loop is None or not queues:
+            return
+        self._loop.call_soon_threadsafe(self._scheduler.remove, queues)
+
+
+def _allowed_size(size: int, allowed: Sequence[int]) -> int:
+    for candidate in allowed:
+        if candidate >= size:
+            return candidate
+    return size
+
+
+def _pad_to_common_shape(parts: list[np.ndarray]) -> list[np.ndarray]:
+    """pad_variable_length_inputs: pad every non-batch dimension to the batch's largest, filling with each tensor's
+    first element (TF Serving's rule)."""
+    target = tuple(max(p.shape[d] for p in parts) for d in range(1, parts[0].ndim))
+    out = []
+    for p in parts:
+        if p.shape[1:] == target:
+            out.append(p)
+            continue
+        widths = [(0, 0)] + [(0, t - s) for s, t in zip(p.shape[1:], target)]
+        out.append(np.pad(p, widths, constant_values=p.flat[0] if p.size else 0))
+    return out
