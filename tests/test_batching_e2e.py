@@ -100,3 +100,44 @@ def test_full_queue_answers_unavailable_at_once(slow_model: Path) -> None:
         for t in busy:
             t.join(30)
         assert [a.status_code for a in answers] == [200, 200]
+
+
+def test_per_model_batching_parameters(testdata: Path, tmp_path: Path) -> None:
+    import shutil
+
+    from pyserving.config.flags import FlagError, server_options
+
+    base = tmp_path / "m"
+    shutil.copytree(testdata / "saved_model_half_plus_two_cpu" / "00000123", base / "1")
+    (base / "1" / "batching_params.pbtxt").write_text("max_batch_size { value: 3 }\n")
+    other = tmp_path / "plain"
+    shutil.copytree(testdata / "saved_model_half_plus_two_cpu" / "00000123", other / "1")
+    article = tmp_path / "article"
+    shutil.copytree(testdata / "saved_model_half_plus_two_cpu" / "00000123", article / "1")
+    config = tmp_path / "models.config"
+    config.write_text(
+        f'model_config_list {{ config {{ name: "m" base_path: "{base}" model_platform: "tensorflow" }} '
+        f'config {{ name: "plain" base_path: "{other}" model_platform: "tensorflow" }} '
+        f'config {{ name: "article" base_path: "{article}" model_platform: "tensorflow" '
+        "batching_parameters { max_batch_size: 16 batch_timeout_micros: 10000 num_batch_threads: 4 } } }"
+    )
+    options = server_options({"model_config_file": str(config), "enable_batching": True,
+                              "enable_per_model_batching_parameters": True})
+    with run_server(options) as server:
+        assert rest_predict(server, "m", [1.0] * 4).json() == {"error": "Task size 4 is larger than maximum input batch size 3"}
+        assert rest_predict(server, "plain", [1.0] * 40).status_code == 200  # no file: unbatched
+        with server.server.manager.lease(ServableRequest("plain")) as lease:
+            assert lease.batcher is None
+        assert rest_predict(server, "article", [2.0]).json() == {"predictions": [3.0]}
+        assert batch_sizes(server, "article") == {1: 1}
+
+    # the same model batched two ways is a conflict that names both, not a silent choice
+    (article / "1" / "batching_params.pbtxt").write_text("max_batch_size { value: 8 }\n")
+    with pytest.raises(Exception, match="both a batching_parameters block in the model config and"):
+        with run_server(server_options({"model_config_file": str(config), "enable_batching": True,
+                                        "enable_per_model_batching_parameters": True,
+                                        "max_num_load_retries": 0})):
+            pass
+
+    with pytest.raises(FlagError, match="--enable_batching"):
+        server_options({"model_base_path": str(base), "batching_parameters_file": str(config)})

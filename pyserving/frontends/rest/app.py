@@ -86,7 +86,7 @@ class RestApi:
         return self._json(orjson.dumps({"error": exc.message}), HTTP_STATUS.get(exc.code, 500))
 
     async def _dispatch(self, request: Request) -> Response:
-        path, method = request.url.path, request.method
+        path, method = request.scope["path"], request.method  # (request.url builds a whole URL object)
         if not _V1.fullmatch(path):
             if method == "GET" and path in ("/healthz", "/readyz"):
                 return self._health(path)
