@@ -75,6 +75,8 @@ class RuntimeOptions:
     enable_model_warmup: bool = True
     num_request_iterations_for_warmup: int = 0
     """0: replay each warm-up record once (TF Serving's default)."""
+    defer_warmup: bool = False
+    """Set by the manager: it warms the version up itself, through the version's batcher when it has one."""
 
 
 @dataclass(frozen=True, slots=True)

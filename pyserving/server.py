@@ -58,6 +58,7 @@ class Server:
         self._executor = ThreadPoolExecutor(max_workers=workers, thread_name_prefix="pyserving-model")
         self._control = ThreadPoolExecutor(max_workers=1, thread_name_prefix="pyserving-control")
         self._schedulers: dict[str, BatchScheduler] = {}
+        self._loop: asyncio.AbstractEventLoop | None = None
         self.manager = ModelManager(
             options.models, options.runtime, get_runtime, options.lifecycle, attach_batcher=self._attach_batcher
         )
@@ -95,7 +96,7 @@ class Server:
             threads = (batching if model.batching is not None else pool).num_batch_threads
             scheduler = self._schedulers[name] = BatchScheduler(threads, self._executor)
         log.info("Batching %s from %s: %s", model.name, version_dir, batching)
-        return Batcher(servable.run, batching, scheduler)
+        return Batcher(servable.run, batching, scheduler, self._loop)
 
     def _warn_unimplemented(self) -> None:
         for model in self.options.models:
@@ -109,6 +110,7 @@ class Server:
                             "are not logged.", model.name)
 
     async def start(self) -> None:
+        self._loop = asyncio.get_running_loop()
         self._warn_unimplemented()
         names = [m.name for m in self.options.models]
         try:

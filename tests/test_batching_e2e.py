@@ -141,3 +141,22 @@ def test_per_model_batching_parameters(testdata: Path, tmp_path: Path) -> None:
 
     with pytest.raises(FlagError, match="--enable_batching"):
         server_options({"model_base_path": str(base), "batching_parameters_file": str(config)})
+
+
+def test_warm_up_goes_through_the_batcher(testdata: Path, tmp_path: Path) -> None:
+    import shutil
+
+    from tensorflow_serving.apis import prediction_log_pb2
+
+    base = tmp_path / "m"
+    shutil.copytree(testdata / "saved_model_half_plus_two_cpu" / "00000123", base / "1")
+    (base / "1" / "assets.extra").mkdir()
+    record = prediction_log_pb2.PredictionLog()
+    record.predict_log.request.model_spec.name = "m"
+    record.predict_log.request.inputs["x"].CopyFrom(tf.make_tensor_proto(np.ones((3, 1), np.float32)))
+    with tf.io.TFRecordWriter(str(base / "1" / "assets.extra" / "tf_serving_warmup_requests")) as writer:
+        for _ in range(2):
+            writer.write(record.SerializeToString())
+    batching = BatchingOptions(max_batch_size=8, allowed_batch_sizes=(4, 8))
+    with run_server(model_options("m", base, batching=batching)) as server:
+        assert batch_sizes(server, "m") == {4: 2}  # two warm-up records of 3 rows, padded to 4

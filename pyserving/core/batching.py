@@ -216,7 +216,13 @@ class Batcher:
     """The batching front of one loaded version: `run` has the servable's signature and answers with the
     caller's own rows. Close it only after every caller has its answer (the manager's leases guarantee that)."""
 
-    def __init__(self, run: RunFn, options: BatchingOptions, scheduler: BatchScheduler) -> None:
+    def __init__(
+        self,
+        run: RunFn,
+        options: BatchingOptions,
+        scheduler: BatchScheduler,
+        loop: asyncio.AbstractEventLoop | None = None,
+    ) -> None:
         self.options = options
         self._run = run
         self._scheduler = scheduler
@@ -227,7 +233,7 @@ class Batcher:
         )
         self.batch_sizes: collections.Counter[int] = collections.Counter()
         """Executed batch sizes (padding included) -> count, for metrics."""
-        self._loop: asyncio.AbstractEventLoop | None = None
+        self._loop: asyncio.AbstractEventLoop | None = loop
 
     @property
     def queue_length(self) -> int:
@@ -260,6 +266,14 @@ class Batcher:
             return await task.future
         finally:
             queue.queued_tasks -= 1
+
+    def run_blocking(
+        self, signature: str, inputs: Mapping[str, np.ndarray], output_keys: Sequence[str]
+    ) -> dict[str, np.ndarray]:
+        """`run` from a thread other than the loop's (warm-up on the control thread)."""
+        if self._loop is None:
+            raise RuntimeError("a Batcher used from another thread needs the event loop it runs on")
+        return asyncio.run_coroutine_threadsafe(self.run(signature, inputs, output_keys), self._loop).result()
 
     @staticmethod
     def _task_size(inputs: Mapping[str, np.ndarray]) -> int:

@@ -12,6 +12,7 @@ version is unloaded only after every lease on it is released.
 
 from __future__ import annotations
 
+import dataclasses
 import logging
 import threading
 import time
@@ -211,9 +212,14 @@ class ModelManager:
         log.info("Loading servable version %s from %s (attempt %d)", version.id, version.path, version.attempts)
         try:
             runtime = self._runtime_for(model.config.platform)
-            servable = runtime.load(version.path, self._runtime_options)
+            options = self._runtime_options
+            servable = runtime.load(version.path, dataclasses.replace(options, defer_warmup=True))
             try:
                 batcher = self._attach_batcher(model.config, version.path, servable) if self._attach_batcher else None
+                if options.enable_model_warmup:
+                    # Warm-up goes the way requests will go: through the batcher when there is one.
+                    run = batcher.run_blocking if batcher is not None else servable.run
+                    servable.warm_up(run, options.num_request_iterations_for_warmup)
             except BaseException:
                 servable.unload()
                 raise

@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from collections.abc import Mapping, Sequence
+from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass
 from typing import Any, Protocol
 
@@ -55,6 +55,14 @@ class Servable(Protocol):
         ...
 
     def unload(self) -> None: ...
+
+    def warm_up(self, run: RunFn, iterations: int) -> int:
+        """Replay the version's warm-up requests through `run` (the servable's own, or its batcher's); returns
+        how many there were. A failure raises ServingError: the version must not serve."""
+        ...
+
+
+RunFn = Callable[[str, Mapping[str, np.ndarray], Sequence[str]], dict[str, np.ndarray]]
 
 
 class Runtime(Protocol):

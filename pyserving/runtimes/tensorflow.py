@@ -18,7 +18,7 @@ import numpy as np
 from pyserving.dtypes import DType
 from pyserving.errors import Code, ServingError
 from pyserving.options import RuntimeOptions
-from pyserving.runtimes.base import Signature, TensorSpec
+from pyserving.runtimes.base import RunFn, Signature, TensorSpec
 
 os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
 
@@ -90,14 +90,19 @@ class TensorFlowServable:
             raise _serving_error(exc) from exc
         self._callables: dict[tuple[str, tuple[str, ...], tuple[str, ...]], Any] = {}
         self._lock = threading.Lock()
-        if options.enable_model_warmup:
-            from pyserving.runtimes.tensorflow_warmup import warm_up
-
+        self._path = path
+        if options.enable_model_warmup and not options.defer_warmup:
             try:
-                warm_up(self, path, options.num_request_iterations_for_warmup)
+                self.warm_up(self.run, options.num_request_iterations_for_warmup)
             except BaseException:
                 self.unload()
                 raise
+
+    def warm_up(self, run: RunFn, iterations: int) -> int:
+        from pyserving.runtimes.tensorflow_warmup import warm_up
+
+        return warm_up(self.signatures, run, self._path, iterations)
+
     def _callable(self, signature: str, input_keys: tuple[str, ...], output_keys: tuple[str, ...]) -> Any:
         key = (signature, input_keys, output_keys)
         fn = self._callables.get(key)

@@ -8,26 +8,19 @@ from __future__ import annotations
 
 import logging
 import os
-from collections.abc import Iterator
-from typing import Protocol
+from collections.abc import Iterator, Mapping
 
 import numpy as np
 import tensorflow as tf
 from tensorflow_serving.apis import input_pb2, prediction_log_pb2
 
 from pyserving.errors import Code, ServingError
-from pyserving.runtimes.base import DEFAULT_SIGNATURE, Signature
+from pyserving.runtimes.base import DEFAULT_SIGNATURE, RunFn, Signature
 
 log = logging.getLogger("pyserving.warmup")
 
 WARMUP_FILE = os.path.join("assets.extra", "tf_serving_warmup_requests")
 MAX_WARMUP_RECORDS = 1000
-
-
-class _Runnable(Protocol):
-    signatures: dict[str, Signature]
-
-    def run(self, signature: str, inputs: dict[str, np.ndarray], output_keys: list[str]) -> dict[str, np.ndarray]: ...
 
 
 def _records(path: str) -> Iterator[bytes]:
@@ -56,18 +49,18 @@ def _examples(request_input: input_pb2.Input) -> np.ndarray:
     return out
 
 
-def _signature(servable: _Runnable, name: str) -> Signature:
-    sig = servable.signatures.get(name or DEFAULT_SIGNATURE)
+def _signature(signatures: Mapping[str, Signature], name: str) -> Signature:
+    sig = signatures.get(name or DEFAULT_SIGNATURE)
     if sig is None:
         raise ServingError(Code.FAILED_PRECONDITION, f'Serving signature key "{name or DEFAULT_SIGNATURE}" not found.')
     return sig
 
 
-def _replay(servable: _Runnable, entry: prediction_log_pb2.PredictionLog) -> None:
+def _replay(signatures: Mapping[str, Signature], run: RunFn, entry: prediction_log_pb2.PredictionLog) -> None:
     kind = entry.WhichOneof("log_type")
     if kind == "predict_log":
         request = entry.predict_log.request
-        sig = _signature(servable, request.model_spec.signature_name)
+        sig = _signature(signatures, request.model_spec.signature_name)
         sent, expected = set(request.inputs), set(sig.inputs)
         if sent - expected or expected - sent - sig.defaults:
             raise ServingError(  # TF Serving replays through its Predict path, with Predict's wording
@@ -80,22 +73,22 @@ def _replay(servable: _Runnable, entry: prediction_log_pb2.PredictionLog) -> Non
         if unknown:
             raise ServingError(Code.INVALID_ARGUMENT, f"output tensor alias not found in signature: {unknown[0]}")
         inputs = {alias: tf.make_ndarray(proto) for alias, proto in request.inputs.items()}
-        servable.run(sig.name, inputs, list(request.output_filter) or sorted(sig.outputs))
+        run(sig.name, inputs, list(request.output_filter) or sorted(sig.outputs))
     elif kind in ("classify_log", "regress_log"):
         request = getattr(entry, kind).request
-        sig = _signature(servable, request.model_spec.signature_name)
-        servable.run(sig.name, {next(iter(sig.inputs)): _examples(request.input)}, sorted(sig.outputs))
+        sig = _signature(signatures, request.model_spec.signature_name)
+        run(sig.name, {next(iter(sig.inputs)): _examples(request.input)}, sorted(sig.outputs))
     elif kind == "multi_inference_log":
         request = entry.multi_inference_log.request
         batch = _examples(request.input)
         for task in request.tasks:
-            sig = _signature(servable, task.model_spec.signature_name)
-            servable.run(sig.name, {next(iter(sig.inputs)): batch}, sorted(sig.outputs))
+            sig = _signature(signatures, task.model_spec.signature_name)
+            run(sig.name, {next(iter(sig.inputs)): batch}, sorted(sig.outputs))
     else:
         raise ServingError(Code.UNIMPLEMENTED, f"Unsupported log_type for warmup: {kind}")
 
 
-def warm_up(servable: _Runnable, model_dir: str, iterations: int) -> int:
+def warm_up(signatures: Mapping[str, Signature], run: RunFn, model_dir: str, iterations: int) -> int:
     """Replay the version's warm-up records; returns how many records there were (0 without a file)."""
     path = os.path.join(model_dir, WARMUP_FILE)
     if not os.path.isfile(path):
@@ -116,7 +109,7 @@ def warm_up(servable: _Runnable, model_dir: str, iterations: int) -> int:
             raise ServingError(Code.INVALID_ARGUMENT, f"Failed to parse warmup record {count} of {path} as a PredictionLog") from None
         try:
             for _ in range(max(iterations, 1)):
-                _replay(servable, entry)
+                _replay(signatures, run, entry)
         except ServingError as exc:
             raise ServingError(exc.code, f"Warmup record {count} of {path} failed: {exc.message}") from None
         except Exception as exc:
