@@ -16,13 +16,48 @@ class VersionPolicy:
 
 
 @dataclass(frozen=True, slots=True)
+class ShadowTraffic:
+    """Mirror `percent` of the split's requests to another version; its answers are measured and dropped."""
+
+    arm: int | str
+    percent: int = 100
+
+
+@dataclass(frozen=True, slots=True)
+class RollbackGuard:
+    """Take a candidate arm out of rotation when, over the last `window_s` with at least `min_requests` on each
+    side, its error rate exceeds the baseline's by more than `max_error_rate_increase` (absolute, 0.05 = 5 points)
+    or its p99 latency is more than `max_p99_latency_ratio` times the baseline's."""
+
+    max_error_rate_increase: float = 0.05
+    max_p99_latency_ratio: float = 2.0
+    window_s: float = 60.0
+    min_requests: int = 100
+
+
+@dataclass(frozen=True, slots=True)
+class Promotion:
+    """Raise a healthy candidate's weight by `step_percent` every `interval_s`, up to 100."""
+
+    step_percent: int = 10
+    interval_s: float = 60.0
+
+
+@dataclass(frozen=True, slots=True)
 class TrafficSplit:
     """The article's `percentage` policy: requests naming no version or label are split by weight.
 
-    Each arm is a version number or a version label; weights are percentages summing to 100.
+    Each arm is a version number or a version label; weights are percentages summing to 100. The arm with the
+    largest weight (the first on ties) is the baseline; the others are candidates, which `rollback` guards and
+    `promotion` advances. With `sticky_key`, requests carrying that header / gRPC metadata key are assigned by a
+    hash of its value, so one user always sees one version.
     """
 
     arms: tuple[tuple[int | str, int], ...]
+    sticky_key: str = ""
+    shadow: ShadowTraffic | None = None
+    rollback: RollbackGuard | None = None
+    promotion: Promotion | None = None
 
 
 @dataclass(frozen=True, slots=True)

@@ -100,11 +100,6 @@ class Server:
 
     def _warn_unimplemented(self) -> None:
         for model in self.options.models:
-            if model.traffic_split is not None:
-                log.warning(
-                    "Model %s: the percentage traffic split is not implemented in this pyserving version yet; its "
-                    "versions are served, and requests that name no version go to the highest one.", model.name,
-                )
             if model.logging is not None:
                 log.warning("Model %s: logging_config is not implemented in this pyserving version yet; requests "
                             "are not logged.", model.name)
@@ -114,6 +109,7 @@ class Server:
         self._warn_unimplemented()
         names = [m.name for m in self.options.models]
         try:
+            await self._control_call(self.lifecycle.check, self.options.models)
             await self._control_call(self.lifecycle.load_until_settled, names)
         except ServingError as exc:
             await self._control_call(self.manager.unload_all)

@@ -26,6 +26,12 @@ pyserving reads a documented superset, for the syntax of the tutorial article us
       repeated Percentage percentage = 1;
     }
     message Percentage { oneof arm { string version = 1; string label = 2; } optional int32 value = 3; }
+    // in DefaultVersionPolicy, for canary releases (pyserving only):
+    //   string sticky_key = 2;  Shadow shadow = 3;  Rollback rollback = 4;  Promote promote = 5;
+    message Shadow { oneof arm { string version = 1; string label = 2; } optional int32 percent = 3; }
+    message Rollback { optional double max_error_rate_increase = 1; optional double max_p99_latency_ratio = 2;
+                       optional double window_seconds = 3; optional int32 min_requests = 4; }
+    message Promote { optional int32 step_percent = 1; optional double interval_seconds = 2; }
 
 Meaning of the additions:
 * `default_version_policy { latest {...} | all {} | specific {...} }` is the article's name for
@@ -77,7 +83,16 @@ from pyserving.config.batching_config import (
     message_class,
     read_config_file,
 )
-from pyserving.options import BatchingOptions, LoggingOptions, ModelConfig, TrafficSplit, VersionPolicy
+from pyserving.options import (
+    BatchingOptions,
+    LoggingOptions,
+    ModelConfig,
+    Promotion,
+    RollbackGuard,
+    ShadowTraffic,
+    TrafficSplit,
+    VersionPolicy,
+)
 from pyserving.runtimes.registry import RUNTIMES
 
 __all__ = ["ConfigError", "load_model_config_file", "model_config_to_text", "parse_model_server_config"]
@@ -123,6 +138,27 @@ def _superset_file(package: str, batching: type[Message]) -> descriptor_pb2.File
                          type_name=f"{_POLICY}.{name.capitalize()}")
     policy.field.add(name="percentage", number=1, type=message_type, label=repeated,
                      type_name=f".{package}.Percentage")
+    policy.field.add(name="sticky_key", number=2, type=descriptor_pb2.FieldDescriptorProto.TYPE_STRING,
+                     label=optional)
+    for name, number in (("shadow", 3), ("rollback", 4), ("promote", 5)):
+        policy.field.add(name=name, number=number, type=message_type, label=optional,
+                         type_name=f".{package}.{name.capitalize()}")
+    shadow = file.message_type.add(name="Shadow")
+    shadow.oneof_decl.add(name="arm")
+    for name, number in (("version", 1), ("label", 2)):
+        shadow.field.add(name=name, number=number, type=descriptor_pb2.FieldDescriptorProto.TYPE_STRING,
+                         label=optional, oneof_index=0)
+    add_optional_scalar(shadow, "percent", 3, descriptor_pb2.FieldDescriptorProto.TYPE_INT32)
+    rollback = file.message_type.add(name="Rollback")
+    for name, number, kind in (("max_error_rate_increase", 1, descriptor_pb2.FieldDescriptorProto.TYPE_DOUBLE),
+                               ("max_p99_latency_ratio", 2, descriptor_pb2.FieldDescriptorProto.TYPE_DOUBLE),
+                               ("window_seconds", 3, descriptor_pb2.FieldDescriptorProto.TYPE_DOUBLE),
+                               ("min_requests", 4, descriptor_pb2.FieldDescriptorProto.TYPE_INT32)):
+        add_optional_scalar(rollback, name, number, kind)
+    promote = file.message_type.add(name="Promote")
+    for name, number, kind in (("step_percent", 1, descriptor_pb2.FieldDescriptorProto.TYPE_INT32),
+                               ("interval_seconds", 2, descriptor_pb2.FieldDescriptorProto.TYPE_DOUBLE)):
+        add_optional_scalar(promote, name, number, kind)
 
     percentage = file.message_type.add(name="Percentage")
     percentage.oneof_decl.add(name="arm")
@@ -276,7 +312,8 @@ class _Model:
                 split = self._traffic_split(labels)
         policy = self._policy_from(explicit, explicit_field) if explicit is not None else None
         if split is not None:
-            needed = sorted({arm if isinstance(arm, int) else labels[arm] for arm, _ in split.arms})
+            arms = [arm for arm, _ in split.arms] + ([split.shadow.arm] if split.shadow else [])
+            needed = sorted({arm if isinstance(arm, int) else labels[arm] for arm in arms})
             if policy is None:
                 policy = VersionPolicy(kind="specific", versions=tuple(needed))
             elif policy.kind == "specific" and (missing := [v for v in needed if v not in policy.versions]):
@@ -334,7 +371,60 @@ class _Model:
         if total != 100:
             shares = ", ".join(f"{_arm_text(a)}: {w}" for a, w in arms)
             self.fail("default_version_policy", f"percentage values must sum to 100; they sum to {total} ({shares})")
-        return TrafficSplit(arms=tuple(arms))
+        default = self.message.default_version_policy
+        return TrafficSplit(
+            arms=tuple(arms),
+            sticky_key=default.sticky_key.strip().lower(),
+            shadow=self._shadow(labels) if default.HasField("shadow") else None,
+            rollback=self._rollback() if default.HasField("rollback") else None,
+            promotion=self._promotion() if default.HasField("promote") else None,
+        )
+
+    def _shadow(self, labels: dict[str, int]) -> ShadowTraffic:
+        shadow = self.message.default_version_policy.shadow
+        field = "default_version_policy.shadow"
+        which = shadow.WhichOneof("arm")
+        if which is None:
+            self.fail(field, 'names no version: write shadow { version: "4" } (or label: "...")')
+        if which == "version":
+            if not (shadow.version.isascii() and shadow.version.isdigit()):
+                self.fail(field, f'version "{shadow.version}" is not a version number; write e.g. version: "4"')
+            arm: int | str = int(shadow.version)
+        else:
+            if shadow.label not in labels:
+                self.fail(field, f'label "{shadow.label}" is not one of this model\'s version_labels')
+            arm = str(shadow.label)
+        percent = shadow.percent if shadow.HasField("percent") else 100
+        if not 0 <= percent <= 100:
+            self.fail(field, f"percent {percent} is not a percentage; write 0 to 100")
+        return ShadowTraffic(arm=arm, percent=percent)
+
+    def _rollback(self) -> RollbackGuard:
+        r = self.message.default_version_policy.rollback
+        field = "default_version_policy.rollback"
+        guard = RollbackGuard(
+            max_error_rate_increase=r.max_error_rate_increase if r.HasField("max_error_rate_increase") else 0.05,
+            max_p99_latency_ratio=r.max_p99_latency_ratio if r.HasField("max_p99_latency_ratio") else 2.0,
+            window_s=r.window_seconds if r.HasField("window_seconds") else 60.0,
+            min_requests=r.min_requests if r.HasField("min_requests") else 100,
+        )
+        if not 0 <= guard.max_error_rate_increase <= 1:
+            self.fail(field, "max_error_rate_increase is a fraction of requests: write 0 to 1 (0.05 = 5 points)")
+        if guard.max_p99_latency_ratio < 1:
+            self.fail(field, "max_p99_latency_ratio must be at least 1 (2.0 = twice the baseline's p99)")
+        if guard.window_s <= 0 or guard.min_requests < 1:
+            self.fail(field, "window_seconds must be positive and min_requests at least 1")
+        return guard
+
+    def _promotion(self) -> Promotion:
+        p = self.message.default_version_policy.promote
+        promotion = Promotion(
+            step_percent=p.step_percent if p.HasField("step_percent") else 10,
+            interval_s=p.interval_seconds if p.HasField("interval_seconds") else 60.0,
+        )
+        if not 1 <= promotion.step_percent <= 100 or promotion.interval_s <= 0:
+            self.fail("default_version_policy.promote", "step_percent must be 1 to 100 and interval_seconds positive")
+        return promotion
 
     def _batching(self) -> BatchingOptions | None:
         if not self.message.HasField("batching_parameters"):

@@ -59,12 +59,13 @@ class ModelLifecycle:
         version the new policy will not serve, or an existing label moved onto a version not AVAILABLE now."""
         allow_new = self.options.allow_version_labels_for_unavailable_models
         for model in models:
-            if not model.version_labels:
-                continue
             try:
                 will_serve = set(aspired_versions(model.version_policy, versions_on_disk(model.base_path)))
             except OSError:
                 will_serve = set()
+            self._check_split(model, will_serve)
+            if not model.version_labels:
+                continue
             current = self.manager.labels(model.name)
             try:
                 available = {
@@ -85,6 +86,28 @@ class ModelLifecycle:
                     "available for inference. Serve the version first (a config whose policy includes it), then "
                     "point the label at it in a second reload.",
                 )
+
+    @staticmethod
+    def _check_split(model: ModelConfig, will_serve: set[int]) -> None:
+        """A traffic split may only send requests to versions that exist under the base path."""
+        split = model.traffic_split
+        if split is None:
+            return
+        labels = dict(model.version_labels)
+        arms = [arm for arm, weight in split.arms if weight > 0] + ([split.shadow.arm] if split.shadow else [])
+        for arm in arms:
+            version = labels.get(arm) if isinstance(arm, str) else arm
+            if version not in will_serve:
+                found = ", ".join(map(str, sorted(will_serve))) or "none"
+                raise ServingError(
+                    Code.INVALID_ARGUMENT,
+                    f"The traffic split of model {model.name} sends requests to version {version}, which is not "
+                    f"under {model.base_path} (versions found: {found}). Export it first, or give it weight 0.",
+                )
+
+    def check(self, models: Sequence[ModelConfig]) -> None:
+        """Refuse a configuration whose labels or traffic splits point nowhere (raises ServingError)."""
+        self._check_labels(models)
 
     def reload(self, models: Sequence[ModelConfig]) -> None:
         """Replace the model list: models that left are unloaded, new ones loaded (this call waits until they are

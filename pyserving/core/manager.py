@@ -24,7 +24,7 @@ from pyserving.core.ids import ServableId, ServableRequest
 from pyserving.core.states import ServableState, VersionStatus
 from pyserving.core.transitions import VersionSnapshot, next_actions
 from pyserving.errors import Code, ServingError
-from pyserving.options import LifecycleOptions, ModelConfig, RuntimeOptions
+from pyserving.options import LifecycleOptions, ModelConfig, RuntimeOptions, TrafficSplit
 from pyserving.runtimes.base import Runtime, Servable
 
 log = logging.getLogger("pyserving.manager")
@@ -63,13 +63,14 @@ class _Model:
 class Lease:
     """A hold on one AVAILABLE servable for the duration of a request. Release exactly once (use `with`)."""
 
-    __slots__ = ("id", "servable", "batcher", "_manager", "_version")
+    __slots__ = ("id", "servable", "batcher", "route", "_manager", "_version")
 
     def __init__(self, manager: ModelManager, version: _Version) -> None:
         assert version.servable is not None
         self.id = version.id
         self.servable: Servable = version.servable
         self.batcher: Batcher | None = version.batcher
+        self.route: object = None  # the service's note of how a traffic split routed this request
         self._manager = manager
         self._version = version
 
@@ -366,6 +367,10 @@ class ModelManager:
                 VersionStatus(v.id.version, v.state, v.error if v.state == ServableState.END else None)
                 for v in chosen
             ]
+
+    def traffic_split(self, name: str) -> TrafficSplit | None:
+        model = self._models.get(name)  # a dict read: no lock needed for one reference
+        return model.config.traffic_split if model is not None else None
 
     def labels(self, name: str) -> dict[str, int]:
         with self._lock:

@@ -7,6 +7,7 @@ Front ends hold one of these. It takes numpy arrays and plain values and returns
 from __future__ import annotations
 
 import asyncio
+import time
 from collections.abc import Awaitable, Callable, Mapping, Sequence
 from concurrent.futures import Executor
 from dataclasses import dataclass
@@ -14,6 +15,7 @@ from typing import Any
 
 import numpy as np
 
+from pyserving.core.canary import TrafficController
 from pyserving.core.ids import ServableId, ServableRequest
 from pyserving.core.manager import Lease, ModelManager
 from pyserving.core.states import VersionStatus
@@ -30,6 +32,10 @@ from pyserving.runtimes.base import (
 
 Inputs = Mapping[str, np.ndarray]
 InputDecoder = Callable[[Signature], Inputs]
+RoutingKey = Callable[[str], str | None]
+"""Reads one request header (REST) or metadata value (gRPC) by lower-case name."""
+MAX_SHADOWS_IN_FLIGHT = 16
+"""Mirrored requests beyond this many in flight are dropped (and counted): shadows never queue up live work."""
 
 
 @dataclass(frozen=True, slots=True)
@@ -99,8 +105,83 @@ class InferenceService:
         self._executor = executor
         self._method_name_check = method_name_check
         self._reloader = reloader
+        self._traffic: dict[str, TrafficController] = {}
+        self._shadows: set[asyncio.Task[None]] = set()
+
+    # --- routing (canary releases) ----------------------------------------------------------------------------
+
+    def _controller(self, name: str) -> TrafficController | None:
+        split = self.manager.traffic_split(name)
+        if split is None:
+            return None
+        controller = self._traffic.get(name)
+        if controller is None or controller.split is not split:
+            # A new or changed split (config reload) starts fresh: weights as configured, no history.
+            controller = self._traffic[name] = TrafficController(name, split)
+        return controller
+
+    def _lease(self, request: ServableRequest, routing_key: RoutingKey | None) -> Lease:
+        """Lease the version the request asks for; a request naming no version or label goes through the model's
+        traffic split, if it has one (falling back to another arm while one is still loading)."""
+        if request.version is not None or request.label is not None:
+            return self.manager.lease(request)
+        controller = self._controller(request.name)
+        if controller is None:
+            return self.manager.lease(request)
+        key = routing_key(controller.split.sticky_key) if routing_key and controller.split.sticky_key else None
+        arm = controller.route(key)
+        for candidate in (arm, *controller.fallbacks(arm)):
+            target = (ServableRequest(request.name, label=candidate) if isinstance(candidate, str)
+                      else ServableRequest(request.name, candidate))
+            try:
+                lease = self.manager.lease(target)
+            except ServingError:
+                continue
+            lease.route = (controller, candidate)
+            return lease
+        return self.manager.lease(request)
+
+    def _shadow(self, lease: Lease, signature: str, inputs: Inputs, output_keys: Sequence[str]) -> None:
+        """Mirror a routed predict to the split's shadow version: measured, answer dropped, never in the way."""
+        if not isinstance(lease.route, tuple):
+            return
+        controller, _ = lease.route
+        arm = controller.shadow_arm()
+        if arm is None:
+            return
+        if len(self._shadows) >= MAX_SHADOWS_IN_FLIGHT:
+            controller.shadow_dropped += 1
+            return
+        target = ServableRequest(lease.id.name, label=arm) if isinstance(arm, str) else ServableRequest(lease.id.name, arm)
+
+        async def mirror() -> None:
+            try:
+                with self.manager.lease(target) as shadow_lease:
+                    shadow_lease.route = (controller, arm)
+                    await self._run(shadow_lease, signature, inputs, output_keys, None)
+            except Exception:  # measured by _run; a shadow's failure is nobody's answer
+                pass
+
+        task = asyncio.get_running_loop().create_task(mirror())
+        self._shadows.add(task)
+        task.add_done_callback(self._shadows.discard)
 
     async def _run(
+        self, lease: Lease, signature: str, inputs: Inputs, output_keys: Sequence[str], timeout_s: float | None
+    ) -> dict[str, np.ndarray]:
+        if not isinstance(lease.route, tuple):
+            return await self._call(lease, signature, inputs, output_keys, timeout_s)
+        controller, arm = lease.route
+        started = time.monotonic()
+        try:
+            outputs = await self._call(lease, signature, inputs, output_keys, timeout_s)
+        except ServingError:
+            controller.record(arm, False, time.monotonic() - started)
+            raise
+        controller.record(arm, True, time.monotonic() - started)
+        return outputs
+
+    async def _call(
         self, lease: Lease, signature: str, inputs: Inputs, output_keys: Sequence[str], timeout_s: float | None
     ) -> dict[str, np.ndarray]:
         future: Awaitable[dict[str, np.ndarray]]
@@ -131,9 +212,11 @@ class InferenceService:
         *,
         output_filter: Sequence[str] = (),
         timeout_s: float | None = None,
+        routing_key: RoutingKey | None = None,
     ) -> PredictResult:
-        """Run a signature. `inputs` may be a decoder called with the signature (REST needs its dtypes to decode)."""
-        with self.manager.lease(request) as lease:
+        """Run a signature. `inputs` may be a decoder called with the signature (REST needs its dtypes to decode).
+        `routing_key(name)` reads a request header / metadata value, for sticky traffic splits."""
+        with self._lease(request, routing_key) as lease:
             sig = signature_of(lease, signature_name)
             if self._method_name_check and sig.method_name not in (PREDICT_METHOD, CLASSIFY_METHOD, REGRESS_METHOD):
                 raise ServingError(
@@ -144,6 +227,7 @@ class InferenceService:
             tensors = inputs(sig) if callable(inputs) else inputs
             self._check_inputs(sig, tensors)
             output_keys = self._output_keys(sig, output_filter)
+            self._shadow(lease, sig.name, tensors, output_keys)
             outputs = await self._run(lease, sig.name, tensors, output_keys, timeout_s)
             return PredictResult(lease.id, sig.name, outputs)
 
@@ -179,31 +263,33 @@ class InferenceService:
     # --- classify / regress -----------------------------------------------------------------------------------
 
     async def classify(
-        self, request: ServableRequest, signature_name: str, examples: Sequence[bytes], *, timeout_s: float | None = None
+        self, request: ServableRequest, signature_name: str, examples: Sequence[bytes], *,
+        timeout_s: float | None = None, routing_key: RoutingKey | None = None,
     ) -> Classifications:
         """Classify serialized tf.Examples (context already merged in by the codec)."""
-        with self.manager.lease(request) as lease:
+        with self._lease(request, routing_key) as lease:
             sig = example_signature_of(lease, signature_name)
             classes = await self._classify(lease, sig, examples, timeout_s)
             return Classifications(lease.id, sig.name, classes)
 
     async def regress(
-        self, request: ServableRequest, signature_name: str, examples: Sequence[bytes], *, timeout_s: float | None = None
+        self, request: ServableRequest, signature_name: str, examples: Sequence[bytes], *,
+        timeout_s: float | None = None, routing_key: RoutingKey | None = None,
     ) -> Regressions:
-        with self.manager.lease(request) as lease:
+        with self._lease(request, routing_key) as lease:
             sig = example_signature_of(lease, signature_name)
             values = await self._regress(lease, sig, examples, timeout_s)
             return Regressions(lease.id, sig.name, values)
 
     async def multi_inference(
         self, request: ServableRequest, tasks: Sequence[InferenceTask], examples: Sequence[bytes],
-        *, timeout_s: float | None = None,
+        *, timeout_s: float | None = None, routing_key: RoutingKey | None = None,
     ) -> tuple[ServableId, list[Classifications | Regressions]]:
         """Several classify/regress signatures of one model version over the same examples."""
         if not tasks:
             raise ServingError(Code.INVALID_ARGUMENT, "MultiInferenceRequest has no tasks. Add at least one task.")
         seen: set[str] = set()
-        with self.manager.lease(request) as lease:
+        with self._lease(request, routing_key) as lease:
             results: list[Classifications | Regressions] = []
             for task in tasks:
                 name = task.signature_name or DEFAULT_SIGNATURE
@@ -328,15 +414,16 @@ class InferenceService:
     def status(self, name: str, version: int | None = None) -> list[VersionStatus]:
         return self.manager.status(name, version)
 
-    def models(self) -> list[tuple[str, list[VersionStatus], dict[str, int]]]:
-        """Every served model with its versions and labels (pyserving's GET /v1/models; TF Serving has none)."""
+    def models(self) -> list[tuple[str, list[VersionStatus], dict[str, int], dict[str, Any] | None]]:
+        """Every served model with its versions, labels and traffic split state (pyserving's GET /v1/models)."""
         out = []
         for name in self.manager.model_names():
             try:
                 statuses = self.manager.status(name)
             except ServingError:
                 statuses = []
-            out.append((name, statuses, self.manager.labels(name)))
+            controller = self._controller(name)
+            out.append((name, statuses, self.manager.labels(name), controller.describe() if controller else None))
         return out
 
     def unready_models(self) -> dict[str, str]:

@@ -63,6 +63,17 @@ async def _guarded(context: grpc.aio.ServicerContext, call: Callable[[], Awaitab
         raise  # unreachable: abort raises
 
 
+def _routing_key(context: grpc.aio.ServicerContext) -> Callable[[str], str | None]:
+    """Reads one request metadata value (gRPC keys are lower-case), for sticky traffic splits."""
+    def value(name: str) -> str | None:
+        for key, item in context.invocation_metadata() or ():
+            if key == name:
+                return item if isinstance(item, str) else item.decode("utf-8", "replace")
+        return None
+
+    return value
+
+
 def _timeout_s(context: grpc.aio.ServicerContext) -> float | None:
     """The client's deadline as seconds left (None: no deadline)."""
     remaining = context.time_remaining()
@@ -99,6 +110,7 @@ class PredictionServicer(prediction_service_pb2_grpc.PredictionServiceServicer):
                 inputs,
                 output_filter=list(request.output_filter),
                 timeout_s=_timeout_s(context),
+                routing_key=_routing_key(context),
             )
             response = predict_pb2.PredictResponse()
             fill_model_spec(response.model_spec, result.servable, result.signature_name)
@@ -115,6 +127,7 @@ class PredictionServicer(prediction_service_pb2_grpc.PredictionServiceServicer):
                 request.model_spec.signature_name,
                 serialized_examples(request.input),
                 timeout_s=_timeout_s(context),
+                routing_key=_routing_key(context),
             )
             response = classification_pb2.ClassificationResponse()
             fill_model_spec(response.model_spec, result.servable, result.signature_name)
@@ -130,6 +143,7 @@ class PredictionServicer(prediction_service_pb2_grpc.PredictionServiceServicer):
                 request.model_spec.signature_name,
                 serialized_examples(request.input),
                 timeout_s=_timeout_s(context),
+                routing_key=_routing_key(context),
             )
             response = regression_pb2.RegressionResponse()
             fill_model_spec(response.model_spec, result.servable, result.signature_name)
@@ -155,6 +169,7 @@ class PredictionServicer(prediction_service_pb2_grpc.PredictionServiceServicer):
                 [InferenceTask(t.model_spec.signature_name, t.method_name) for t in request.tasks],
                 serialized_examples(request.input),
                 timeout_s=_timeout_s(context),
+                routing_key=_routing_key(context),
             )
             response = inference_pb2.MultiInferenceResponse()
             for task, result in zip(request.tasks, results):

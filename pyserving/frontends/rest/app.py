@@ -20,7 +20,7 @@ from starlette.responses import Response
 from starlette.types import Receive, Scope, Send
 
 from pyserving.core.ids import ServableId, ServableRequest
-from pyserving.core.service import InferenceService
+from pyserving.core.service import InferenceService, RoutingKey
 from pyserving.core.states import VersionStatus
 from pyserving.errors import Code, ServingError, SignatureNotFoundError
 from pyserving.frontends.rest import json_codec
@@ -117,8 +117,9 @@ class RestApi:
     def _list_models(self) -> Response:
         """Beyond TF Serving (its GET /v1/models is an error): every model, its versions' states and its labels."""
         models = [
-            {"name": name, **_version_status_json(statuses), "version_labels": {k: str(v) for k, v in labels.items()}}
-            for name, statuses, labels in self._service.models()
+            {"name": name, **_version_status_json(statuses), "version_labels": {k: str(v) for k, v in labels.items()},
+             **({"traffic_split": split} if split is not None else {})}
+            for name, statuses, labels, split in self._service.models()
         ]
         return self._json(orjson.dumps({"models": models}))
 
@@ -182,11 +183,13 @@ class RestApi:
         sig_name = json_codec.signature_name(doc)
         verb = verb.lower()
         handler: Callable[..., Awaitable[tuple[bytes, ServableId]]] = getattr(self, f"_{verb}")
-        body, servable = await handler(target, sig_name, doc)
+        body, servable = await handler(target, sig_name, doc, request.headers.get)
         # TF Serving's body has no room for the version that answered; canary users need it (see ARCHITECTURE).
         return Response(body, media_type=_JSON, headers={**self._extra_headers, VERSION_HEADER: str(servable.version)})
 
-    async def _predict(self, target: ServableRequest, sig_name: str, doc: dict[str, Any]) -> tuple[bytes, ServableId]:
+    async def _predict(
+        self, target: ServableRequest, sig_name: str, doc: dict[str, Any], routing_key: RoutingKey
+    ) -> tuple[bytes, ServableId]:
         row_format = "instances" in doc
 
         def decode(sig: Any) -> Any:
@@ -194,20 +197,30 @@ class RestApi:
             return inputs
 
         try:
-            result = await self._service.predict(target, sig_name, decode, timeout_s=self._timeout_s)
+            result = await self._service.predict(
+                target, sig_name, decode, timeout_s=self._timeout_s, routing_key=routing_key
+            )
         except SignatureNotFoundError as exc:
             raise ServingError(
                 Code.INVALID_ARGUMENT, f'Serving signature name: "{exc.signature_name}" not found in signature def'
             ) from None
         return json_codec.encode_predict(result.outputs, row_format), result.servable
 
-    async def _classify(self, target: ServableRequest, sig_name: str, doc: dict[str, Any]) -> tuple[bytes, ServableId]:
+    async def _classify(
+        self, target: ServableRequest, sig_name: str, doc: dict[str, Any], routing_key: RoutingKey
+    ) -> tuple[bytes, ServableId]:
         examples = json_codec.examples_from_json(doc, "classify")
-        result = await self._service.classify(target, sig_name, examples, timeout_s=self._timeout_s)
+        result = await self._service.classify(
+            target, sig_name, examples, timeout_s=self._timeout_s, routing_key=routing_key
+        )
         return json_codec.encode_classify(result.classes), result.servable
 
-    async def _regress(self, target: ServableRequest, sig_name: str, doc: dict[str, Any]) -> tuple[bytes, ServableId]:
+    async def _regress(
+        self, target: ServableRequest, sig_name: str, doc: dict[str, Any], routing_key: RoutingKey
+    ) -> tuple[bytes, ServableId]:
         examples = json_codec.examples_from_json(doc, "regress")
-        result = await self._service.regress(target, sig_name, examples, timeout_s=self._timeout_s)
+        result = await self._service.regress(
+            target, sig_name, examples, timeout_s=self._timeout_s, routing_key=routing_key
+        )
         return json_codec.encode_regress(result.values), result.servable
 
