@@ -115,9 +115,11 @@ class InferenceService:
         if split is None:
             return None
         controller = self._traffic.get(name)
-        if controller is None or controller.split is not split:
-            # A new or changed split (config reload) starts fresh: weights as configured, no history.
+        if controller is None or (controller.split is not split and controller.split != split):
+            # A new or changed split (config reload) starts fresh: weights as configured, no history. An
+            # identical split reloaded keeps its state (a rollback stays rolled back).
             controller = self._traffic[name] = TrafficController(name, split)
+        controller.split = split
         return controller
 
     def _lease(self, request: ServableRequest, routing_key: RoutingKey | None) -> Lease:

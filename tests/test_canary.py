@@ -1,0 +1,205 @@
+"""Canary releases: the article's 70/30 split, sticky users, pinned requests, live weight changes, shadow traffic,
+and automatic rollback of a failing candidate."""
+
+from __future__ import annotations
+
+import collections
+import shutil
+import threading
+import time
+from pathlib import Path
+
+import grpc
+import numpy as np
+import pytest
+import requests
+import tensorflow as tf
+from tensorflow_serving.apis import predict_pb2, prediction_service_pb2_grpc
+
+from conftest import RunningServer, run_server
+from pyserving.config.flags import server_options
+
+N = 2000
+
+
+def split_config(base: Path, policy: str, labels: str = "") -> str:
+    return (f'model_config_list {{ config {{ name: "m" base_path: "{base}" model_platform: "tensorflow" {labels} '
+            f"default_version_policy {{ {policy} }} }} }}")
+
+
+def article_split(weights: tuple[int, int] = (70, 30), extra: str = "") -> str:
+    return (f'percentage {{ version: "2" value: {weights[0]} }} percentage {{ version: "3" value: {weights[1]} }} '
+            + extra)
+
+
+@pytest.fixture
+def two_versions(testdata: Path, tmp_path: Path) -> Path:
+    base = tmp_path / "m"
+    for v in (2, 3):
+        shutil.copytree(testdata / "saved_model_half_plus_two_cpu" / "00000123", base / str(v))
+    return base
+
+
+def serve(config_text: str, tmp_path: Path) -> object:
+    path = tmp_path / "models.config"
+    path.write_text(config_text)
+    return run_server(server_options({"model_config_file": str(path)}))
+
+
+def grpc_versions(server: RunningServer, count: int, *, spec: dict[str, object] | None = None,
+                  metadata: tuple[tuple[str, str], ...] = (), x: float = 2.0) -> list[int]:
+    stub = prediction_service_pb2_grpc.PredictionServiceStub(server.channel())
+    request = predict_pb2.PredictRequest()
+    request.model_spec.name = "m"
+    for key, value in (spec or {}).items():
+        if key == "version":
+            request.model_spec.version.value = value  # type: ignore[assignment]
+        else:
+            setattr(request.model_spec, key, value)
+    request.inputs["x"].CopyFrom(tf.make_tensor_proto([x], shape=[1]))
+    return [stub.Predict(request, 10, metadata=metadata).model_spec.version.value for _ in range(count)]
+
+
+def test_the_articles_split_is_70_30_within_binomial_tolerance(two_versions: Path, tmp_path: Path) -> None:
+    with serve(split_config(two_versions, article_split()), tmp_path) as server:
+        counts = collections.Counter(grpc_versions(server, N))
+        # 4.5 standard deviations of Binomial(2000, 0.3): a false alarm about once in 150,000 runs
+        tolerance = 4.5 * (N * 0.3 * 0.7) ** 0.5
+        assert set(counts) == {2, 3}
+        assert abs(counts[3] - 0.3 * N) <= tolerance, counts
+        rest = collections.Counter(
+            requests.post(f"{server.rest_url}/v1/models/m:predict", json={"instances": [1.0]}, timeout=10)
+            .headers["X-Model-Version"] for _ in range(200)
+        )
+        assert set(rest) == {"2", "3"}
+
+
+def test_sticky_keys_never_change_version_and_pinned_requests_are_never_split(
+    two_versions: Path, tmp_path: Path
+) -> None:
+    labels = 'version_labels { key: "stable" value: 2 } version_labels { key: "canary" value: 3 }'
+    config = split_config(two_versions, article_split(extra='sticky_key: "X-User-Id"'), labels)
+    with serve(config, tmp_path) as server:
+        assignment = {}
+        for user in range(100):
+            versions = set(grpc_versions(server, 3, metadata=(("x-user-id", f"user-{user}"),)))
+            r = requests.post(f"{server.rest_url}/v1/models/m:predict", json={"instances": [1.0]},
+                              headers={"X-User-Id": f"user-{user}"}, timeout=10)
+            versions.add(int(r.headers["X-Model-Version"]))
+            assert len(versions) == 1, f"user-{user} saw versions {versions}"
+            assignment[user] = versions.pop()
+        assert 10 <= sum(v == 3 for v in assignment.values()) <= 55  # ~30 of 100 users on the canary
+        assert set(grpc_versions(server, 100, spec={"version": 2})) == {2}
+        assert set(grpc_versions(server, 100, spec={"version_label": "canary"})) == {3}
+        pinned = {requests.post(f"{server.rest_url}/v1/models/m/labels/stable:predict", json={"instances": [1.0]},
+                                timeout=10).headers["X-Model-Version"] for _ in range(50)}
+        assert pinned == {"2"}
+
+
+def test_reload_70_30_to_0_100_under_load_fails_no_request(two_versions: Path, tmp_path: Path) -> None:
+    # The weights live in the config file (TF Serving's ReloadConfigRequest proto has no field for them).
+    path = tmp_path / "models.config"
+    path.write_text(split_config(two_versions, article_split()))
+    options = server_options({"model_config_file": str(path), "model_config_file_poll_wait_seconds": 1})
+    with run_server(options) as server:
+        stop = threading.Event()
+        results: list[tuple[float, int | str]] = []
+
+        def client() -> None:
+            stub = prediction_service_pb2_grpc.PredictionServiceStub(server.channel())
+            request = predict_pb2.PredictRequest()
+            request.model_spec.name = "m"
+            request.inputs["x"].CopyFrom(tf.make_tensor_proto([2.0], shape=[1]))
+            for _ in range(20_000):
+                if stop.is_set():
+                    return
+                try:
+                    results.append((time.monotonic(), stub.Predict(request, 10).model_spec.version.value))
+                except grpc.RpcError as exc:
+                    results.append((time.monotonic(), f"{exc.code()}: {exc.details()}"))
+
+        threads = [threading.Thread(target=client) for _ in range(3)]
+        for t in threads:
+            t.start()
+        time.sleep(0.5)
+        path.write_text(split_config(two_versions, article_split((0, 100))))
+        written = time.monotonic()
+        deadline = written + 30
+        while not (results and results[-1][1] == 3 and all(v == 3 for _, v in results[-20:])):
+            assert time.monotonic() < deadline, "the new weights never took effect"
+            time.sleep(0.05)
+        reloaded = max(t for t, v in results if v == 2)  # the last answer of version 2
+        assert reloaded - written < 3, "weights must change within about one poll"
+        time.sleep(0.5)
+        stop.set()
+        for t in threads:
+            t.join(30)
+        failures = [r for r in results if isinstance(r[1], str)]
+        assert not failures, failures[:3]
+        assert {v for t, v in results if t < written} == {2, 3}
+        assert {v for t, v in results if t > reloaded} == {3}
+
+
+def export_picky_model(base: Path) -> None:
+    """A candidate that fails on half of the inputs (x >= 0.5) and is otherwise half_plus_two."""
+
+    class Picky(tf.Module):
+        @tf.function(input_signature=[tf.TensorSpec([None, 1], tf.float32, name="x")])
+        def serve(self, x: tf.Tensor) -> dict[str, tf.Tensor]:
+            check = tf.debugging.assert_less(x, 0.5, message="picky candidate refuses x >= 0.5")
+            with tf.control_dependencies([check]):
+                return {"y": x * 0.5 + 2.0}
+
+    module = Picky()
+    tf.saved_model.save(module, str(base / "3"), signatures={"serving_default": module.serve})
+
+
+def test_failing_candidate_is_rolled_back_automatically(testdata: Path, tmp_path: Path) -> None:
+    base = tmp_path / "m"
+    shutil.copytree(testdata / "saved_model_half_plus_two_cpu" / "00000123", base / "2")
+    export_picky_model(base)
+    guard = "rollback { max_error_rate_increase: 0.1 window_seconds: 60 min_requests: 20 }"
+    with serve(split_config(base, article_split((50, 50), guard)), tmp_path) as server:
+        stub = prediction_service_pb2_grpc.PredictionServiceStub(server.channel())
+        rng = np.random.default_rng(0)
+        outcomes = []
+        for _ in range(400):
+            request = predict_pb2.PredictRequest()
+            request.model_spec.name = "m"
+            request.inputs["x"].CopyFrom(tf.make_tensor_proto([[float(rng.random())]]))
+            try:
+                outcomes.append(stub.Predict(request, 10).model_spec.version.value)
+            except grpc.RpcError as exc:
+                assert exc.code() == grpc.StatusCode.INVALID_ARGUMENT
+                outcomes.append("error")
+        assert "error" in outcomes[:200], "the candidate never failed: the test proves nothing"
+        assert set(outcomes[-100:]) == {2}, "after the rollback the baseline must serve everything"
+        listing = requests.get(f"{server.rest_url}/v1/models", timeout=10).json()["models"][0]["traffic_split"]
+        candidate = next(a for a in listing["arms"] if a["version"] == "3")
+        assert candidate["weight"] == 0 and "error rate" in candidate["rolled_back"]
+        assert listing["rollbacks"] == 1
+
+
+def test_shadow_traffic_is_measured_and_never_answers(testdata: Path, tmp_path: Path) -> None:
+    base = tmp_path / "m"
+    for v in (2, 3, 4):
+        shutil.copytree(testdata / "saved_model_half_plus_two_cpu" / "00000123", base / str(v))
+    config = split_config(base, article_split(extra='shadow { version: "4" percent: 100 }'))
+    with serve(config, tmp_path) as server:
+        served = set(grpc_versions(server, 200))
+        assert served == {2, 3}
+        time.sleep(0.3)
+        listing = requests.get(f"{server.rest_url}/v1/models", timeout=10).json()["models"][0]["traffic_split"]
+        shadow = next(a for a in listing["arms"] if a["role"] == "shadow")
+        assert shadow["version"] == "4"
+        assert shadow["requests"] + listing["shadow_dropped"] == 200
+        assert shadow["requests"] > 0 and shadow["errors"] == 0
+
+
+def test_split_to_a_missing_version_is_refused(two_versions: Path, tmp_path: Path) -> None:
+    config = split_config(two_versions, 'percentage { version: "2" value: 50 } percentage { version: "9" value: 50 }')
+    path = tmp_path / "models.config"
+    path.write_text(config)
+    with pytest.raises(Exception, match="sends requests to version 9"):
+        with run_server(server_options({"model_config_file": str(path)})):
+            pass
