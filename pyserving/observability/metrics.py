@@ -1,0 +1,193 @@
+"""Every metric pyserving exports, defined once.
+
+Two families, in one registry:
+* the article's names (`tensorflow_serving_*`), with the labels its dashboards need: model, version, signature,
+  api (predict/classify/regress/multi_inference/metadata/status), protocol (rest/grpc) and code (OK,
+  NOT_FOUND, ...). Failed requests are counted and timed too. Counters carry Prometheus' `_total` suffix on their
+  samples (`tensorflow_serving_request_count_total`); the family name is the article's.
+* TF Serving's own names (`:tensorflow:serving:request_count`, `:tensorflow:serving:request_latency`, ...), with
+  its labels and buckets, so dashboards written for TF Serving keep working. TF Serving prints its counters
+  without `_total`; prometheus_client cannot type such a sample a counter, so those come out untyped, with TF
+  Serving's exact sample names.
+
+Recording is cheap and thread-safe (prometheus_client's own locks); the event loop records requests, the control
+thread records loads, worker threads record batches.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable, Iterator
+
+from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram, disable_created_metrics
+from prometheus_client.core import Metric
+from prometheus_client.registry import Collector
+
+# TF Serving's request/runtime latency buckets: exponential, scale 10, growth 1.8, 33 buckets (microseconds).
+LATENCY_BUCKETS_MICROS = tuple(10 * 1.8**i for i in range(33))
+# TF Serving's batch-size buckets: 1, 2, 4, ..., 2^13.
+BATCH_SIZE_BUCKETS = tuple(2.0**i for i in range(14))
+# TF Serving's queuing latency buckets: exponential, scale 100, growth 1.2, 52 buckets (microseconds).
+QUEUE_BUCKETS_MICROS = tuple(100 * 1.2**i for i in range(52))
+LOAD_TIME_BUCKETS_S = (0.1, 0.25, 0.5, 1, 2.5, 5, 10, 20, 30, 60, 120, 300)
+
+REQUEST_LABELS = ("model", "version", "signature", "api", "protocol", "code")
+_TFS_API = {"predict": "Predict", "classify": "Classify", "regress": "Regress", "multi_inference": "MultiInference",
+            "metadata": "GetModelMetadata", "status": "GetModelStatus"}
+
+
+class _TfServingCounters(Collector):
+    """TF Serving's counters with its exact sample names (no `_total`), typed untyped."""
+
+    def __init__(self) -> None:
+        self.request_count: dict[tuple[str, str], float] = {}
+        self.load_attempts: dict[tuple[str, str], float] = {}
+        self.load_latency: dict[str, float] = {}
+
+    def collect(self) -> Iterator[Metric]:
+        for name, labels, values in (
+            (":tensorflow:serving:request_count", ("model_name", "status"), self.request_count),
+            (":tensorflow:cc:saved_model:load_attempt_count", ("model_path", "status"), self.load_attempts),
+            (":tensorflow:cc:saved_model:load_latency", ("model_path",), self.load_latency),
+        ):
+            metric = Metric(name, "", "unknown")
+            for key, value in list(values.items()):
+                key_tuple = key if isinstance(key, tuple) else (key,)
+                metric.add_sample(name, dict(zip(labels, key_tuple)), value)
+            yield metric
+
+
+class _Refresher(Collector):
+    """Registered first, so gauges read from live objects are fresh before the others are collected."""
+
+    def __init__(self, hooks: list[Callable[[], None]]) -> None:
+        self._hooks = hooks
+
+    def collect(self) -> Iterator[Metric]:
+        for hook in self._hooks:
+            hook()
+        return iter(())
+
+
+class Metrics:
+    """The server's metrics. One per server; `registry` is what the endpoints expose."""
+
+    def __init__(self) -> None:
+        disable_created_metrics()  # `_created` series double every counter and no dashboard uses them
+        self.registry = CollectorRegistry(auto_describe=True)
+        r = self.registry
+        self._collect_hooks: list[Callable[[], None]] = []
+        r.register(_Refresher(self._collect_hooks))
+        self.request_count = Counter(
+            "tensorflow_serving_request_count", "Requests, by outcome (failed ones too).", REQUEST_LABELS, registry=r
+        )
+        self.request_latency = Histogram(
+            "tensorflow_serving_request_latency_micros", "End-to-end request latency in microseconds (failed "
+            "requests too); P50/P90/P99 come from its buckets.", REQUEST_LABELS, buckets=LATENCY_BUCKETS_MICROS,
+            registry=r,
+        )
+        self.in_flight = Gauge(
+            "tensorflow_serving_requests_in_flight", "Requests being served now.", ("protocol",), registry=r
+        )
+        self.queue_length = Gauge(
+            "tensorflow_serving_batching_queue_length", "Requests waiting in a version's batch queues.",
+            ("model", "version"), registry=r,
+        )
+        self.batch_size = Histogram(
+            "tensorflow_serving_batch_size", "Rows per executed batch, padding included.", ("model", "version"),
+            buckets=BATCH_SIZE_BUCKETS, registry=r,
+        )
+        self.batch_queueing = Histogram(
+            "tensorflow_serving_batch_queueing_latency_micros", "Time a request waited in a batch queue.",
+            ("model", "version"), buckets=QUEUE_BUCKETS_MICROS, registry=r,
+        )
+        self.load_time = Gauge(
+            "tensorflow_serving_model_load_time_seconds", "How long the last load of a version took (warm-up "
+            "included).", ("model", "version"), registry=r,
+        )
+        self.load_time_histogram = Histogram(
+            "tensorflow_serving_model_load_duration_seconds", "Load durations (warm-up included).", ("model",),
+            buckets=LOAD_TIME_BUCKETS_S, registry=r,
+        )
+        self.model_state = Gauge(
+            "tensorflow_serving_model_state", "1 for the state each version is in (START, LOADING, AVAILABLE, "
+            "UNLOADING, END).", ("model", "version", "state"), registry=r,
+        )
+        self.load_failures = Counter(
+            "tensorflow_serving_model_load_failures", "Failed load attempts.", ("model", "version"), registry=r,
+        )
+        self.canary_rollbacks = Counter(
+            "tensorflow_serving_canary_rollbacks", "Candidates taken out of a traffic split by its guard.",
+            ("model", "version"), registry=r,
+        )
+        self.canary_weight = Gauge(
+            "tensorflow_serving_canary_weight_percent", "The weight each arm of a traffic split has now.",
+            ("model", "arm"), registry=r,
+        )
+        self.shadow_dropped = Counter(
+            "tensorflow_serving_shadow_dropped", "Mirrored requests dropped because too many were in flight.",
+            ("model",), registry=r,
+        )
+        self.tfs_request_latency = Histogram(
+            ":tensorflow:serving:request_latency", "", ("model_name", "API", "entrypoint"),
+            buckets=LATENCY_BUCKETS_MICROS, registry=r,
+        )
+        self.tfs_runtime_latency = Histogram(
+            ":tensorflow:serving:runtime_latency", "", ("model_name", "API", "runtime"),
+            buckets=LATENCY_BUCKETS_MICROS, registry=r,
+        )
+        self.tfs_queuing_latency = Histogram(
+            ":tensorflow:serving:batching_session:queuing_latency", "", ("thread_pool_name",),
+            buckets=QUEUE_BUCKETS_MICROS, registry=r,
+        )
+        self.tfs_input_batch_size = Histogram(
+            ":tensorflow:serving:batching_session:input_batch_size", "", (), buckets=BATCH_SIZE_BUCKETS, registry=r,
+        )
+        self.tfs_processed_batch_size = Histogram(
+            ":tensorflow:serving:batching_session:processed_batch_size", "", (), buckets=BATCH_SIZE_BUCKETS,
+            registry=r,
+        )
+        self._tfs = _TfServingCounters()
+        r.register(self._tfs)
+
+    # --- recording ------------------------------------------------------------------------------------------
+
+    def observe_request(
+        self, *, model: str, version: str, signature: str, api: str, protocol: str, code: str, latency_s: float
+    ) -> None:
+        micros = latency_s * 1e6
+        self.request_count.labels(model, version, signature, api, protocol, code).inc()
+        self.request_latency.labels(model, version, signature, api, protocol, code).observe(micros)
+        key = (model, code)
+        self._tfs.request_count[key] = self._tfs.request_count.get(key, 0) + 1
+        if code == "OK":
+            tfs_api = _TFS_API.get(api, api) if protocol == "grpc" else (api if api in ("predict", "classify", "regress") else "")
+            self.tfs_request_latency.labels(model, tfs_api, protocol.upper()).observe(micros)
+
+    def observe_runtime(self, *, model: str, api: str, seconds: float) -> None:
+        self.tfs_runtime_latency.labels(model, _TFS_API.get(api, api), "TF1").observe(seconds * 1e6)
+
+    def observe_load(self, *, model: str, version: int, path: str, seconds: float, ok: bool) -> None:
+        status = "success" if ok else "fail"
+        key = (path, status)
+        self._tfs.load_attempts[key] = self._tfs.load_attempts.get(key, 0) + 1
+        if ok:
+            self.load_time.labels(model, str(version)).set(seconds)
+            self.load_time_histogram.labels(model).observe(seconds)
+            self._tfs.load_latency[path] = self._tfs.load_latency.get(path, 0) + seconds * 1e6
+        else:
+            self.load_failures.labels(model, str(version)).inc()
+
+    def observe_batch(self, *, model: str, version: int, pool: str, size: int, task_sizes: list[int],
+                      queued_s: list[float]) -> None:
+        self.batch_size.labels(model, str(version)).observe(size)
+        self.tfs_processed_batch_size.observe(size)
+        for n in task_sizes:
+            self.tfs_input_batch_size.observe(n)
+        for seconds in queued_s:
+            self.batch_queueing.labels(model, str(version)).observe(seconds * 1e6)
+            self.tfs_queuing_latency.labels(pool).observe(seconds * 1e6)
+
+    def on_collect(self, hook: Callable[[], None]) -> None:
+        """Run `hook` before every scrape (to refresh gauges read from live objects: states, queue lengths)."""
+        self._collect_hooks.append(hook)
+
