@@ -150,6 +150,10 @@ class ServerOptions:
     """--enable_batching: every model's versions batch with these (from --batching_parameters_file)."""
     enable_per_model_batching_parameters: bool = False
     """Each version's batching_params.pbtxt decides; a version without one is served unbatched."""
+    monitoring_path: str = ""
+    """Serve Prometheus metrics on the REST port at this path ("": not there)."""
+    metrics_port: int = 0
+    """Serve Prometheus metrics at /metrics on this port of its own (the article's --metrics_port; 0: no)."""
     num_worker_threads: int = 0
     """Threads that run model code; 0 picks a default from the CPU count."""
     shutdown_grace_s: float = 10.0

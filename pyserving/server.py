@@ -17,16 +17,21 @@ from contextlib import contextmanager
 
 import grpc
 import uvicorn
+from prometheus_client import start_http_server
 
 from pyserving.config.model_config import load_model_config_file, parse_model_server_config
 from pyserving.config.batching_config import batching_for_version
 from pyserving.core.batching import Batcher, BatchScheduler
+from pyserving.core.ids import ServableId
 from pyserving.core.lifecycle import ModelLifecycle
 from pyserving.core.manager import ModelManager
 from pyserving.core.service import InferenceService
 from pyserving.errors import Code, ServingError
 from pyserving.frontends.grpc.prediction_service import add_services
 from pyserving.frontends.rest.app import RestApi
+from pyserving.observability.gpu import add_gpu_metrics
+from pyserving.observability.metrics import Metrics
+from pyserving.observability.requests import RequestObserver
 from pyserving.options import ModelConfig, ServerOptions
 from pyserving.runtimes.base import Servable
 from pyserving.runtimes.registry import get_runtime
@@ -59,14 +64,22 @@ class Server:
         self._control = ThreadPoolExecutor(max_workers=1, thread_name_prefix="pyserving-control")
         self._schedulers: dict[str, BatchScheduler] = {}
         self._loop: asyncio.AbstractEventLoop | None = None
+        self.metrics = Metrics()
+        self.observer = RequestObserver(self.metrics)
         self.manager = ModelManager(
-            options.models, options.runtime, get_runtime, options.lifecycle, attach_batcher=self._attach_batcher
+            options.models, options.runtime, get_runtime, options.lifecycle,
+            attach_batcher=self._attach_batcher, on_load=self._observe_load,
         )
         self.lifecycle = ModelLifecycle(self.manager, options.models, options.lifecycle)
         self.service = InferenceService(
             self.manager, self._executor, method_name_check=options.enable_signature_method_name_check,
             reloader=self.reload,
         )
+        self.metrics.on_collect(self._refresh_gauges)
+        add_gpu_metrics(self.metrics)
+        self._metrics_http: object = None
+        self._counted_rollbacks: set[tuple[str, str, int]] = set()
+        self._reported_drops: dict[tuple[str, int], int] = {}
         self._grpc: grpc.aio.Server | None = None
         self._rest: _UvicornServer | None = None
         self._rest_task: asyncio.Task[None] | None = None
@@ -96,7 +109,44 @@ class Server:
             threads = (batching if model.batching is not None else pool).num_batch_threads
             scheduler = self._schedulers[name] = BatchScheduler(threads, self._executor)
         log.info("Batching %s from %s: %s", model.name, version_dir, batching)
-        return Batcher(servable.run, batching, scheduler, self._loop)
+        version = int(os.path.basename(version_dir.rstrip("/")))
+
+        def on_batch(size: int, task_sizes: list[int], queued_s: list[float]) -> None:
+            self.metrics.observe_batch(model=model.name, version=version, pool=name, size=size,
+                                       task_sizes=task_sizes, queued_s=queued_s)
+
+        return Batcher(servable.run, batching, scheduler, self._loop, on_batch)
+
+    def _observe_load(self, version: ServableId, path: str, seconds: float, ok: bool) -> None:
+        self.metrics.observe_load(model=version.name, version=version.version, path=path, seconds=seconds, ok=ok)
+
+    def _refresh_gauges(self) -> None:
+        """Before a scrape: gauges read from live state (version states, queue lengths, canary weights)."""
+        m = self.metrics
+        m.model_state.clear()
+        for name in self.manager.model_names():
+            try:
+                statuses = self.manager.status(name)
+            except ServingError:
+                continue
+            for status in statuses:
+                m.model_state.labels(name, str(status.version), status.state.name).set(1)
+        m.queue_length.clear()
+        for sid, batcher in self.manager.batchers():
+            m.queue_length.labels(sid.name, str(sid.version)).set(batcher.queue_length)
+        for name, controller in self.service.traffic_controllers():
+            for arm, weight in controller.weights.items():
+                m.canary_weight.labels(name, str(arm)).set(weight)
+            for arm in controller.rolled_back:
+                key = (name, str(arm), id(controller))  # each rollback of each split counted once
+                if key not in self._counted_rollbacks:
+                    self._counted_rollbacks.add(key)
+                    m.canary_rollbacks.labels(name, str(arm)).inc()
+            key_drops = (name, id(controller))
+            new_drops = controller.shadow_dropped - self._reported_drops.get(key_drops, 0)
+            if new_drops > 0:
+                self._reported_drops[key_drops] = controller.shadow_dropped
+                m.shadow_dropped.labels(name).inc(new_drops)
 
     def _warn_unimplemented(self) -> None:
         for model in self.options.models:
@@ -125,6 +175,16 @@ class Server:
         gc.freeze()
         await self._start_grpc()
         await self._start_rest()
+        if self.options.metrics_port:
+            try:
+                server, _thread = start_http_server(
+                    self.options.metrics_port, addr=self.options.host, registry=self.metrics.registry
+                )
+            except OSError as exc:
+                raise StartupError(f"Cannot serve metrics on {self.options.host}:{self.options.metrics_port}: "
+                                   f"{exc}. Pick another --metrics_port.") from None
+            self._metrics_http = server
+            log.info("Exporting Prometheus metrics at %s:%s/metrics", self.options.host, self.options.metrics_port)
         lifecycle = self.options.lifecycle
         if lifecycle.file_system_poll_wait_seconds > 0:
             self._background.append(asyncio.create_task(self._poll_versions(lifecycle.file_system_poll_wait_seconds)))
@@ -174,6 +234,7 @@ class Server:
         await add_services(
             server, self.service, tensor_content=opts.enable_serialization_as_tensor_content,
             health=opts.enable_grpc_healthcheck_service, config_parser=self._config_parser(),
+            observer=self.observer,
         )
         if opts.grpc_port:
             address = f"{opts.host}:{opts.grpc_port}"
@@ -197,7 +258,10 @@ class Server:
             raise StartupError(
                 f"--rest_api_port={opts.rest_api_port} is the same as the gRPC --port; give them different ports."
             )
-        app = RestApi(self.service, timeout_ms=opts.rest_api_timeout_ms, enable_cors=opts.rest_api_enable_cors_support)
+        app = RestApi(
+            self.service, timeout_ms=opts.rest_api_timeout_ms, enable_cors=opts.rest_api_enable_cors_support,
+            observer=self.observer, metrics_path=opts.monitoring_path,
+        )
         config = uvicorn.Config(
             app, host=opts.host, port=opts.rest_api_port, log_level="warning", lifespan="off",
             access_log=False, timeout_graceful_shutdown=int(opts.shutdown_grace_s) or None,
@@ -244,6 +308,8 @@ class Server:
             await asyncio.wait(waits, timeout=grace + 5)
         for task in self._background:
             task.cancel()
+        if self._metrics_http is not None:
+            self._metrics_http.shutdown()  # type: ignore[attr-defined]
         await self._control_call(self.manager.unload_all)
         self._executor.shutdown(wait=False)
         self._control.shutdown(wait=False)

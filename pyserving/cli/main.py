@@ -25,6 +25,7 @@ def _version_text() -> str:
 def serve_main(argv: Sequence[str]) -> int:
     """`pyserving serve`: TF Serving's flags, TF Serving's behaviour."""
     from pyserving.config.flags import FlagError, parse_flags, server_options, usage
+    from pyserving.observability.logs import LEVELS
 
     if any(a in ("-h", "--help", "-help", "--helpfull") for a in argv):
         print(usage())
@@ -35,12 +36,15 @@ def serve_main(argv: Sequence[str]) -> int:
             print(_version_text())
             return 0
         options = server_options(values, warnings)
+        verbosity = values.get("verbosity", "INFO")
+        if verbosity.upper() not in LEVELS:
+            raise FlagError(f"--verbosity={verbosity}: use DEBUG, INFO, WARNING or ERROR")
     except FlagError as exc:
         print(f"pyserving serve: error: {exc}", file=sys.stderr)
         return 2
     from pyserving.cli.serve import run
 
-    return run(options, warnings)
+    return run(options, warnings, verbosity=verbosity, log_dir=values.get("log_dir", ""))
 
 
 def main(argv: Sequence[str] | None = None) -> int:

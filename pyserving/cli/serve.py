@@ -4,18 +4,14 @@ from __future__ import annotations
 
 import asyncio
 import logging
-import sys
+from collections.abc import Sequence
 
+from pyserving.observability import logs
 from pyserving.options import ServerOptions
 
 
-def run(options: ServerOptions, warnings: list[str] = []) -> int:  # noqa: B006 (read-only)
-    logging.basicConfig(
-        level=logging.INFO,
-        format="%(asctime)s.%(msecs)03d %(levelname).1s %(name)s] %(message)s",
-        datefmt="%Y-%m-%d %H:%M:%S",
-        stream=sys.stderr,
-    )
+def run(options: ServerOptions, warnings: Sequence[str] = (), *, verbosity: str = "INFO", log_dir: str = "") -> int:
+    logs.configure(verbosity, log_dir)
     log = logging.getLogger("pyserving")
     for warning in warnings:
         log.warning(warning)

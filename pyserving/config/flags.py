@@ -65,9 +65,9 @@ FLAGS: tuple[Flag, ...] = (
     Flag("tensorflow_gpu_memory_fraction", float, 0.0, "the article's spelling of --per_process_gpu_memory_fraction", False),
     Flag("enable_model_warmup", bool, True, "replay assets.extra/tf_serving_warmup_requests before serving"),
     Flag("num_request_iterations_for_warmup", int, 0, "replays of each warm-up record"),
-    Flag("monitoring_config_file", str, "", "MonitoringConfig text proto (Prometheus)", False),
-    Flag("enable_metrics", bool, False, "serve Prometheus metrics (the article's flag)", False),
-    Flag("metrics_port", int, 0, "port of the metrics endpoint (the article's flag)", False),
+    Flag("monitoring_config_file", str, "", "MonitoringConfig text proto (Prometheus)"),
+    Flag("enable_metrics", bool, False, "serve Prometheus metrics (the article's flag)"),
+    Flag("metrics_port", int, 0, "port of the metrics endpoint (the article's flag)"),
     Flag("ssl_config_file", str, "", "SSLConfig text proto for gRPC TLS", False),
     Flag("use_alts_credentials", bool, False, "gRPC ALTS credentials", False),
     Flag("platform_config_file", str, "", "PlatformConfigMap text proto", False),
@@ -84,8 +84,8 @@ FLAGS: tuple[Flag, ...] = (
     Flag("thread_pool_factory_config_file", str, "", "ThreadPoolFactoryConfig text proto", False),
     Flag("mixed_precision", str, "", "bfloat16 auto mixed precision", False),
     Flag("skip_initialize_tpu", bool, False, "TPU builds only", False),
-    Flag("verbosity", str, "", "log level, e.g. INFO (the article's flag)", False),
-    Flag("log_dir", str, "", "also write logs into this directory (the article's flag)", False),
+    Flag("verbosity", str, "INFO", "log level: DEBUG (adds a line per request), INFO, WARNING or ERROR"),
+    Flag("log_dir", str, "", "also write logs into rotating files in this directory (the article's flag)"),
     Flag("version", bool, False, "print the version and exit"),
     # pyserving's own
     Flag("host", str, "0.0.0.0", "address both ports bind to (pyserving; TF Serving binds all interfaces)"),
@@ -220,8 +220,28 @@ def server_options(values: dict[str, Any], warnings: list[str] | None = None) ->
         raise FlagError("--saved_model_tags is empty: give the tag set to load, e.g. --saved_model_tags=serve")
     if v["rest_api_timeout_in_ms"] < 0:
         raise FlagError(f"--rest_api_timeout_in_ms={v['rest_api_timeout_in_ms']}: must be 0 (no timeout) or more")
+    monitoring_path = ""
+    if v["monitoring_config_file"]:
+        from pyserving.config.monitoring_config import load_monitoring_config_file
+
+        try:
+            monitoring_path = load_monitoring_config_file(v["monitoring_config_file"])
+        except ValueError as exc:
+            raise FlagError(f"--monitoring_config_file={v['monitoring_config_file']}: {exc}") from None
+        if monitoring_path and not v["rest_api_port"]:
+            raise FlagError("--monitoring_config_file serves metrics on the REST port, but --rest_api_port=0; "
+                            "give a REST port (or use --enable_metrics=true --metrics_port=PORT).")
+    metrics_port = 0
+    if v["enable_metrics"]:
+        metrics_port = v["metrics_port"] or 8502
+        if metrics_port in (v["port"], v["rest_api_port"]):
+            raise FlagError(f"--metrics_port={metrics_port} is already the gRPC or REST port; pick another.")
+    elif v["metrics_port"] and warnings is not None:
+        warnings.append("--metrics_port has no effect without --enable_metrics=true.")
     return ServerOptions(
         models=models,
+        monitoring_path=monitoring_path,
+        metrics_port=metrics_port,
         host=v["host"],
         grpc_port=v["port"],
         grpc_socket_path=v["grpc_socket_path"],

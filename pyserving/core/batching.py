@@ -30,6 +30,8 @@ from pyserving.errors import Code, ServingError
 from pyserving.options import BatchingOptions
 
 RunFn = Callable[[str, Mapping[str, np.ndarray], Sequence[str]], dict[str, np.ndarray]]
+BatchObserver = Callable[[int, list[int], list[float]], None]
+"""(executed batch size with padding, its tasks' sizes, their seconds in the queue), from a worker thread."""
 QUEUE_FULL = "The batch scheduling queue to which this task was submitted is full"
 
 
@@ -38,6 +40,7 @@ class _Task:
     inputs: Mapping[str, np.ndarray]
     size: int
     future: asyncio.Future[dict[str, np.ndarray]]
+    enqueued: float = field(default_factory=time.monotonic)
     parts: list[dict[str, np.ndarray] | None] = field(default_factory=list)
     pending: int = 0
 
@@ -222,6 +225,7 @@ class Batcher:
         options: BatchingOptions,
         scheduler: BatchScheduler,
         loop: asyncio.AbstractEventLoop | None = None,
+        on_batch: BatchObserver | None = None,
     ) -> None:
         self.options = options
         self._run = run
@@ -234,6 +238,7 @@ class Batcher:
         self.batch_sizes: collections.Counter[int] = collections.Counter()
         """Executed batch sizes (padding included) -> count, for metrics."""
         self._loop: asyncio.AbstractEventLoop | None = loop
+        self._on_batch = on_batch
 
     @property
     def queue_length(self) -> int:
@@ -297,6 +302,7 @@ class Batcher:
     def execute(self, batch: _Batch) -> list[dict[str, np.ndarray]]:
         """Worker thread: concatenate the pieces, pad, run once, split the outputs back (padding trimmed)."""
         queue = batch.queue
+        started = time.monotonic()
         first = batch.pieces[0].task.inputs
         inputs = {}
         for name in first:
@@ -310,6 +316,9 @@ class Batcher:
             inputs = {k: np.concatenate([v, np.repeat(v[:1], padded - size, axis=0)]) for k, v in inputs.items()}
         outputs = self._run(queue.signature, inputs, queue.output_keys)
         self.batch_sizes[padded] += 1
+        if self._on_batch is not None:
+            tasks = {id(p.task): p.task for p in batch.pieces}.values()
+            self._on_batch(padded, [t.size for t in tasks], [started - t.enqueued for t in tasks])
         for name, value in outputs.items():
             if value.ndim == 0 or value.shape[0] != padded:
                 raise ServingError(

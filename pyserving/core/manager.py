@@ -29,6 +29,8 @@ from pyserving.runtimes.base import Runtime, Servable
 
 log = logging.getLogger("pyserving.manager")
 
+LoadObserver = Callable[[ServableId, str, float, bool], None]
+"""(version, its directory, seconds the attempt took, whether it succeeded), from the control thread."""
 AttachBatcher = Callable[[ModelConfig, str, Servable], Batcher | None]
 """(model, version directory, loaded servable) -> the version's batcher, or None to serve it unbatched."""
 
@@ -94,9 +96,11 @@ class ModelManager:
         runtime_for: Callable[[str], Runtime],
         lifecycle: LifecycleOptions | None = None,
         attach_batcher: AttachBatcher | None = None,
+        on_load: LoadObserver | None = None,
     ) -> None:
         self._lifecycle = lifecycle or LifecycleOptions()
         self._attach_batcher = attach_batcher
+        self._on_load = on_load
         self._models: dict[str, _Model] = {}
         self._runtime_options = runtime_options
         self._runtime_for = runtime_for
@@ -225,11 +229,14 @@ class ModelManager:
                 servable.unload()
                 raise
         except ServingError as exc:
+            self._observe_load(version, started, ok=False)
             self._fail(version, exc)
             return
         except Exception as exc:  # a broken model must never take the server down
+            self._observe_load(version, started, ok=False)
             self._fail(version, ServingError(Code.UNKNOWN, f"{type(exc).__name__}: {exc}"))
             return
+        self._observe_load(version, started, ok=True)
         with self._lock:
             if version.id.version not in model.aspired:
                 # Unaspired while loading (removed from disk or config): never serve it.
@@ -247,6 +254,13 @@ class ModelManager:
                 version.state = ServableState.END
             return
         log.info("Successfully loaded servable version %s in %.2f s", version.id, time.monotonic() - started)
+
+    def _observe_load(self, version: _Version, started: float, *, ok: bool) -> None:
+        if self._on_load is not None:
+            try:
+                self._on_load(version.id, version.path, time.monotonic() - started, ok)
+            except Exception:  # metrics must never fail a load
+                log.exception("Recording the load of %s failed", version.id)
 
     def _fail(self, version: _Version, error: ServingError) -> None:
         retries = self._lifecycle.max_num_load_retries
@@ -371,6 +385,12 @@ class ModelManager:
     def traffic_split(self, name: str) -> TrafficSplit | None:
         model = self._models.get(name)  # a dict read: no lock needed for one reference
         return model.config.traffic_split if model is not None else None
+
+    def batchers(self) -> list[tuple[ServableId, Batcher]]:
+        """Every AVAILABLE version's batcher (for metrics)."""
+        with self._lock:
+            return [(v.id, v.batcher) for m in self._models.values() for v in m.versions.values()
+                    if v.batcher is not None]
 
     def labels(self, name: str) -> dict[str, int]:
         with self._lock:

@@ -18,6 +18,7 @@ import numpy as np
 from pyserving.core.canary import TrafficController
 from pyserving.core.ids import ServableId, ServableRequest
 from pyserving.core.manager import Lease, ModelManager
+from pyserving.core.request_info import RequestInfo
 from pyserving.core.states import VersionStatus
 from pyserving.dtypes import DType
 from pyserving.errors import Code, ServingError, SignatureNotFoundError
@@ -88,6 +89,11 @@ def example_signature_of(lease: Lease, name: str) -> Signature:
         raise ServingError(
             Code.INVALID_ARGUMENT, f"No signature was found with the name: {exc.signature_name}"
         ) from None
+
+
+def _note(info: RequestInfo | None, lease: Lease) -> None:
+    if info is not None:
+        info.version = lease.id.version
 
 
 class InferenceService:
@@ -215,11 +221,16 @@ class InferenceService:
         output_filter: Sequence[str] = (),
         timeout_s: float | None = None,
         routing_key: RoutingKey | None = None,
+        info: RequestInfo | None = None,
     ) -> PredictResult:
         """Run a signature. `inputs` may be a decoder called with the signature (REST needs its dtypes to decode).
         `routing_key(name)` reads a request header / metadata value, for sticky traffic splits."""
         with self._lease(request, routing_key) as lease:
+            if info is not None:
+                info.version = lease.id.version
             sig = signature_of(lease, signature_name)
+            if info is not None:
+                info.signature = sig.name
             if self._method_name_check and sig.method_name not in (PREDICT_METHOD, CLASSIFY_METHOD, REGRESS_METHOD):
                 raise ServingError(
                     Code.INTERNAL,
@@ -266,32 +277,39 @@ class InferenceService:
 
     async def classify(
         self, request: ServableRequest, signature_name: str, examples: Sequence[bytes], *,
-        timeout_s: float | None = None, routing_key: RoutingKey | None = None,
+        timeout_s: float | None = None, routing_key: RoutingKey | None = None, info: RequestInfo | None = None,
     ) -> Classifications:
         """Classify serialized tf.Examples (context already merged in by the codec)."""
         with self._lease(request, routing_key) as lease:
+            _note(info, lease)
             sig = example_signature_of(lease, signature_name)
+            if info is not None:
+                info.signature = sig.name
             classes = await self._classify(lease, sig, examples, timeout_s)
             return Classifications(lease.id, sig.name, classes)
 
     async def regress(
         self, request: ServableRequest, signature_name: str, examples: Sequence[bytes], *,
-        timeout_s: float | None = None, routing_key: RoutingKey | None = None,
+        timeout_s: float | None = None, routing_key: RoutingKey | None = None, info: RequestInfo | None = None,
     ) -> Regressions:
         with self._lease(request, routing_key) as lease:
+            _note(info, lease)
             sig = example_signature_of(lease, signature_name)
+            if info is not None:
+                info.signature = sig.name
             values = await self._regress(lease, sig, examples, timeout_s)
             return Regressions(lease.id, sig.name, values)
 
     async def multi_inference(
         self, request: ServableRequest, tasks: Sequence[InferenceTask], examples: Sequence[bytes],
-        *, timeout_s: float | None = None, routing_key: RoutingKey | None = None,
+        *, timeout_s: float | None = None, routing_key: RoutingKey | None = None, info: RequestInfo | None = None,
     ) -> tuple[ServableId, list[Classifications | Regressions]]:
         """Several classify/regress signatures of one model version over the same examples."""
         if not tasks:
             raise ServingError(Code.INVALID_ARGUMENT, "MultiInferenceRequest has no tasks. Add at least one task.")
         seen: set[str] = set()
         with self._lease(request, routing_key) as lease:
+            _note(info, lease)
             results: list[Classifications | Regressions] = []
             for task in tasks:
                 name = task.signature_name or DEFAULT_SIGNATURE
@@ -409,8 +427,9 @@ class InferenceService:
 
     # --- metadata / status ------------------------------------------------------------------------------------
 
-    def metadata(self, request: ServableRequest) -> tuple[ServableId, Mapping[str, Any]]:
+    def metadata(self, request: ServableRequest, info: RequestInfo | None = None) -> tuple[ServableId, Mapping[str, Any]]:
         with self.manager.lease(request) as lease:
+            _note(info, lease)
             return lease.id, lease.servable.metadata()
 
     def status(self, name: str, version: int | None = None) -> list[VersionStatus]:
@@ -427,6 +446,9 @@ class InferenceService:
             controller = self._controller(name)
             out.append((name, statuses, self.manager.labels(name), controller.describe() if controller else None))
         return out
+
+    def traffic_controllers(self) -> list[tuple[str, TrafficController]]:
+        return list(self._traffic.items())
 
     def unready_models(self) -> dict[str, str]:
         """Configured models without an AVAILABLE version, and why (readiness)."""

@@ -18,7 +18,15 @@ from __future__ import annotations
 
 from collections.abc import Callable, Iterator
 
-from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram, disable_created_metrics
+from prometheus_client import (
+    GCCollector,
+    CollectorRegistry,
+    Counter,
+    Gauge,
+    Histogram,
+    ProcessCollector,
+    disable_created_metrics,
+)
 from prometheus_client.core import Metric
 from prometheus_client.registry import Collector
 
@@ -148,6 +156,8 @@ class Metrics:
         )
         self._tfs = _TfServingCounters()
         r.register(self._tfs)
+        ProcessCollector(registry=r)  # process_resident_memory_bytes, process_cpu_seconds_total, open fds
+        GCCollector(registry=r)
 
     # --- recording ------------------------------------------------------------------------------------------
 

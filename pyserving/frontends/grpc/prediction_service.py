@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import asyncio
 from collections.abc import Awaitable, Callable, Sequence
 from typing import Any, TypeVar
 
@@ -21,11 +22,13 @@ from tensorflow_serving.apis import (
 )
 
 from pyserving.core.ids import ServableId, ServableRequest
+from pyserving.core.request_info import RequestInfo
 from pyserving.core.service import Classifications, InferenceService, InferenceTask, Regressions
 from pyserving.errors import Code, ServingError
 from pyserving.frontends.examples import serialized_examples
 from pyserving.frontends.grpc.errors import GRPC_STATUS, grpc_message
 from pyserving.frontends.grpc.tensor_codec import to_ndarray, to_proto
+from pyserving.observability.requests import RequestObserver, new_request_id
 from pyserving.options import ModelConfig
 
 T = TypeVar("T")
@@ -54,13 +57,29 @@ def fill_model_spec(out: model_pb2.ModelSpec, servable: ServableId, signature_na
         out.signature_name = signature_name
 
 
-async def _guarded(context: grpc.aio.ServicerContext, call: Callable[[], Awaitable[T]]) -> T:
-    """Run one RPC body; a ServingError becomes its gRPC status with TF Serving's message truncation."""
+async def _guarded(
+    observer: RequestObserver, context: grpc.aio.ServicerContext, api: str, model: str,
+    call: Callable[[RequestInfo], Awaitable[T]],
+) -> T:
+    """Run one RPC body, counted and timed; a ServingError becomes its gRPC status with TF Serving's message
+    truncation."""
+    info = RequestInfo(api=api, protocol="grpc", model=model, request_id=new_request_id())
+    code = Code.OK
+    observer.start(info)
     try:
-        return await call()
+        return await call(info)
     except ServingError as exc:
+        code = exc.code
         await context.abort(GRPC_STATUS[exc.code], grpc_message(exc.message))
         raise  # unreachable: abort raises
+    except asyncio.CancelledError:
+        code = Code.CANCELLED
+        raise
+    except Exception:
+        code = Code.INTERNAL
+        raise
+    finally:
+        observer.finish(info, code.name)
 
 
 def _routing_key(context: grpc.aio.ServicerContext) -> Callable[[str], str | None]:
@@ -97,12 +116,15 @@ def _fill_regressions(out: regression_pb2.RegressionResult, result: Regressions)
 
 
 class PredictionServicer(prediction_service_pb2_grpc.PredictionServiceServicer):
-    def __init__(self, service: InferenceService, *, tensor_content: bool = False) -> None:
+    def __init__(
+        self, service: InferenceService, *, tensor_content: bool = False, observer: RequestObserver | None = None
+    ) -> None:
         self._service = service
         self._tensor_content = tensor_content
+        self._observer = observer or RequestObserver(None)
 
     async def Predict(self, request: predict_pb2.PredictRequest, context: grpc.aio.ServicerContext) -> Any:
-        async def call() -> predict_pb2.PredictResponse:
+        async def call(info: RequestInfo) -> predict_pb2.PredictResponse:
             inputs = {alias: to_ndarray(alias, proto) for alias, proto in request.inputs.items()}
             result = await self._service.predict(
                 servable_request(request),
@@ -111,6 +133,7 @@ class PredictionServicer(prediction_service_pb2_grpc.PredictionServiceServicer):
                 output_filter=list(request.output_filter),
                 timeout_s=_timeout_s(context),
                 routing_key=_routing_key(context),
+                info=info,
             )
             response = predict_pb2.PredictResponse()
             fill_model_spec(response.model_spec, result.servable, result.signature_name)
@@ -118,42 +141,44 @@ class PredictionServicer(prediction_service_pb2_grpc.PredictionServiceServicer):
                 response.outputs[alias].CopyFrom(to_proto(array, tensor_content=self._tensor_content))
             return response
 
-        return await _guarded(context, call)
+        return await _guarded(self._observer, context, "predict", request.model_spec.name, call)
 
     async def Classify(self, request: classification_pb2.ClassificationRequest, context: grpc.aio.ServicerContext) -> Any:
-        async def call() -> classification_pb2.ClassificationResponse:
+        async def call(info: RequestInfo) -> classification_pb2.ClassificationResponse:
             result = await self._service.classify(
                 servable_request(request),
                 request.model_spec.signature_name,
                 serialized_examples(request.input),
                 timeout_s=_timeout_s(context),
                 routing_key=_routing_key(context),
+                info=info,
             )
             response = classification_pb2.ClassificationResponse()
             fill_model_spec(response.model_spec, result.servable, result.signature_name)
             _fill_classifications(response.result, result)
             return response
 
-        return await _guarded(context, call)
+        return await _guarded(self._observer, context, "classify", request.model_spec.name, call)
 
     async def Regress(self, request: regression_pb2.RegressionRequest, context: grpc.aio.ServicerContext) -> Any:
-        async def call() -> regression_pb2.RegressionResponse:
+        async def call(info: RequestInfo) -> regression_pb2.RegressionResponse:
             result = await self._service.regress(
                 servable_request(request),
                 request.model_spec.signature_name,
                 serialized_examples(request.input),
                 timeout_s=_timeout_s(context),
                 routing_key=_routing_key(context),
+                info=info,
             )
             response = regression_pb2.RegressionResponse()
             fill_model_spec(response.model_spec, result.servable, result.signature_name)
             _fill_regressions(response.result, result)
             return response
 
-        return await _guarded(context, call)
+        return await _guarded(self._observer, context, "regress", request.model_spec.name, call)
 
     async def MultiInference(self, request: inference_pb2.MultiInferenceRequest, context: grpc.aio.ServicerContext) -> Any:
-        async def call() -> inference_pb2.MultiInferenceResponse:
+        async def call(info: RequestInfo) -> inference_pb2.MultiInferenceResponse:
             if not request.tasks:
                 raise ServingError(Code.INVALID_ARGUMENT, "MultiInferenceRequest has no tasks. Add at least one task.")
             first = request.tasks[0].model_spec
@@ -170,6 +195,7 @@ class PredictionServicer(prediction_service_pb2_grpc.PredictionServiceServicer):
                 serialized_examples(request.input),
                 timeout_s=_timeout_s(context),
                 routing_key=_routing_key(context),
+                info=info,
             )
             response = inference_pb2.MultiInferenceResponse()
             for task, result in zip(request.tasks, results):
@@ -181,12 +207,12 @@ class PredictionServicer(prediction_service_pb2_grpc.PredictionServiceServicer):
                     _fill_regressions(out.regression_result, result)
             return response
 
-        return await _guarded(context, call)
+        return await _guarded(self._observer, context, "multi_inference", request.tasks[0].model_spec.name if request.tasks else "", call)
 
     async def GetModelMetadata(
         self, request: get_model_metadata_pb2.GetModelMetadataRequest, context: grpc.aio.ServicerContext
     ) -> Any:
-        async def call() -> get_model_metadata_pb2.GetModelMetadataResponse:
+        async def call(info: RequestInfo) -> get_model_metadata_pb2.GetModelMetadataResponse:
             if not request.metadata_field:
                 raise ServingError(
                     Code.INVALID_ARGUMENT,
@@ -197,7 +223,7 @@ class PredictionServicer(prediction_service_pb2_grpc.PredictionServiceServicer):
                     raise ServingError(
                         Code.INVALID_ARGUMENT, f"Metadata field {field} is not supported. Ask for \"signature_def\"."
                     )
-            servable, metadata = self._service.metadata(servable_request(request))
+            servable, metadata = self._service.metadata(servable_request(request), info)
             response = get_model_metadata_pb2.GetModelMetadataResponse()
             fill_model_spec(response.model_spec, servable, None)
             for field in request.metadata_field:
@@ -206,20 +232,24 @@ class PredictionServicer(prediction_service_pb2_grpc.PredictionServiceServicer):
                 response.metadata[field].CopyFrom(packed)
             return response
 
-        return await _guarded(context, call)
+        return await _guarded(self._observer, context, "metadata", request.model_spec.name, call)
 
 
 class ModelServicer(model_service_pb2_grpc.ModelServiceServicer):
     def __init__(
-        self, service: InferenceService, config_parser: Callable[[str], Sequence[ModelConfig]] | None = None
+        self,
+        service: InferenceService,
+        config_parser: Callable[[str], Sequence[ModelConfig]] | None = None,
+        observer: RequestObserver | None = None,
     ) -> None:
         self._service = service
         self._config_parser = config_parser
+        self._observer = observer or RequestObserver(None)
 
     async def GetModelStatus(
         self, request: get_model_status_pb2.GetModelStatusRequest, context: grpc.aio.ServicerContext
     ) -> Any:
-        async def call() -> get_model_status_pb2.GetModelStatusResponse:
+        async def call(info: RequestInfo) -> get_model_status_pb2.GetModelStatusResponse:
             target = servable_request(request)
             version = target.version
             if target.label is not None:
@@ -233,7 +263,7 @@ class ModelServicer(model_service_pb2_grpc.ModelServiceServicer):
                     out.status.error_message = status.error.message
             return response
 
-        return await _guarded(context, call)
+        return await _guarded(self._observer, context, "status", request.model_spec.name, call)
 
     async def HandleReloadConfigRequest(
         self, request: model_management_pb2.ReloadConfigRequest, context: grpc.aio.ServicerContext
@@ -267,11 +297,14 @@ async def add_services(
     tensor_content: bool = False,
     health: bool = False,
     config_parser: Callable[[str], Sequence[ModelConfig]] | None = None,
+    observer: RequestObserver | None = None,
 ) -> None:
     prediction_service_pb2_grpc.add_PredictionServiceServicer_to_server(
-        PredictionServicer(service, tensor_content=tensor_content), server
+        PredictionServicer(service, tensor_content=tensor_content, observer=observer), server
     )
-    model_service_pb2_grpc.add_ModelServiceServicer_to_server(ModelServicer(service, config_parser), server)
+    model_service_pb2_grpc.add_ModelServiceServicer_to_server(
+        ModelServicer(service, config_parser, observer), server
+    )
     if health:
         # TF Serving registers both services as SERVING at start-up, statically.
         from grpc_health.v1 import health as grpc_health

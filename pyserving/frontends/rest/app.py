@@ -15,16 +15,19 @@ from typing import Any
 
 import orjson
 from google.protobuf import json_format
+from prometheus_client import CONTENT_TYPE_LATEST, generate_latest
 from starlette.requests import Request
 from starlette.responses import Response
 from starlette.types import Receive, Scope, Send
 
 from pyserving.core.ids import ServableId, ServableRequest
+from pyserving.core.request_info import RequestInfo
 from pyserving.core.service import InferenceService, RoutingKey
 from pyserving.core.states import VersionStatus
 from pyserving.errors import Code, ServingError, SignatureNotFoundError
 from pyserving.frontends.rest import json_codec
 from pyserving.frontends.rest.errors import HTTP_STATUS
+from pyserving.observability.requests import RequestObserver, new_request_id
 
 _POST = re.compile(r"/v1/models/([^/:]+)(?:(?:/versions/(\d+))|(?:/labels/([^/:]+)))?:(classify|regress|predict)", re.I)
 _GET = re.compile(r"/v1/models(?:/([^/:]+))?(?:(?:/versions/(\d+))|(?:/labels/([^/:]+)))?(?:/(metadata))?", re.I)
@@ -65,10 +68,20 @@ def _version_status_json(statuses: list[VersionStatus]) -> dict[str, Any]:
 class RestApi:
     """ASGI app serving TF Serving's REST API over an InferenceService. Stateless apart from its settings."""
 
-    def __init__(self, service: InferenceService, *, timeout_ms: int = 30000, enable_cors: bool = False) -> None:
+    def __init__(
+        self,
+        service: InferenceService,
+        *,
+        timeout_ms: int = 30000,
+        enable_cors: bool = False,
+        observer: RequestObserver | None = None,
+        metrics_path: str = "",
+    ) -> None:
         self._service = service
         self._timeout_s = timeout_ms / 1000 if timeout_ms > 0 else None
         self._extra_headers = _CORS_HEADERS if enable_cors else {}
+        self._observer = observer or RequestObserver(None)
+        self._metrics_path = metrics_path
 
     async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
         if scope["type"] == "lifespan":
@@ -90,19 +103,37 @@ class RestApi:
         if not _V1.fullmatch(path):
             if method == "GET" and path in ("/healthz", "/readyz"):
                 return self._health(path)
+            if method == "GET" and self._metrics_path and path == self._metrics_path:
+                return self._scrape()
             return Response(_NOT_FOUND_HTML, status_code=404, media_type="text/html")
         if method == "OPTIONS":
             if _ORIGIN.fullmatch(request.headers.get("origin", "")):
                 return Response(b"", status_code=200, headers=self._extra_headers)
             return Response(b"", status_code=400, headers=self._extra_headers)
+        info = RequestInfo(api="", protocol="rest",
+                           request_id=request.headers.get("x-request-id") or new_request_id())
+        code = Code.OK
+        self._observer.start(info)
         try:
             if method == "POST" and (m := _POST.fullmatch(path)):
-                return await self._post(request, m)
+                return await self._post(request, m, info)
             if method == "GET" and (m := _GET.fullmatch(path)):
-                return self._get(m)
+                return self._get(m, info)
             raise ServingError(Code.INVALID_ARGUMENT, f"Malformed request: {method} {path}")
         except ServingError as exc:
+            code = exc.code
             return self._error(exc)
+        except Exception:
+            code = Code.INTERNAL
+            raise
+        finally:
+            self._observer.finish(info, code.name)
+
+    def _scrape(self) -> Response:
+        metrics = self._observer.metrics
+        if metrics is None:
+            return Response(_NOT_FOUND_HTML, status_code=404, media_type="text/html")
+        return Response(generate_latest(metrics.registry), media_type=CONTENT_TYPE_LATEST)
 
     def _health(self, path: str) -> Response:
         """Beyond TF Serving: /healthz (the process answers) and /readyz (every configured model has an AVAILABLE
@@ -135,13 +166,14 @@ class RestApi:
             raise ServingError(Code.INVALID_ARGUMENT, f"Failed to convert version: {version} to numeric.")
         return ServableRequest(name, number, label)
 
-    def _get(self, m: re.Match[str]) -> Response:
+    def _get(self, m: re.Match[str], info: RequestInfo) -> Response:
         name, version, label, metadata = m.groups()
+        info.api, info.model = ("metadata" if metadata else "status"), name or ""
         if name is None and version is None and label is None and metadata is None:
             return self._list_models()
         target = self._servable_request(name, version, label)
         if metadata:
-            servable, meta = self._service.metadata(target)
+            servable, meta = self._service.metadata(target, info)
             body = {
                 "model_spec": {"name": servable.name, "signature_name": "", "version": str(servable.version)},
                 "metadata": {
@@ -176,19 +208,23 @@ class RestApi:
                 raise ServingError(Code.INVALID_ARGUMENT, f"Failed to gunzip the request body: {exc}") from None
         return body
 
-    async def _post(self, request: Request, m: re.Match[str]) -> Response:
+    async def _post(self, request: Request, m: re.Match[str], info: RequestInfo) -> Response:
         name, version, label, verb = m.groups()
+        verb = verb.lower()
+        info.api, info.model = verb, name
         target = self._servable_request(name, version, label)
         doc = json_codec.parse_body(await self._body(request))
         sig_name = json_codec.signature_name(doc)
-        verb = verb.lower()
         handler: Callable[..., Awaitable[tuple[bytes, ServableId]]] = getattr(self, f"_{verb}")
-        body, servable = await handler(target, sig_name, doc, request.headers.get)
+        body, servable = await handler(target, sig_name, doc, request.headers.get, info)
         # TF Serving's body has no room for the version that answered; canary users need it (see ARCHITECTURE).
-        return Response(body, media_type=_JSON, headers={**self._extra_headers, VERSION_HEADER: str(servable.version)})
+        return Response(body, media_type=_JSON, headers={
+            **self._extra_headers, VERSION_HEADER: str(servable.version), "X-Request-Id": info.request_id,
+        })
 
     async def _predict(
-        self, target: ServableRequest, sig_name: str, doc: dict[str, Any], routing_key: RoutingKey
+        self, target: ServableRequest, sig_name: str, doc: dict[str, Any], routing_key: RoutingKey,
+        info: RequestInfo,
     ) -> tuple[bytes, ServableId]:
         row_format = "instances" in doc
 
@@ -198,7 +234,7 @@ class RestApi:
 
         try:
             result = await self._service.predict(
-                target, sig_name, decode, timeout_s=self._timeout_s, routing_key=routing_key
+                target, sig_name, decode, timeout_s=self._timeout_s, routing_key=routing_key, info=info
             )
         except SignatureNotFoundError as exc:
             raise ServingError(
@@ -207,20 +243,22 @@ class RestApi:
         return json_codec.encode_predict(result.outputs, row_format), result.servable
 
     async def _classify(
-        self, target: ServableRequest, sig_name: str, doc: dict[str, Any], routing_key: RoutingKey
+        self, target: ServableRequest, sig_name: str, doc: dict[str, Any], routing_key: RoutingKey,
+        info: RequestInfo,
     ) -> tuple[bytes, ServableId]:
         examples = json_codec.examples_from_json(doc, "classify")
         result = await self._service.classify(
-            target, sig_name, examples, timeout_s=self._timeout_s, routing_key=routing_key
+            target, sig_name, examples, timeout_s=self._timeout_s, routing_key=routing_key, info=info
         )
         return json_codec.encode_classify(result.classes), result.servable
 
     async def _regress(
-        self, target: ServableRequest, sig_name: str, doc: dict[str, Any], routing_key: RoutingKey
+        self, target: ServableRequest, sig_name: str, doc: dict[str, Any], routing_key: RoutingKey,
+        info: RequestInfo,
     ) -> tuple[bytes, ServableId]:
         examples = json_codec.examples_from_json(doc, "regress")
         result = await self._service.regress(
-            target, sig_name, examples, timeout_s=self._timeout_s, routing_key=routing_key
+            target, sig_name, examples, timeout_s=self._timeout_s, routing_key=routing_key, info=info
         )
         return json_codec.encode_regress(result.values), result.servable
 
