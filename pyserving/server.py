@@ -31,6 +31,7 @@ from pyserving.frontends.grpc.prediction_service import add_services
 from pyserving.frontends.rest.app import RestApi
 from pyserving.observability.gpu import add_gpu_metrics
 from pyserving.observability.metrics import Metrics
+from pyserving.observability.request_log import RequestLogger
 from pyserving.observability.requests import RequestObserver
 from pyserving.options import ModelConfig, ServerOptions
 from pyserving.runtimes.base import Servable
@@ -79,6 +80,7 @@ class Server:
         add_gpu_metrics(self.metrics)
         self._metrics_http: object = None
         self._counted_rollbacks: set[tuple[str, str, int]] = set()
+        self._logger_options: dict[str, object] = {}
         self._reported_drops: dict[tuple[str, int], int] = {}
         self._grpc: grpc.aio.Server | None = None
         self._rest: _UvicornServer | None = None
@@ -148,15 +150,26 @@ class Server:
                 self._reported_drops[key_drops] = controller.shadow_dropped
                 m.shadow_dropped.labels(name).inc(new_drops)
 
-    def _warn_unimplemented(self) -> None:
-        for model in self.options.models:
-            if model.logging is not None:
-                log.warning("Model %s: logging_config is not implemented in this pyserving version yet; requests "
-                            "are not logged.", model.name)
+    def _update_request_loggers(self, models: Sequence[ModelConfig]) -> list[RequestLogger]:
+        """Loggers for the models with a logging_config: unchanged ones kept, the others replaced. Returns the
+        loggers to close (off the event loop: closing flushes files)."""
+        current = self.observer.request_loggers
+        wanted = {m.name: m.logging for m in models if m.logging is not None and m.logging.sampling_rate > 0}
+        loggers: dict[str, RequestLogger] = {}
+        for name, logging_options in wanted.items():
+            old = current.get(name)
+            if old is not None and self._logger_options.get(name) == logging_options:
+                loggers[name] = old
+            else:
+                loggers[name] = RequestLogger(name, logging_options)
+                self._logger_options[name] = logging_options
+        retired = [logger for name, logger in current.items() if loggers.get(name) is not logger]
+        self.observer.request_loggers = loggers
+        return retired
 
     async def start(self) -> None:
         self._loop = asyncio.get_running_loop()
-        self._warn_unimplemented()
+        self._update_request_loggers(self.options.models)
         names = [m.name for m in self.options.models]
         try:
             await self._control_call(self.lifecycle.check, self.options.models)
@@ -220,6 +233,8 @@ class Server:
     async def reload(self, models: Sequence[ModelConfig]) -> None:
         """Replace the model list (config reload); raises ServingError when a new model cannot be served."""
         await self._control_call(self.lifecycle.reload, tuple(models))
+        for logger in self._update_request_loggers(models):
+            await asyncio.to_thread(logger.close)
 
     async def _start_grpc(self) -> None:
         opts = self.options
@@ -311,6 +326,8 @@ class Server:
         if self._metrics_http is not None:
             self._metrics_http.shutdown()  # type: ignore[attr-defined]
         await self._control_call(self.manager.unload_all)
+        for logger in self._update_request_loggers(()):
+            await asyncio.to_thread(logger.close)
         self._executor.shutdown(wait=False)
         self._control.shutdown(wait=False)
         self._stopped.set()

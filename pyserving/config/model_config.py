@@ -451,8 +451,15 @@ class _Model:
             self.fail("logging_config.sampling_config.sampling_rate", f"must be within [0, 1] (the fraction of "
                       f"requests to log); was {rate}")
         collector = config.log_collector_config
-        return LoggingOptions(sampling_rate=rate, collector_type=collector.type,
-                              filename_prefix=collector.filename_prefix)
+        options = LoggingOptions(sampling_rate=rate, collector_type=collector.type,
+                                 filename_prefix=collector.filename_prefix)
+        from pyserving.observability.request_log import check_logging_options
+
+        try:
+            check_logging_options(options)
+        except ValueError as exc:
+            self.fail("logging_config.log_collector_config", str(exc))
+        return options
 
 
 def _is_uri(path: str) -> bool:

@@ -4,7 +4,9 @@ service (the version and signature that served it), read at the end by metrics a
 from __future__ import annotations
 
 import time
+from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
+from typing import Any
 
 
 @dataclass(slots=True)
@@ -17,3 +19,8 @@ class RequestInfo:
     request_id: str = ""
     started: float = field(default_factory=time.perf_counter)
     arrived: float = field(default_factory=time.time)
+    # Payloads, kept only for request logging (set by the service; never copied):
+    inputs: Mapping[str, Any] | None = None
+    outputs: Mapping[str, Any] | None = None
+    examples: Sequence[bytes] | None = None
+    results: Any = None

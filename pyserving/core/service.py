@@ -241,7 +241,11 @@ class InferenceService:
             self._check_inputs(sig, tensors)
             output_keys = self._output_keys(sig, output_filter)
             self._shadow(lease, sig.name, tensors, output_keys)
+            if info is not None:
+                info.inputs = tensors
             outputs = await self._run(lease, sig.name, tensors, output_keys, timeout_s)
+            if info is not None:
+                info.outputs = outputs
             return PredictResult(lease.id, sig.name, outputs)
 
     @staticmethod
@@ -285,7 +289,11 @@ class InferenceService:
             sig = example_signature_of(lease, signature_name)
             if info is not None:
                 info.signature = sig.name
+            if info is not None:
+                info.examples = examples
             classes = await self._classify(lease, sig, examples, timeout_s)
+            if info is not None:
+                info.results = classes
             return Classifications(lease.id, sig.name, classes)
 
     async def regress(
@@ -297,7 +305,11 @@ class InferenceService:
             sig = example_signature_of(lease, signature_name)
             if info is not None:
                 info.signature = sig.name
+            if info is not None:
+                info.examples = examples
             values = await self._regress(lease, sig, examples, timeout_s)
+            if info is not None:
+                info.results = values
             return Regressions(lease.id, sig.name, values)
 
     async def multi_inference(

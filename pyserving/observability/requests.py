@@ -9,6 +9,9 @@ import time
 
 from pyserving.core.request_info import RequestInfo
 from pyserving.observability.metrics import Metrics
+from pyserving.observability.request_log import LoggedRequest, RequestLogger
+
+_LOGGED_APIS = frozenset(("predict", "classify", "regress"))
 
 log = logging.getLogger("pyserving.request")
 _ids = itertools.count(1)
@@ -25,6 +28,8 @@ class RequestObserver:
 
     def __init__(self, metrics: Metrics | None) -> None:
         self.metrics = metrics
+        self.request_loggers: dict[str, RequestLogger] = {}
+        """model -> its payload logger (logging_config); replaced whole on a config reload."""
 
     def start(self, info: RequestInfo) -> None:
         if self.metrics is not None:
@@ -40,6 +45,14 @@ class RequestObserver:
                 model=info.model, version=version, signature=info.signature, api=info.api,
                 protocol=info.protocol, code=code, latency_s=latency_s,
             )
+        logger = self.request_loggers.get(info.model)
+        if logger is not None and info.api in _LOGGED_APIS:
+            logger.log(LoggedRequest(
+                model=info.model, version=info.version or 0, signature=info.signature, api=info.api,  # type: ignore[arg-type]
+                inputs=info.inputs, outputs=info.outputs, examples=info.examples, results=info.results,
+                latency_s=latency_s, code=code, protocol=info.protocol,  # type: ignore[arg-type]
+                timestamp=info.arrived, request_id=info.request_id,
+            ))
         if log.isEnabledFor(logging.DEBUG):
             log.debug("request", extra={"fields": {
                 "event": "request", "model": info.model, "version": info.version, "signature": info.signature,

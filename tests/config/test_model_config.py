@@ -163,10 +163,10 @@ GOOD: list[tuple[str, str, tuple[ModelConfig, ...], bool]] = [
     ("empty batching block: TF Serving's defaults", one("batching_parameters {}"),
      (ModelConfig(name="m", base_path="/m", batching=BatchingOptions()),), False),
     ("logging_config",
-     one('logging_config { log_collector_config { type: "file" filename_prefix: "/tmp/log" } '
+     one('logging_config { log_collector_config { type: "jsonl" filename_prefix: "/tmp/log" } '
          "sampling_config { sampling_rate: 0.25 } }"),
      (ModelConfig(name="m", base_path="/m",
-                  logging=LoggingOptions(sampling_rate=0.25, collector_type="file", filename_prefix="/tmp/log")),),
+                  logging=LoggingOptions(sampling_rate=0.25, collector_type="jsonl", filename_prefix="/tmp/log")),),
      True),
 ]
 
