@@ -51,12 +51,13 @@ def test_broken_model_fails_startup_with_a_clear_message(testdata: Path) -> None
     assert "Traceback" not in result.stderr
 
 
-def test_serve_answers_and_stops_on_sigterm(testdata: Path) -> None:
+def test_serve_answers_and_stops_on_sigterm(testdata: Path, tmp_path: Path) -> None:
     rest_port, grpc_port = free_port(), free_port()
     proc = subprocess.Popen(
         [sys.executable, "-m", "pyserving", "serve", f"--port={grpc_port}", f"--rest_api_port={rest_port}",
          "--host=127.0.0.1", "--model_name=half", f"--model_base_path={testdata / 'saved_model_half_plus_two_cpu'}",
-         "--xla_cpu_compilation_enabled=true", "--file_system_poll_wait_seconds=0"],
+         "--xla_cpu_compilation_enabled=true", "--file_system_poll_wait_seconds=0", "--verbosity=DEBUG",
+         f"--log_dir={tmp_path / 'logs'}"],
         stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, env=ENV,
     )
     try:
@@ -77,6 +78,15 @@ def test_serve_answers_and_stops_on_sigterm(testdata: Path) -> None:
         _, stderr = proc.communicate(timeout=30)
         assert proc.returncode == 0, stderr
         assert "--xla_cpu_compilation_enabled is accepted for TensorFlow Serving compatibility but not implemented" in stderr
+        # structured logs: JSON lines, one per request at DEBUG, the same in --log_dir's file
+        import json
+
+        logged = [json.loads(line) for line in (tmp_path / "logs" / "pyserving.log").read_text().splitlines()]
+        request_lines = [r for r in logged if r.get("event") == "request"]
+        assert len(request_lines) >= 2  # the status polls and the predict
+        predict = next(r for r in request_lines if r["api"] == "predict")
+        assert {"timestamp", "level", "model", "version", "latency_ms", "status", "request_id"} <= set(predict)
+        assert (predict["model"], predict["version"], predict["status"]) == ("half", 123, "OK")
     finally:
         if proc.poll() is None:
             proc.kill()
