@@ -203,3 +203,21 @@ def test_split_to_a_missing_version_is_refused(two_versions: Path, tmp_path: Pat
     with pytest.raises(Exception, match="sends requests to version 9"):
         with run_server(server_options({"model_config_file": str(path)})):
             pass
+
+
+def test_label_arms_and_step_promotion(two_versions: Path, tmp_path: Path) -> None:
+    labels = 'version_labels { key: "stable" value: 2 } version_labels { key: "canary" value: 3 }'
+    policy = ('percentage { label: "stable" value: 90 } percentage { label: "canary" value: 10 } '
+              "rollback { window_seconds: 30 min_requests: 5 max_p99_latency_ratio: 50 } "  # 2 cores: p99s are noisy
+              "promote { step_percent: 45 interval_seconds: 0.3 }")
+    with serve(split_config(two_versions, policy, labels), tmp_path) as server:
+        deadline = time.monotonic() + 30
+        while True:
+            listing = requests.get(f"{server.rest_url}/v1/models", timeout=10).json()["models"][0]["traffic_split"]
+            canary = next(a for a in listing["arms"] if a["label"] == "canary")
+            if canary["weight"] == 100:
+                break
+            assert time.monotonic() < deadline, f"the healthy canary was never promoted to 100%: {listing}"
+            grpc_versions(server, 20)
+        assert listing["promotions"] >= 2 and listing["rollbacks"] == 0
+        assert set(grpc_versions(server, 50)) == {3}

@@ -21,6 +21,9 @@ from pyserving.options import TrafficSplit
 log = logging.getLogger("pyserving.canary")
 
 ArmId = int | str  # a version number or a version label
+MIN_SAMPLES_FOR_P99 = 100
+"""Below this many requests a "p99" is just the slowest one (often a version's cold first call): the latency
+guard waits for enough samples on both sides; the error-rate guard needs only `min_requests`."""
 
 
 @dataclass(slots=True)
@@ -111,7 +114,8 @@ class TrafficController:
                 if err - base_err > guard.max_error_rate_increase:
                     reason = (f"error rate {err:.1%} vs baseline {base_err:.1%} over the last {guard.window_s:g} s "
                               f"(allowed +{guard.max_error_rate_increase:.1%})")
-                elif base_p99 > 0 and p99 > guard.max_p99_latency_ratio * base_p99:
+                elif (min(n, base_n) >= MIN_SAMPLES_FOR_P99 and base_p99 > 0
+                      and p99 > guard.max_p99_latency_ratio * base_p99):
                     reason = (f"p99 latency {p99 * 1000:.1f} ms vs baseline {base_p99 * 1000:.1f} ms over the last "
                               f"{guard.window_s:g} s (allowed x{guard.max_p99_latency_ratio:g})")
                 if reason is not None:
