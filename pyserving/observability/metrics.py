@@ -17,6 +17,7 @@ thread records loads, worker threads record batches.
 from __future__ import annotations
 
 from collections.abc import Callable, Iterator
+from typing import Any
 
 from prometheus_client import (
     GCCollector,
@@ -154,6 +155,7 @@ class Metrics:
             ":tensorflow:serving:batching_session:processed_batch_size", "", (), buckets=BATCH_SIZE_BUCKETS,
             registry=r,
         )
+        self._request_children: dict[tuple[str, ...], tuple[Any, Any, Any]] = {}
         self._tfs = _TfServingCounters()
         r.register(self._tfs)
         ProcessCollector(registry=r)  # process_resident_memory_bytes, process_cpu_seconds_total, open fds
@@ -165,13 +167,22 @@ class Metrics:
         self, *, model: str, version: str, signature: str, api: str, protocol: str, code: str, latency_s: float
     ) -> None:
         micros = latency_s * 1e6
-        self.request_count.labels(model, version, signature, api, protocol, code).inc()
-        self.request_latency.labels(model, version, signature, api, protocol, code).observe(micros)
-        key = (model, code)
-        self._tfs.request_count[key] = self._tfs.request_count.get(key, 0) + 1
-        if code == "OK":
+        key = (model, version, signature, api, protocol, code)
+        children = self._request_children.get(key)
+        if children is None:
+            # labels() costs a few microseconds per call; a request pays it once per distinct label set
             tfs_api = _TFS_API.get(api, api) if protocol == "grpc" else (api if api in ("predict", "classify", "regress") else "")
-            self.tfs_request_latency.labels(model, tfs_api, protocol.upper()).observe(micros)
+            children = self._request_children[key] = (
+                self.request_count.labels(*key), self.request_latency.labels(*key),
+                self.tfs_request_latency.labels(model, tfs_api, protocol.upper()) if code == "OK" else None,
+            )
+        count, latency, tfs_latency = children
+        count.inc()
+        latency.observe(micros)
+        tfs_key = (model, code)
+        self._tfs.request_count[tfs_key] = self._tfs.request_count.get(tfs_key, 0) + 1
+        if tfs_latency is not None:
+            tfs_latency.observe(micros)
 
     def observe_runtime(self, *, model: str, api: str, seconds: float) -> None:
         self.tfs_runtime_latency.labels(model, _TFS_API.get(api, api), "TF1").observe(seconds * 1e6)

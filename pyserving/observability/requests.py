@@ -28,17 +28,18 @@ class RequestObserver:
 
     def __init__(self, metrics: Metrics | None) -> None:
         self.metrics = metrics
+        self._in_flight = {p: metrics.in_flight.labels(p) for p in ("rest", "grpc")} if metrics else {}
         self.request_loggers: dict[str, RequestLogger] = {}
         """model -> its payload logger (logging_config); replaced whole on a config reload."""
 
     def start(self, info: RequestInfo) -> None:
         if self.metrics is not None:
-            self.metrics.in_flight.labels(info.protocol).inc()
+            self._in_flight[info.protocol].inc()
 
     def finish(self, info: RequestInfo, code: str) -> None:
         latency_s = time.perf_counter() - info.started
         if self.metrics is not None:
-            self.metrics.in_flight.labels(info.protocol).dec()
+            self._in_flight[info.protocol].dec()
         version = str(info.version) if info.version is not None else ""
         if self.metrics is not None:
             self.metrics.observe_request(

@@ -28,9 +28,20 @@ _VAL_FIELD = {
 }
 
 
+_NUMERIC = {d: d.numpy for d in _VAL_FIELD if d not in (DType.DT_STRING,)}
+
+
 def to_ndarray(alias: str, proto: tensor_pb2.TensorProto) -> np.ndarray:
-    """Decode a request tensor (tensor_content or typed values) with TensorFlow's own converter."""
+    """Decode a request tensor. The common case — numbers in tensor_content, what tf.make_tensor_proto sends — is
+    one np.frombuffer (tf.make_ndarray spends ~15 us of Python checks on it); everything else goes through
+    TensorFlow's own converter."""
     try:
+        if proto.tensor_content:
+            dtype = _NUMERIC.get(proto.dtype)  # type: ignore[call-overload]
+            if dtype is not None:
+                shape = [d.size for d in proto.tensor_shape.dim]
+                array = np.frombuffer(proto.tensor_content, dtype=dtype)
+                return array.reshape(shape)
         return tf.make_ndarray(proto)
     except Exception as exc:
         raise ServingError(Code.INVALID_ARGUMENT, f"tensor parsing error: {alias} ({exc})") from None
