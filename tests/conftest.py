@@ -127,3 +127,19 @@ def slow_model(tmp_path_factory: pytest.TempPathFactory) -> Path:
     base = tmp_path_factory.mktemp("slow")
     export_slow_model(base)
     return base
+
+
+def export_picky_model(path: Path) -> None:
+    """half_plus_two that refuses x >= 0.5 (INVALID_ARGUMENT, from a tf.debugging.assert in the graph): a canary
+    that fails on half of uniform inputs, for rollback tests."""
+    import tensorflow as tf
+
+    class Picky(tf.Module):
+        @tf.function(input_signature=[tf.TensorSpec([None, 1], tf.float32, name="x")])
+        def serve(self, x: tf.Tensor) -> dict[str, tf.Tensor]:
+            check = tf.debugging.assert_less(x, 0.5, message="picky candidate refuses x >= 0.5")
+            with tf.control_dependencies([check]):
+                return {"y": x * 0.5 + 2.0}
+
+    module = Picky()
+    tf.saved_model.save(module, str(path), signatures={"serving_default": module.serve})

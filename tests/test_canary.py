@@ -16,7 +16,7 @@ import requests
 import tensorflow as tf
 from tensorflow_serving.apis import predict_pb2, prediction_service_pb2_grpc
 
-from conftest import RunningServer, run_server
+from conftest import RunningServer, export_picky_model, run_server
 from pyserving.config.flags import server_options
 
 N = 2000
@@ -140,24 +140,10 @@ def test_reload_70_30_to_0_100_under_load_fails_no_request(two_versions: Path, t
         assert {v for t, v in results if t > reloaded} == {3}
 
 
-def export_picky_model(base: Path) -> None:
-    """A candidate that fails on half of the inputs (x >= 0.5) and is otherwise half_plus_two."""
-
-    class Picky(tf.Module):
-        @tf.function(input_signature=[tf.TensorSpec([None, 1], tf.float32, name="x")])
-        def serve(self, x: tf.Tensor) -> dict[str, tf.Tensor]:
-            check = tf.debugging.assert_less(x, 0.5, message="picky candidate refuses x >= 0.5")
-            with tf.control_dependencies([check]):
-                return {"y": x * 0.5 + 2.0}
-
-    module = Picky()
-    tf.saved_model.save(module, str(base / "3"), signatures={"serving_default": module.serve})
-
-
 def test_failing_candidate_is_rolled_back_automatically(testdata: Path, tmp_path: Path) -> None:
     base = tmp_path / "m"
     shutil.copytree(testdata / "saved_model_half_plus_two_cpu" / "00000123", base / "2")
-    export_picky_model(base)
+    export_picky_model(base / "3")
     guard = "rollback { max_error_rate_increase: 0.1 window_seconds: 60 min_requests: 20 }"
     with serve(split_config(base, article_split((50, 50), guard)), tmp_path) as server:
         stub = prediction_service_pb2_grpc.PredictionServiceStub(server.channel())

@@ -20,6 +20,20 @@ def pyserving(*args: str, timeout: float = 60) -> subprocess.CompletedProcess[st
                           timeout=timeout, env=ENV)
 
 
+def wait_until_serving(proc: subprocess.Popen[str], status_url: str, timeout_s: float = 120) -> None:
+    """Poll the model's status URL until it answers 200; fail with the server's stderr if it exits first."""
+    deadline = time.monotonic() + timeout_s
+    while True:
+        try:
+            if requests.get(status_url, timeout=2).status_code == 200:
+                return
+        except requests.ConnectionError:
+            pass
+        assert proc.poll() is None, proc.communicate()[1]
+        assert time.monotonic() < deadline, "server did not come up"
+        time.sleep(0.2)
+
+
 def test_version() -> None:
     result = pyserving("serve", "--version")
     assert result.returncode == 0
@@ -62,16 +76,7 @@ def test_serve_answers_and_stops_on_sigterm(testdata: Path, tmp_path: Path) -> N
     )
     try:
         url = f"http://127.0.0.1:{rest_port}/v1/models/half"
-        deadline = time.monotonic() + 120
-        while True:
-            try:
-                if requests.get(url, timeout=2).status_code == 200:
-                    break
-            except requests.ConnectionError:
-                pass
-            assert proc.poll() is None, proc.communicate()[1]
-            assert time.monotonic() < deadline, "server did not come up"
-            time.sleep(0.2)
+        wait_until_serving(proc, url)
         r = requests.post(url + ":predict", json={"instances": [2.0]}, timeout=10)
         assert r.json() == {"predictions": [3.0]}
         proc.terminate()
@@ -104,16 +109,7 @@ def test_graceful_shutdown_finishes_requests_in_flight(slow_model: Path) -> None
     )
     try:
         url = f"http://127.0.0.1:{rest_port}/v1/models/slow"
-        deadline = time.monotonic() + 120
-        while True:
-            try:
-                if requests.get(url, timeout=2).status_code == 200:
-                    break
-            except requests.ConnectionError:
-                pass
-            assert proc.poll() is None, proc.communicate()[1]
-            assert time.monotonic() < deadline, "server did not come up"
-            time.sleep(0.2)
+        wait_until_serving(proc, url)
         answers: list[requests.Response] = []
         # ~1 s of model work, in flight when SIGTERM arrives
         client = threading.Thread(target=lambda: answers.append(
@@ -165,16 +161,7 @@ def test_the_articles_command_line_works(testdata: Path, tmp_path: Path) -> None
     )
     try:
         url = f"http://127.0.0.1:{rest_port}/v1/models/my_model"
-        deadline = time.monotonic() + 120
-        while True:
-            try:
-                if requests.get(url, timeout=2).status_code == 200:
-                    break
-            except requests.ConnectionError:
-                pass
-            assert proc.poll() is None, proc.communicate()[1]
-            assert time.monotonic() < deadline, "server did not come up"
-            time.sleep(0.2)
+        wait_until_serving(proc, url)
         assert requests.post(url + ":predict", json={"instances": [2.0]}, timeout=10).json() == {"predictions": [3.0]}
     finally:
         proc.terminate()

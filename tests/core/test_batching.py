@@ -91,8 +91,9 @@ class Model:
         return [c.size for c in self.calls]
 
 
-def run(main: Coroutine[Any, Any, T]) -> T:
-    return asyncio.run(main)
+def run(main: Coroutine[Any, Any, T], timeout_s: float = 10.0) -> T:
+    """Run a test's body on a fresh event loop; an engine that loses a task fails the test instead of hanging it."""
+    return asyncio.run(asyncio.wait_for(main, timeout_s))
 
 
 @contextlib.contextmanager
@@ -638,28 +639,27 @@ def test_a_cancelled_caller_does_not_break_its_batch(when: str, splitting: bool)
     options: dict[str, Any] = dict(max_batch_size=8, batch_timeout_micros=5_000_000)
     if splitting:
         options.update(enable_large_batch_splitting=True, max_execution_batch_size=4)
-    ts = tasks_of([2, 3, 3])  # with splitting: [2, 2 of 3] [1 of 3, 3]
+    victim, *ts = tasks_of([3, 2, 3])  # the victim first in its batch; with splitting: [3, 1 of 2] [1 of 2, 3]
 
     async def main() -> None:
         with engine(model, **options) as batcher:
-            if when == "queued":
-                async with busy(batcher, model):
-                    cancelled = asyncio.ensure_future(asyncio.wait_for(batcher.run(*ts[1]), 0.02))
-                    others = start(batcher, [ts[0], ts[2]])
-                    with pytest.raises(TimeoutError):
-                        await cancelled
-            else:
-                model.gate.clear()
-                cancelled = asyncio.ensure_future(asyncio.wait_for(batcher.run(*ts[1]), 0.05))
-                others = start(batcher, [ts[0], ts[2]])
-                await until(lambda: model.active >= 1)  # the batch (or the first split batch) is running
+            async with contextlib.AsyncExitStack() as stack:
+                if when == "queued":
+                    await stack.enter_async_context(busy(batcher, model))
+                else:
+                    model.gate.clear()
+                    stack.callback(model.gate.set)
+                cancelled = asyncio.ensure_future(asyncio.wait_for(batcher.run(*victim), 0.05))
+                await settle()
+                others = start(batcher, ts)
+                if when == "running":
+                    await until(lambda: model.active == 1)  # the victim's batch is in the model
                 with pytest.raises(TimeoutError):
                     await cancelled
-                model.gate.set()
-            for t, result in zip([ts[0], ts[2]], await asyncio.gather(*others)):
+            for t, result in zip(ts, await asyncio.gather(*others)):
                 assert_own_rows(t, result)
             assert batcher.queue_length == 0
-            again = tasks_of([8])
+            again = tasks_of([8])  # the engine kept working
             assert_own_rows(again[0], await batcher.run(*again[0]))
 
     run(main())

@@ -24,7 +24,7 @@ import tensorflow as tf
 from prometheus_client.parser import text_string_to_metric_families
 from tensorflow_serving.apis import predict_pb2, prediction_service_pb2_grpc
 
-from conftest import TESTDATA, free_port, run_server
+from conftest import TESTDATA, export_picky_model, free_port, run_server
 from pyserving.options import (BatchingOptions, LifecycleOptions, ModelConfig, RollbackGuard, ServerOptions,
                                TrafficSplit, VersionPolicy)
 
@@ -228,20 +228,6 @@ def test_dashboard_queries_are_valid_promql(tmp_path: Path) -> None:
 
 
 # --------------------------------------------------------------------------------------------- live scrape
-
-def export_picky_model(path: Path) -> None:
-    """half_plus_two that refuses x >= 0.5 (INVALID_ARGUMENT): a canary its rollback guard takes out."""
-
-    class Picky(tf.Module):
-        @tf.function(input_signature=[tf.TensorSpec([None, 1], tf.float32, name="x")])
-        def serve(self, x: tf.Tensor) -> dict[str, tf.Tensor]:
-            check = tf.debugging.assert_less(x, 0.5, message="picky candidate refuses x >= 0.5")
-            with tf.control_dependencies([check]):
-                return {"y": x * 0.5 + 2.0}
-
-    module = Picky()
-    tf.saved_model.save(module, str(path), signatures={"serving_default": module.serve})
-
 
 def wait_for(predicate: Any, what: str, timeout_s: float = 60.0) -> None:
     deadline = time.monotonic() + timeout_s
