@@ -41,6 +41,7 @@ class _Task:
     size: int
     future: asyncio.Future[dict[str, np.ndarray]]
     enqueued: float = field(default_factory=time.monotonic)
+    queued_pieces: int = 0  # pieces still waiting in a queue (not yet handed to a batch thread)
     parts: list[dict[str, np.ndarray] | None] = field(default_factory=list)
     pending: int = 0
 
@@ -89,7 +90,7 @@ class BatchQueue:
         if len(self.batches) + new_batches > opts.max_enqueued_batches:
             raise ServingError(Code.UNAVAILABLE, QUEUE_FULL)
         task.parts = [None] * len(pieces)
-        task.pending = len(pieces)
+        task.pending = task.queued_pieces = len(pieces)
         now = time.monotonic()
         for index, (start, stop) in enumerate(pieces):
             n = stop - start
@@ -122,7 +123,12 @@ class BatchQueue:
             return None
         batch = self.batches[0]
         if batch.full or now >= batch.created + timeout_s:
-            return self.batches.popleft()
+            self.batches.popleft()
+            for piece in batch.pieces:
+                piece.task.queued_pieces -= 1
+                if piece.task.queued_pieces == 0:
+                    self.queued_tasks -= 1
+            return batch
         return None
 
     def deadline(self, timeout_s: float) -> float | None:
@@ -242,7 +248,7 @@ class Batcher:
 
     @property
     def queue_length(self) -> int:
-        """Tasks waiting in this version's queues."""
+        """Tasks waiting in this version's queues (not yet handed to a batch thread)."""
         return sum(q.queued_tasks for q in self._queues.values())
 
     async def run(
@@ -267,10 +273,7 @@ class Batcher:
         task = _Task(inputs, size, loop.create_future())
         queue.enqueue(task)
         self._scheduler.pump()
-        try:
-            return await task.future
-        finally:
-            queue.queued_tasks -= 1
+        return await task.future
 
     def run_blocking(
         self, signature: str, inputs: Mapping[str, np.ndarray], output_keys: Sequence[str]
@@ -282,12 +285,14 @@ class Batcher:
 
     @staticmethod
     def _task_size(inputs: Mapping[str, np.ndarray]) -> int:
+        if not inputs:
+            raise ServingError(Code.INVALID_ARGUMENT, "Batching Run() must have at least one input tensor")
         sizes = set()
         for name, value in inputs.items():
             if value.ndim == 0:
                 raise ServingError(
                     Code.INVALID_ARGUMENT,
-                    f"Batching session Run() input tensors must have at least one dimension; {name} is a scalar. "
+                    f"Batching Run() input tensors must have at least one dimension; {name} is a scalar. "
                     "Send it with a batch dimension, or serve this model without batching.",
                 )
             sizes.add(value.shape[0])
@@ -320,11 +325,19 @@ class Batcher:
             tasks = {id(p.task): p.task for p in batch.pieces}.values()
             self._on_batch(padded, [t.size for t in tasks], [started - t.enqueued for t in tasks])
         for name, value in outputs.items():
-            if value.ndim == 0 or value.shape[0] != padded:
+            # The model, not the caller, is at fault: TF Serving's batching_session says FAILED_PRECONDITION.
+            if value.ndim == 0:
                 raise ServingError(
-                    Code.INVALID_ARGUMENT,
-                    f"Batched output tensor {name} has {value.shape[0] if value.ndim else 'no'} rows for a batch of "
-                    f"{padded}: a model served with batching must return one row per input row.",
+                    Code.FAILED_PRECONDITION,
+                    f"Batched output tensor has 0 dimensions ({name}): a model served with batching must return "
+                    "one row per input row.",
+                )
+            if value.shape[0] != padded:
+                raise ServingError(
+                    Code.FAILED_PRECONDITION,
+                    "Batched output tensor's 0th dimension does not equal the sum of the 0th dimension sizes of the "
+                    f"input tensors ({name} has {value.shape[0]} rows for a batch of {padded}): a model served with "
+                    "batching must return one row per input row.",
                 )
         results, offset = [], 0
         for piece in batch.pieces:
