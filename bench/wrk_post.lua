@@ -1,0 +1,22 @@
+-- wrk script for bench/batching.py: POST the file named by $BENCH_BODY as JSON, and end with one machine-readable
+-- line: BENCH_JSON {...} (request count, error counts, latency percentiles in microseconds).
+--   BENCH_BODY=body.json wrk -t1 -c32 -d10s --latency -s bench/wrk_post.lua http://127.0.0.1:8501/v1/models/m:predict
+local path = os.getenv("BENCH_BODY")
+if path == nil then
+  error("set BENCH_BODY to the file holding the request body")
+end
+local f = assert(io.open(path, "rb"))
+wrk.method = "POST"
+wrk.body = f:read("*a")
+f:close()
+wrk.headers["Content-Type"] = "application/json"
+
+function done(summary, latency, requests)
+  local e = summary.errors
+  io.write(string.format(
+    'BENCH_JSON {"requests": %d, "duration_us": %d, "bytes": %d, ' ..
+    '"errors": {"connect": %d, "read": %d, "write": %d, "status": %d, "timeout": %d}, ' ..
+    '"p50_us": %d, "p90_us": %d, "p99_us": %d, "mean_us": %.1f, "max_us": %d}\n',
+    summary.requests, summary.duration, summary.bytes, e.connect, e.read, e.write, e.status, e.timeout,
+    latency:percentile(50), latency:percentile(90), latency:percentile(99), latency.mean, latency.max))
+end
