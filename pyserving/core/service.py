@@ -288,9 +288,7 @@ class InferenceService:
             _note(info, lease)
             sig = example_signature_of(lease, signature_name)
             if info is not None:
-                info.signature = sig.name
-            if info is not None:
-                info.examples = examples
+                info.signature, info.examples = sig.name, examples
             classes = await self._classify(lease, sig, examples, timeout_s)
             if info is not None:
                 info.results = classes
@@ -304,9 +302,7 @@ class InferenceService:
             _note(info, lease)
             sig = example_signature_of(lease, signature_name)
             if info is not None:
-                info.signature = sig.name
-            if info is not None:
-                info.examples = examples
+                info.signature, info.examples = sig.name, examples
             values = await self._regress(lease, sig, examples, timeout_s)
             if info is not None:
                 info.results = values
