@@ -75,6 +75,7 @@ class Server:
         self.service = InferenceService(
             self.manager, self._executor, method_name_check=options.enable_signature_method_name_check,
             reloader=self.reload,
+            on_runtime=lambda model, api, seconds: self.metrics.observe_runtime(model=model, api=api, seconds=seconds),
         )
         self.metrics.on_collect(self._refresh_gauges)
         add_gpu_metrics(self.metrics)

@@ -106,11 +106,15 @@ class InferenceService:
         *,
         method_name_check: bool = False,
         reloader: Callable[[Sequence[ModelConfig]], Awaitable[None]] | None = None,
+        on_runtime: Callable[[str, str, float], None] | None = None,
     ) -> None:
+        """`on_runtime(model, api, seconds)` hears how long each model call took (batch queueing included, as in
+        TF Serving's runtime_latency with batching)."""
         self.manager = manager
         self._executor = executor
         self._method_name_check = method_name_check
         self._reloader = reloader
+        self._on_runtime = on_runtime
         self._traffic: dict[str, TrafficController] = {}
         self._shadows: set[asyncio.Task[None]] = set()
 
@@ -175,14 +179,15 @@ class InferenceService:
         task.add_done_callback(self._shadows.discard)
 
     async def _run(
-        self, lease: Lease, signature: str, inputs: Inputs, output_keys: Sequence[str], timeout_s: float | None
+        self, lease: Lease, signature: str, inputs: Inputs, output_keys: Sequence[str], timeout_s: float | None,
+        api: str = "predict",
     ) -> dict[str, np.ndarray]:
         if not isinstance(lease.route, tuple):
-            return await self._call(lease, signature, inputs, output_keys, timeout_s)
+            return await self._call(lease, signature, inputs, output_keys, timeout_s, api)
         controller, arm = lease.route
         started = time.monotonic()
         try:
-            outputs = await self._call(lease, signature, inputs, output_keys, timeout_s)
+            outputs = await self._call(lease, signature, inputs, output_keys, timeout_s, api)
         except ServingError:
             controller.record(arm, False, time.monotonic() - started)
             raise
@@ -190,6 +195,17 @@ class InferenceService:
         return outputs
 
     async def _call(
+        self, lease: Lease, signature: str, inputs: Inputs, output_keys: Sequence[str], timeout_s: float | None,
+        api: str,
+    ) -> dict[str, np.ndarray]:
+        if self._on_runtime is None:
+            return await self._await_model(lease, signature, inputs, output_keys, timeout_s)
+        started = time.perf_counter()
+        outputs = await self._await_model(lease, signature, inputs, output_keys, timeout_s)
+        self._on_runtime(lease.id.name, api, time.perf_counter() - started)
+        return outputs
+
+    async def _await_model(
         self, lease: Lease, signature: str, inputs: Inputs, output_keys: Sequence[str], timeout_s: float | None
     ) -> dict[str, np.ndarray]:
         future: Awaitable[dict[str, np.ndarray]]
@@ -364,7 +380,7 @@ class InferenceService:
                 f"Signature was: {sig.name} with outputs {{{_sorted_set(sig.outputs)}}}",
             )
         batch = self._examples_tensor(examples)
-        out = await self._run(lease, sig.name, {key: batch}, wanted, timeout_s)
+        out = await self._run(lease, sig.name, {key: batch}, wanted, timeout_s, "classify")
         classes, scores = out.get("classes"), out.get("scores")
         n = len(examples)
         for name, tensor, dtype in (("classes", classes, DType.DT_STRING), ("scores", scores, DType.DT_FLOAT)):
@@ -410,7 +426,7 @@ class InferenceService:
         if "outputs" not in sig.outputs:
             raise ServingError(Code.INVALID_ARGUMENT, f"No regression outputs found in SignatureDef: {sig.name}")
         batch = self._examples_tensor(examples)
-        out = (await self._run(lease, sig.name, {key: batch}, ["outputs"], timeout_s))["outputs"]
+        out = (await self._run(lease, sig.name, {key: batch}, ["outputs"], timeout_s, "regress"))["outputs"]
         n = len(examples)
         if not (out.ndim == 1 or (out.ndim == 2 and out.shape[1] == 1)):
             raise ServingError(

@@ -68,6 +68,8 @@ def test_counts_and_histograms_match_the_requests_sent(testdata: Path) -> None:
                      entrypoint="GRPC") == 5
         assert value(parsed, ":tensorflow:serving:request_latency_count", model_name="half", API="predict",
                      entrypoint="REST") == 7
+        assert value(parsed, ":tensorflow:serving:runtime_latency_count", model_name="half", API="Predict",
+                     runtime="TF1") == 12  # every successful model call, REST and gRPC
         # batching, load and state
         assert value(parsed, "tensorflow_serving_batch_size_count", model="half", version="123") == 12
         assert value(parsed, "tensorflow_serving_batching_queue_length", model="half", version="123") == 0
