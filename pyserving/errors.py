@@ -39,14 +39,6 @@ class ServingError(Exception):
         return f"ServingError({self.code.name}, {self.message!r})"
 
 
-def invalid_argument(message: str) -> ServingError:
-    return ServingError(Code.INVALID_ARGUMENT, message)
-
-
-def not_found(message: str) -> ServingError:
-    return ServingError(Code.NOT_FOUND, message)
-
-
 class SignatureNotFoundError(ServingError):
     """The model has no signature of that name. gRPC reports it as is; REST rewords it as TF Serving's REST does."""
 

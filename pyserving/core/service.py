@@ -24,6 +24,8 @@ from pyserving.dtypes import DType
 from pyserving.errors import Code, ServingError, SignatureNotFoundError
 from pyserving.options import ModelConfig
 from pyserving.runtimes.base import (
+    check_inputs,
+    select_outputs,
     CLASSIFY_METHOD,
     DEFAULT_SIGNATURE,
     PREDICT_METHOD,
@@ -254,8 +256,8 @@ class InferenceService:
                     f"tensorflow/serving/classify, tensorflow/serving/regress}}. Was: {sig.method_name}",
                 )
             tensors = inputs(sig) if callable(inputs) else inputs
-            self._check_inputs(sig, tensors)
-            output_keys = self._output_keys(sig, output_filter)
+            check_inputs(sig, tensors)
+            output_keys = select_outputs(sig, output_filter)
             self._shadow(lease, sig.name, tensors, output_keys)
             if info is not None:
                 info.inputs = tensors
@@ -263,35 +265,6 @@ class InferenceService:
             if info is not None:
                 info.outputs = outputs
             return PredictResult(lease.id, sig.name, outputs)
-
-    @staticmethod
-    def _check_inputs(sig: Signature, tensors: Inputs) -> None:
-        sent, expected = set(tensors), set(sig.inputs)
-        extra, missing = sent - expected, expected - sent - sig.defaults
-        if extra or missing:
-            raise ServingError(
-                Code.INVALID_ARGUMENT,
-                f"input size does not match signature: {len(sent)}!={len(expected)} len({{{_sorted_set(sent)}}}) "
-                f"!= len({{{_sorted_set(expected)}}}). Sent extra: {{{_sorted_set(extra)}}}. "
-                f"Missing but required: {{{_sorted_set(missing)}}}.",
-            )
-
-    @staticmethod
-    def _output_keys(sig: Signature, output_filter: Sequence[str]) -> list[str]:
-        if not output_filter:
-            return sorted(sig.outputs)
-        seen: set[str] = set()
-        for alias in output_filter:
-            if alias not in sig.outputs:
-                raise ServingError(
-                    Code.INVALID_ARGUMENT,
-                    f"output tensor alias not found in signature: {alias} Outputs expected to be in the set "
-                    f"{{{_sorted_set(sig.outputs)}}}.",
-                )
-            if alias in seen:
-                raise ServingError(Code.INVALID_ARGUMENT, f"duplicate output tensor alias: {alias}")
-            seen.add(alias)
-        return list(output_filter)
 
     # --- classify / regress -----------------------------------------------------------------------------------
 

@@ -2,13 +2,14 @@
 
 from __future__ import annotations
 
-from collections.abc import Callable, Mapping, Sequence
+from collections.abc import Callable, Iterable, Mapping, Sequence
 from dataclasses import dataclass
 from typing import Any, Protocol
 
 import numpy as np
 
 from pyserving.dtypes import DType
+from pyserving.errors import Code, ServingError
 from pyserving.options import RuntimeOptions
 
 PREDICT_METHOD = "tensorflow/serving/predict"
@@ -35,6 +36,42 @@ class Signature:
     inputs: Mapping[str, TensorSpec]
     outputs: Mapping[str, TensorSpec]
     defaults: frozenset[str] = frozenset()
+
+
+def _names(keys: Iterable[str]) -> str:
+    return ",".join(sorted(keys))
+
+
+def check_inputs(sig: Signature, sent: Iterable[str]) -> None:
+    """The input aliases a request sent must be the signature's (those with defaults may be left out); TF
+    Serving's predict_util wording. Shared by Predict and predict warm-up records."""
+    names, expected = set(sent), set(sig.inputs)
+    extra, missing = names - expected, expected - names - sig.defaults
+    if extra or missing:
+        raise ServingError(
+            Code.INVALID_ARGUMENT,
+            f"input size does not match signature: {len(names)}!={len(expected)} len({{{_names(names)}}}) "
+            f"!= len({{{_names(expected)}}}). Sent extra: {{{_names(extra)}}}. "
+            f"Missing but required: {{{_names(missing)}}}.",
+        )
+
+
+def select_outputs(sig: Signature, output_filter: Sequence[str]) -> list[str]:
+    """The outputs to fetch: all (sorted) when the filter is empty, else the filter, checked as TF Serving does."""
+    if not output_filter:
+        return sorted(sig.outputs)
+    seen: set[str] = set()
+    for alias in output_filter:
+        if alias not in sig.outputs:
+            raise ServingError(
+                Code.INVALID_ARGUMENT,
+                f"output tensor alias not found in signature: {alias} Outputs expected to be in the set "
+                f"{{{_names(sig.outputs)}}}.",
+            )
+        if alias in seen:
+            raise ServingError(Code.INVALID_ARGUMENT, f"duplicate output tensor alias: {alias}")
+        seen.add(alias)
+    return list(output_filter)
 
 
 class Servable(Protocol):

@@ -15,7 +15,8 @@ import tensorflow as tf
 from tensorflow_serving.apis import input_pb2, prediction_log_pb2
 
 from pyserving.errors import Code, ServingError
-from pyserving.runtimes.base import DEFAULT_SIGNATURE, RunFn, Signature
+from pyserving.runtimes.base import DEFAULT_SIGNATURE, RunFn, Signature, check_inputs, select_outputs
+from pyserving.serving_input import serialized_examples
 
 log = logging.getLogger("pyserving.warmup")
 
@@ -36,14 +37,7 @@ def _records(path: str) -> Iterator[bytes]:
 
 
 def _examples(request_input: input_pb2.Input) -> np.ndarray:
-    kind = request_input.WhichOneof("kind")
-    if kind == "example_list":
-        data = [e.SerializeToString() for e in request_input.example_list.examples]
-    elif kind == "example_list_with_context":
-        context = request_input.example_list_with_context.context.SerializeToString()
-        data = [context + e.SerializeToString() for e in request_input.example_list_with_context.examples]
-    else:
-        raise ServingError(Code.INVALID_ARGUMENT, "Input is empty.")
+    data = serialized_examples(request_input)
     out = np.empty(len(data), dtype=object)
     out[:] = data
     return out
@@ -61,19 +55,10 @@ def _replay(signatures: Mapping[str, Signature], run: RunFn, entry: prediction_l
     if kind == "predict_log":
         request = entry.predict_log.request
         sig = _signature(signatures, request.model_spec.signature_name)
-        sent, expected = set(request.inputs), set(sig.inputs)
-        if sent - expected or expected - sent - sig.defaults:
-            raise ServingError(  # TF Serving replays through its Predict path, with Predict's wording
-                Code.INVALID_ARGUMENT,
-                f"input size does not match signature: {len(sent)}!={len(expected)} len({{{','.join(sorted(sent))}}}) "
-                f"!= len({{{','.join(sorted(expected))}}}). Sent extra: {{{','.join(sorted(sent - expected))}}}. "
-                f"Missing but required: {{{','.join(sorted(expected - sent - sig.defaults))}}}.",
-            )
-        unknown = [a for a in request.output_filter if a not in sig.outputs]
-        if unknown:
-            raise ServingError(Code.INVALID_ARGUMENT, f"output tensor alias not found in signature: {unknown[0]}")
+        check_inputs(sig, request.inputs)  # TF Serving replays through its Predict path, with its wording
+        outputs = select_outputs(sig, request.output_filter)
         inputs = {alias: tf.make_ndarray(proto) for alias, proto in request.inputs.items()}
-        run(sig.name, inputs, list(request.output_filter) or sorted(sig.outputs))
+        run(sig.name, inputs, outputs)
     elif kind in ("classify_log", "regress_log"):
         request = getattr(entry, kind).request
         sig = _signature(signatures, request.model_spec.signature_name)

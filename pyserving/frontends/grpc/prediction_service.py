@@ -25,7 +25,7 @@ from pyserving.core.ids import ServableId, ServableRequest
 from pyserving.core.request_info import RequestInfo
 from pyserving.core.service import Classifications, InferenceService, InferenceTask, Regressions
 from pyserving.errors import Code, ServingError
-from pyserving.frontends.examples import serialized_examples
+from pyserving.serving_input import serialized_examples
 from pyserving.frontends.grpc.errors import GRPC_STATUS, grpc_message
 from pyserving.frontends.grpc.tensor_codec import to_ndarray, to_proto
 from pyserving.observability.requests import RequestObserver, new_request_id

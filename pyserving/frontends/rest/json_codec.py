@@ -21,7 +21,7 @@ from tensorflow_serving.apis import input_pb2
 
 from pyserving.dtypes import DType
 from pyserving.errors import Code, ServingError
-from pyserving.frontends.examples import serialized_examples
+from pyserving.serving_input import serialized_examples
 from pyserving.frontends.rest import fast_json
 from pyserving.runtimes.base import Signature, TensorSpec
 

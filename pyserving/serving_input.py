@@ -1,4 +1,4 @@
-"""tensorflow.serving.Input -> serialized tf.Examples, shared by the REST and gRPC codecs.
+"""tensorflow.serving.Input -> serialized tf.Examples: a leaf shared by both front ends and by warm-up.
 
 With a context, each example is the context's bytes followed by the example's: protobuf parsing merges
 concatenated messages, which is exactly how TF Serving applies ExampleListWithContext.
