@@ -1,0 +1,1 @@
+"""TF Serving wire formats, readable and writable without importing TensorFlow."""
