@@ -28,12 +28,18 @@ class Code(enum.IntEnum):
 
 
 class ServingError(Exception):
-    """A failure with a canonical code and a message meant for the user."""
+    """A failure with a canonical code and a message meant for the user.
+
+    `version` and `signature` say which servable the request had reached when it failed (None / "" before it
+    reached one): the service fills them so front ends can label metrics and logs without asking again.
+    """
 
     def __init__(self, code: Code, message: str) -> None:
         super().__init__(message)
         self.code = code
         self.message = message
+        self.version: int | None = None
+        self.signature = ""
 
     def __repr__(self) -> str:
         return f"ServingError({self.code.name}, {self.message!r})"
@@ -45,3 +51,7 @@ class SignatureNotFoundError(ServingError):
     def __init__(self, signature_name: str) -> None:
         super().__init__(Code.FAILED_PRECONDITION, f'Serving signature key "{signature_name}" not found.')
         self.signature_name = signature_name
+
+
+class StartupError(RuntimeError):
+    """The server could not start (a model failed to load, a port is taken); the message says what to fix."""

@@ -29,10 +29,6 @@ class Flag:
     implemented: bool = True
 
 
-def _cpus() -> int:
-    return os.cpu_count() or 1
-
-
 FLAGS: tuple[Flag, ...] = (
     Flag("port", int, 8500, "gRPC port (0 disables gRPC unless --grpc_socket_path is set)"),
     Flag("grpc_socket_path", str, "", "also serve gRPC on this UNIX socket"),

@@ -70,15 +70,13 @@ from tensorflow_serving.config import (
     model_server_config_pb2,
 )
 
-from pyserving.config.batching_config import (
-    PACKAGE,
+from pyserving.config.batching_config import PACKAGE, batching_options_from_message, batching_schemas
+from pyserving.config.textproto import (
     ConfigError,
     DynamicMessage,
     FieldPath,
     TextProto,
     add_optional_scalar,
-    batching_options_from_message,
-    batching_schemas,
     build_file,
     message_class,
     read_config_file,
@@ -93,7 +91,8 @@ from pyserving.options import (
     TrafficSplit,
     VersionPolicy,
 )
-from pyserving.runtimes.registry import RUNTIMES
+from pyserving.config.logging_options import check_logging_options
+from pyserving.platforms import PLATFORMS
 
 __all__ = ["ConfigError", "load_model_config_file", "model_config_to_text", "parse_model_server_config"]
 
@@ -265,7 +264,7 @@ class _Model:
 
     def _platform(self) -> str:
         m = self.message
-        supported = ", ".join(f'"{p}"' for p in sorted(RUNTIMES))
+        supported = ", ".join(f'"{p}"' for p in sorted(PLATFORMS))
         model_type = model_server_config_pb2.ModelType.Name(m.model_type)
         if m.model_type != model_server_config_pb2.MODEL_TYPE_UNSPECIFIED:
             if m.model_platform:
@@ -276,7 +275,7 @@ class _Model:
                                         f"{supported}")
             return "tensorflow"
         platform = m.model_platform or "tensorflow"
-        if platform not in RUNTIMES:
+        if platform not in PLATFORMS:
             self.fail("model_platform", f'"{platform}" is not supported; supported platforms: {supported}')
         return str(platform)
 
@@ -453,8 +452,6 @@ class _Model:
         collector = config.log_collector_config
         options = LoggingOptions(sampling_rate=rate, collector_type=collector.type,
                                  filename_prefix=collector.filename_prefix)
-        from pyserving.observability.request_log import check_logging_options
-
         try:
             check_logging_options(options)
         except ValueError as exc:

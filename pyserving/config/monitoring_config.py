@@ -14,7 +14,7 @@ import functools
 from google.protobuf import descriptor_pb2, text_format
 from google.protobuf.message import Message
 
-from pyserving.config.batching_config import ConfigError, build_file, message_class, read_config_file
+from pyserving.config.textproto import ConfigError, build_file, message_class, read_config_file
 
 DEFAULT_PATH = "/monitoring/prometheus/metrics"
 _PACKAGE = "pyserving.config.monitoring"

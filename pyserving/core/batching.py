@@ -18,6 +18,7 @@ from __future__ import annotations
 import asyncio
 import collections
 import itertools
+import logging
 import os
 import time
 from collections.abc import Callable, Mapping, Sequence
@@ -26,8 +27,12 @@ from dataclasses import dataclass, field
 
 import numpy as np
 
+from pyserving.core.ids import ServableId
 from pyserving.errors import Code, ServingError
-from pyserving.options import BatchingOptions
+from pyserving.options import BatchingOptions, ModelConfig
+from pyserving.runtimes.base import Servable
+
+log = logging.getLogger("pyserving.batching")
 
 RunFn = Callable[[str, Mapping[str, np.ndarray], Sequence[str]], dict[str, np.ndarray]]
 BatchObserver = Callable[[int, list[int], list[float]], None]
@@ -373,3 +378,46 @@ def _pad_to_common_shape(parts: list[np.ndarray]) -> list[np.ndarray]:
         widths = [(0, 0)] + [(0, t - s) for s, t in zip(p.shape[1:], target)]
         out.append(np.pad(p, widths, constant_values=p.flat[0] if p.size else 0))
     return out
+
+
+BatchingFor = Callable[[ModelConfig, str], BatchingOptions | None]
+"""(model, version directory) -> the version's batching parameters, or None to serve it unbatched."""
+BatchMetrics = Callable[[str, int, str, int, list[int], list[float]], None]
+"""(model, version, pool name, batch size, task sizes, seconds each task queued), after each batch."""
+
+
+class BatcherFactory:
+    """Gives each loaded version its Batcher, over the batch-thread pools it shares with other versions.
+
+    Pools are TF Serving's shared batch schedulers: one per `thread_pool_name`, sized by the global batching
+    parameters (or by the model's own block, for a model with one). Called from the control thread at load."""
+
+    def __init__(
+        self, batching_for: BatchingFor, global_options: BatchingOptions | None, executor: Executor,
+        loop: Callable[[], asyncio.AbstractEventLoop | None], on_batch: BatchMetrics | None = None,
+    ) -> None:
+        self._batching_for = batching_for
+        self._global = global_options
+        self._executor = executor
+        self._loop = loop
+        self._on_batch = on_batch
+        self._schedulers: dict[str, BatchScheduler] = {}
+
+    def __call__(self, model: ModelConfig, version: ServableId, version_dir: str, servable: Servable) -> Batcher | None:
+        batching = self._batching_for(model, version_dir)
+        if batching is None:
+            return None
+        own = model.batching is not None
+        pool = batching if own or self._global is None else self._global
+        name = pool.thread_pool_name
+        scheduler = self._schedulers.get(name)
+        if scheduler is None:
+            scheduler = self._schedulers[name] = BatchScheduler(pool.num_batch_threads, self._executor)
+        log.info("Batching %s from %s: %s", model.name, version_dir, batching)
+        on_batch = self._on_batch
+
+        def observe(size: int, task_sizes: list[int], queued_s: list[float]) -> None:
+            if on_batch is not None:
+                on_batch(model.name, version.version, name, size, task_sizes, queued_s)
+
+        return Batcher(servable.run, batching, scheduler, self._loop(), observe)

@@ -12,6 +12,7 @@ import logging
 import math
 import random
 import time
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -56,9 +57,14 @@ class ArmStats:
 class TrafficController:
     """Routes a model's unpinned requests by weight and watches its candidates. Event-loop confined."""
 
-    def __init__(self, model: str, split: TrafficSplit, *, rng: random.Random | None = None) -> None:
+    def __init__(
+        self, model: str, split: TrafficSplit, *, rng: random.Random | None = None,
+        on_rollback: Callable[[str, str], None] | None = None,
+    ) -> None:
+        """`on_rollback(model, arm)` hears each rollback as it happens (metrics count them)."""
         self.model = model
         self.split = split
+        self._on_rollback = on_rollback
         self._rng = rng or random.Random()
         self.weights: dict[ArmId, float] = {arm: float(w) for arm, w in split.arms}
         self.baseline: ArmId = max(split.arms, key=lambda a: a[1])[0]  # max() keeps the first on ties
@@ -137,6 +143,8 @@ class TrafficController:
         self.weights[arm] = 0.0
         self.rolled_back[arm] = reason
         self.rollbacks += 1
+        if self._on_rollback is not None:
+            self._on_rollback(self.model, str(arm))
         log.warning("Model %s: rolled back %s (weight now 0; %s now serves its traffic): %s",
                     self.model, _arm_text(arm), _arm_text(self.baseline), reason)
 
@@ -162,3 +170,29 @@ class TrafficController:
 
 def _arm_text(arm: ArmId) -> str:
     return f"label {arm!r}" if isinstance(arm, str) else f"version {arm}"
+
+
+class TrafficControllers:
+    """The live TrafficController of each model that has a split. A new or changed split (config reload) starts
+    fresh: weights as configured, no history; an identical split reloaded keeps its state (a rollback stays
+    rolled back). Event-loop confined."""
+
+    def __init__(
+        self, split_of: Callable[[str], TrafficSplit | None], on_rollback: Callable[[str, str], None] | None = None
+    ) -> None:
+        self._split_of = split_of
+        self._on_rollback = on_rollback
+        self._controllers: dict[str, TrafficController] = {}
+
+    def get(self, model: str) -> TrafficController | None:
+        split = self._split_of(model)
+        if split is None:
+            return None
+        controller = self._controllers.get(model)
+        if controller is None or (controller.split is not split and controller.split != split):
+            controller = self._controllers[model] = TrafficController(model, split, on_rollback=self._on_rollback)
+        controller.split = split
+        return controller
+
+    def items(self) -> list[tuple[str, TrafficController]]:
+        return list(self._controllers.items())

@@ -28,7 +28,7 @@ class ModelLifecycle:
         self.manager = manager
         self.options = options
         self.models: tuple[ModelConfig, ...] = tuple(models)
-        self.source = FileSystemSource(self.models, manager.set_aspired_versions)
+        self.source = FileSystemSource(self.models, manager.set_aspired_versions, manager.is_complete)
 
     def poll_once(self) -> bool:
         """One file-system poll and one reconcile step. True if anything changed."""

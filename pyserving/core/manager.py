@@ -31,8 +31,8 @@ log = logging.getLogger("pyserving.manager")
 
 LoadObserver = Callable[[ServableId, str, float, bool], None]
 """(version, its directory, seconds the attempt took, whether it succeeded), from the control thread."""
-AttachBatcher = Callable[[ModelConfig, str, Servable], Batcher | None]
-"""(model, version directory, loaded servable) -> the version's batcher, or None to serve it unbatched."""
+AttachBatcher = Callable[[ModelConfig, ServableId, str, Servable], Batcher | None]
+"""(model, version, its directory, loaded servable) -> the version's batcher, or None to serve it unbatched."""
 
 
 class _Version:
@@ -65,14 +65,13 @@ class _Model:
 class Lease:
     """A hold on one AVAILABLE servable for the duration of a request. Release exactly once (use `with`)."""
 
-    __slots__ = ("id", "servable", "batcher", "route", "_manager", "_version")
+    __slots__ = ("id", "servable", "batcher", "_manager", "_version")
 
     def __init__(self, manager: ModelManager, version: _Version) -> None:
         assert version.servable is not None
         self.id = version.id
         self.servable: Servable = version.servable
         self.batcher: Batcher | None = version.batcher
-        self.route: object = None  # the service's note of how a traffic split routed this request
         self._manager = manager
         self._version = version
 
@@ -128,6 +127,15 @@ class ModelManager:
                 if model is None or model.removed:
                     model = self._models[name] = _Model(config)
                 model.config = config
+
+    def is_complete(self, model: ModelConfig, version_dir: str) -> bool:
+        """Whether the model's runtime finds `version_dir` completely written (an unknown platform: yes, so the
+        load reports it)."""
+        try:
+            runtime = self._runtime_for(model.platform)
+        except ServingError:
+            return True
+        return runtime.is_complete(version_dir)
 
     def set_aspired_versions(self, name: str, versions: Mapping[int, str]) -> None:
         """The complete set of versions (version -> directory) that should be served; others get unloaded."""
@@ -220,7 +228,7 @@ class ModelManager:
             options = self._runtime_options
             servable = runtime.load(version.path, dataclasses.replace(options, defer_warmup=True))
             try:
-                batcher = self._attach_batcher(model.config, version.path, servable) if self._attach_batcher else None
+                batcher = self._attach_batcher(model.config, version.id, version.path, servable) if self._attach_batcher else None
                 if options.enable_model_warmup:
                     # Warm-up goes the way requests will go: through the batcher when there is one.
                     run = batcher.run_blocking if batcher is not None else servable.run

@@ -1,10 +1,12 @@
-"""Pure: which arm of a traffic split a request goes to."""
+"""Pure: which arm of a traffic split a request goes to, and what servable an arm names."""
 
 from __future__ import annotations
 
 import hashlib
 from collections.abc import Sequence
 from typing import TypeVar
+
+from pyserving.core.ids import ServableRequest
 
 Arm = TypeVar("Arm")
 
@@ -34,3 +36,8 @@ def choose_arm(weights: Sequence[tuple[Arm, float]], point: float) -> Arm:
             return arm
     assert last is not None
     return last  # point == total after rounding
+
+
+def resolve(model: str, arm: int | str) -> ServableRequest:
+    """The request a traffic split's arm stands for: a version number, or a version label."""
+    return ServableRequest(model, label=arm) if isinstance(arm, str) else ServableRequest(model, arm)

@@ -1,30 +1,36 @@
-"""InferenceService: predict, classify, regress, multi-inference, metadata and status, protocol-neutral.
+"""InferenceService: predict, classify, regress, multi-inference and metadata, protocol-neutral.
 
-Front ends hold one of these. It takes numpy arrays and plain values and returns dataclasses; only the codecs in
-`frontends/` know JSON or protobuf. Model code runs in the worker pool, never on the event loop.
+Its API is plain data in and out: request and result dataclasses holding numpy arrays, strings and numbers; no
+callables and no out-parameters, so the same calls can cross a process boundary (front-end workers over one model
+process). Only the codecs know JSON or protobuf. Model code runs in the worker pool, never on the event loop.
+
+Routing happens here, in one place for every front end: a version, a label, or a model's traffic split (canary
+releases) picks the servable; `signature()` lets a front end that needs the signature to decode (REST's JSON)
+ask first and pass the chosen `Route` back with the request.
 """
 
 from __future__ import annotations
 
 import asyncio
 import time
-from collections.abc import Awaitable, Callable, Mapping, Sequence
+from collections.abc import Awaitable, Iterator, Mapping, Sequence
 from concurrent.futures import Executor
-from dataclasses import dataclass
-from typing import Any
+from contextlib import contextmanager
+from dataclasses import dataclass, field
+from typing import Any, Protocol
 
 import numpy as np
 
-from pyserving.core.canary import TrafficController
+from pyserving.core.canary import ArmId, TrafficController, TrafficControllers
 from pyserving.core.ids import ServableId, ServableRequest
 from pyserving.core.manager import Lease, ModelManager
-from pyserving.core.request_info import RequestInfo
-from pyserving.core.states import VersionStatus
+from pyserving.core.routing import resolve
 from pyserving.dtypes import DType
 from pyserving.errors import Code, ServingError, SignatureNotFoundError
-from pyserving.options import ModelConfig
 from pyserving.runtimes.base import (
     check_inputs,
+    examples_tensor,
+    find_signature,
     select_outputs,
     CLASSIFY_METHOD,
     DEFAULT_SIGNATURE,
@@ -34,11 +40,68 @@ from pyserving.runtimes.base import (
 )
 
 Inputs = Mapping[str, np.ndarray]
-InputDecoder = Callable[[Signature], Inputs]
-RoutingKey = Callable[[str], str | None]
-"""Reads one request header (REST) or metadata value (gRPC) by lower-case name."""
 MAX_SHADOWS_IN_FLIGHT = 16
 """Mirrored requests beyond this many in flight are dropped (and counted): shadows never queue up live work."""
+_NO_HEADERS: Mapping[str, str] = {}
+
+
+class ServiceEvents(Protocol):
+    """What the service reports as it happens (observability implements it; core never imports it)."""
+
+    def on_runtime(self, model: str, api: str, seconds: float) -> None: ...
+
+    def on_rollback(self, model: str, arm: str) -> None: ...
+
+    def on_shadow_dropped(self, model: str) -> None: ...
+
+
+@dataclass(frozen=True, slots=True)
+class Route:
+    """Where a request was sent: the servable, and the traffic split's arm that chose it (None: no split)."""
+
+    servable: ServableId
+    arm: ArmId | None = None
+
+
+@dataclass(frozen=True, slots=True)
+class PredictRequest:
+    model: ServableRequest
+    inputs: Inputs
+    signature_name: str = ""
+    output_filter: Sequence[str] = ()
+    timeout_s: float | None = None
+    headers: Mapping[str, str] = field(default_factory=dict)
+    """Request headers / gRPC metadata by lower-case name (a sticky traffic split reads its key from them)."""
+    route: Route | None = None
+    """The answer of an earlier `signature()` call for this request, so both pick the same servable."""
+
+
+@dataclass(frozen=True, slots=True)
+class ExamplesRequest:
+    """Classify or regress serialized tf.Examples (context already merged in by the codec)."""
+
+    model: ServableRequest
+    examples: Sequence[bytes]
+    signature_name: str = ""
+    timeout_s: float | None = None
+    headers: Mapping[str, str] = field(default_factory=dict)
+
+
+@dataclass(frozen=True, slots=True)
+class InferenceTask:
+    signature_name: str
+    method_name: str
+
+
+@dataclass(frozen=True, slots=True)
+class MultiInferenceRequest:
+    """Several classify/regress signatures of one model version over the same examples."""
+
+    model: ServableRequest
+    tasks: Sequence[InferenceTask]
+    examples: Sequence[bytes]
+    timeout_s: float | None = None
+    headers: Mapping[str, str] = field(default_factory=dict)
 
 
 @dataclass(frozen=True, slots=True)
@@ -65,9 +128,17 @@ class Regressions:
 
 
 @dataclass(frozen=True, slots=True)
-class InferenceTask:
-    signature_name: str
-    method_name: str
+class MultiInferenceResult:
+    servable: ServableId
+    results: list[Classifications | Regressions]
+
+
+@dataclass(frozen=True, slots=True)
+class ModelMetadata:
+    """A servable's signatures (TF Serving's GetModelMetadata "signature_def" field, in plain data)."""
+
+    servable: ServableId
+    signatures: Mapping[str, Signature]
 
 
 def _sorted_set(keys: Any) -> str:
@@ -76,10 +147,7 @@ def _sorted_set(keys: Any) -> str:
 
 def signature_of(lease: Lease, name: str) -> Signature:
     """The signature `name` ("" means serving_default), or TF Serving's FAILED_PRECONDITION."""
-    sig = lease.servable.signatures.get(name or DEFAULT_SIGNATURE)
-    if sig is None:
-        raise SignatureNotFoundError(name or DEFAULT_SIGNATURE)
-    return sig
+    return find_signature(lease.servable.signatures, name)
 
 
 def example_signature_of(lease: Lease, name: str) -> Signature:
@@ -93,13 +161,28 @@ def example_signature_of(lease: Lease, name: str) -> Signature:
         ) from None
 
 
-def _note(info: RequestInfo | None, lease: Lease) -> None:
-    if info is not None:
-        info.version = lease.id.version
+@dataclass(slots=True)
+class _Held:
+    """A leased servable and how the traffic split chose it (controller and arm are None without a split)."""
+
+    lease: Lease
+    controller: TrafficController | None = None
+    arm: ArmId | None = None
+
+
+class _NoEvents:
+    def on_runtime(self, model: str, api: str, seconds: float) -> None:
+        pass
+
+    def on_rollback(self, model: str, arm: str) -> None:
+        pass
+
+    def on_shadow_dropped(self, model: str) -> None:
+        pass
 
 
 class InferenceService:
-    """The protocol-neutral API both front ends call. Thread-compatible; all methods are called on the event loop."""
+    """The protocol-neutral data plane every front end calls. All methods run on the event loop."""
 
     def __init__(
         self,
@@ -107,72 +190,90 @@ class InferenceService:
         executor: Executor,
         *,
         method_name_check: bool = False,
-        reloader: Callable[[Sequence[ModelConfig]], Awaitable[None]] | None = None,
-        on_runtime: Callable[[str, str, float], None] | None = None,
+        events: ServiceEvents | None = None,
     ) -> None:
-        """`on_runtime(model, api, seconds)` hears how long each model call took (batch queueing included, as in
-        TF Serving's runtime_latency with batching)."""
-        self.manager = manager
+        """`events.on_runtime` hears how long each model call took (batch queueing included, as in TF Serving's
+        runtime_latency with batching)."""
+        self._manager = manager
         self._executor = executor
         self._method_name_check = method_name_check
-        self._reloader = reloader
-        self._on_runtime = on_runtime
-        self._traffic: dict[str, TrafficController] = {}
+        self._events: ServiceEvents = events or _NoEvents()
+        self.traffic = TrafficControllers(manager.traffic_split, self._events.on_rollback)
         self._shadows: set[asyncio.Task[None]] = set()
 
-    # --- routing (canary releases) ----------------------------------------------------------------------------
+    # --- routing ----------------------------------------------------------------------------------------------
 
-    def _controller(self, name: str) -> TrafficController | None:
-        split = self.manager.traffic_split(name)
-        if split is None:
-            return None
-        controller = self._traffic.get(name)
-        if controller is None or (controller.split is not split and controller.split != split):
-            # A new or changed split (config reload) starts fresh: weights as configured, no history. An
-            # identical split reloaded keeps its state (a rollback stays rolled back).
-            controller = self._traffic[name] = TrafficController(name, split)
-        controller.split = split
-        return controller
+    @contextmanager
+    def _hold(self, model: ServableRequest, headers: Mapping[str, str], route: Route | None = None) -> Iterator[_Held]:
+        """Lease the version the request asks for. A request naming no version or label goes through the model's
+        traffic split, if it has one (falling back to another arm while one is not AVAILABLE). `route` repeats an
+        earlier choice; if that version went away meanwhile (a swap), an unpinned request is routed afresh."""
+        held = self._route(model, headers, route)
+        try:
+            yield held
+        except ServingError as exc:
+            if exc.version is None:
+                exc.version = held.lease.id.version
+            raise
+        finally:
+            held.lease.release()
 
-    def _lease(self, request: ServableRequest, routing_key: RoutingKey | None) -> Lease:
-        """Lease the version the request asks for; a request naming no version or label goes through the model's
-        traffic split, if it has one (falling back to another arm while one is still loading)."""
-        if request.version is not None or request.label is not None:
-            return self.manager.lease(request)
-        controller = self._controller(request.name)
-        if controller is None:
-            return self.manager.lease(request)
-        key = routing_key(controller.split.sticky_key) if routing_key and controller.split.sticky_key else None
-        arm = controller.route(key)
-        for candidate in (arm, *controller.fallbacks(arm)):
-            target = (ServableRequest(request.name, label=candidate) if isinstance(candidate, str)
-                      else ServableRequest(request.name, candidate))
+    def _route(self, model: ServableRequest, headers: Mapping[str, str], route: Route | None) -> _Held:
+        if route is not None:
             try:
-                lease = self.manager.lease(target)
+                lease = self._manager.lease(ServableRequest(model.name, route.servable.version))
+                controller = self.traffic.get(model.name) if route.arm is not None else None
+                return _Held(lease, controller, route.arm if controller is not None else None)
+            except ServingError:
+                if model.version is not None or model.label is not None:
+                    raise
+        if model.version is not None or model.label is not None:
+            return _Held(self._manager.lease(model))
+        controller = self.traffic.get(model.name)
+        if controller is None:
+            return _Held(self._manager.lease(model))
+        sticky = controller.split.sticky_key
+        arm = controller.route(headers.get(sticky) if sticky else None)
+        for candidate in (arm, *controller.fallbacks(arm)):
+            try:
+                return _Held(self._manager.lease(resolve(model.name, candidate)), controller, candidate)
             except ServingError:
                 continue
-            lease.route = (controller, candidate)
-            return lease
-        return self.manager.lease(request)
+        return _Held(self._manager.lease(model))
 
-    def _shadow(self, lease: Lease, signature: str, inputs: Inputs, output_keys: Sequence[str]) -> None:
+    def signature(
+        self, model: ServableRequest, signature_name: str, headers: Mapping[str, str] = _NO_HEADERS
+    ) -> tuple[Route, Signature]:
+        """The servable a request would go to now and its signature `signature_name` (for codecs that decode by
+        the signature's dtypes). Pass the route back in the request."""
+        with self._hold(model, headers) as held:
+            return Route(held.lease.id, held.arm), signature_of(held.lease, signature_name)
+
+    def resolve_version(self, model: ServableRequest) -> int | None:
+        """The version a status query means: a label resolves to its version; otherwise as asked."""
+        if model.label is None:
+            return model.version
+        with self._manager.lease(model) as lease:
+            return lease.id.version
+
+    def _shadow(self, held: _Held, signature: str, inputs: Inputs, output_keys: Sequence[str]) -> None:
         """Mirror a routed predict to the split's shadow version: measured, answer dropped, never in the way."""
-        if not isinstance(lease.route, tuple):
+        controller = held.controller
+        if controller is None:
             return
-        controller, _ = lease.route
         arm = controller.shadow_arm()
         if arm is None:
             return
         if len(self._shadows) >= MAX_SHADOWS_IN_FLIGHT:
             controller.shadow_dropped += 1
+            self._events.on_shadow_dropped(controller.model)
             return
-        target = ServableRequest(lease.id.name, label=arm) if isinstance(arm, str) else ServableRequest(lease.id.name, arm)
+        target = resolve(held.lease.id.name, arm)
 
         async def mirror() -> None:
             try:
-                with self.manager.lease(target) as shadow_lease:
-                    shadow_lease.route = (controller, arm)
-                    await self._run(shadow_lease, signature, inputs, output_keys, None)
+                with self._manager.lease(target) as shadow_lease:
+                    await self._run(_Held(shadow_lease, controller, arm), signature, inputs, output_keys, None)
             except Exception:  # measured by _run; a shadow's failure is nobody's answer
                 pass
 
@@ -180,31 +281,24 @@ class InferenceService:
         self._shadows.add(task)
         task.add_done_callback(self._shadows.discard)
 
+    # --- running the model ------------------------------------------------------------------------------------
+
     async def _run(
-        self, lease: Lease, signature: str, inputs: Inputs, output_keys: Sequence[str], timeout_s: float | None,
+        self, held: _Held, signature: str, inputs: Inputs, output_keys: Sequence[str], timeout_s: float | None,
         api: str = "predict",
     ) -> dict[str, np.ndarray]:
-        if not isinstance(lease.route, tuple):
-            return await self._call(lease, signature, inputs, output_keys, timeout_s, api)
-        controller, arm = lease.route
-        started = time.monotonic()
-        try:
-            outputs = await self._call(lease, signature, inputs, output_keys, timeout_s, api)
-        except ServingError:
-            controller.record(arm, False, time.monotonic() - started)
-            raise
-        controller.record(arm, True, time.monotonic() - started)
-        return outputs
-
-    async def _call(
-        self, lease: Lease, signature: str, inputs: Inputs, output_keys: Sequence[str], timeout_s: float | None,
-        api: str,
-    ) -> dict[str, np.ndarray]:
-        if self._on_runtime is None:
-            return await self._await_model(lease, signature, inputs, output_keys, timeout_s)
+        controller, arm = held.controller, held.arm
         started = time.perf_counter()
-        outputs = await self._await_model(lease, signature, inputs, output_keys, timeout_s)
-        self._on_runtime(lease.id.name, api, time.perf_counter() - started)
+        try:
+            outputs = await self._await_model(held.lease, signature, inputs, output_keys, timeout_s)
+        except ServingError:
+            if controller is not None:
+                controller.record(arm, False, time.perf_counter() - started)  # type: ignore[arg-type]
+            raise
+        elapsed = time.perf_counter() - started
+        if controller is not None:
+            controller.record(arm, True, elapsed)  # type: ignore[arg-type]
+        self._events.on_runtime(held.lease.id.name, api, elapsed)
         return outputs
 
     async def _await_model(
@@ -230,101 +324,74 @@ class InferenceService:
 
     # --- predict ----------------------------------------------------------------------------------------------
 
-    async def predict(
-        self,
-        request: ServableRequest,
-        signature_name: str,
-        inputs: Inputs | InputDecoder,
-        *,
-        output_filter: Sequence[str] = (),
-        timeout_s: float | None = None,
-        routing_key: RoutingKey | None = None,
-        info: RequestInfo | None = None,
-    ) -> PredictResult:
-        """Run a signature. `inputs` may be a decoder called with the signature (REST needs its dtypes to decode).
-        `routing_key(name)` reads a request header / metadata value, for sticky traffic splits."""
-        with self._lease(request, routing_key) as lease:
-            if info is not None:
-                info.version = lease.id.version
-            sig = signature_of(lease, signature_name)
-            if info is not None:
-                info.signature = sig.name
-            if self._method_name_check and sig.method_name not in (PREDICT_METHOD, CLASSIFY_METHOD, REGRESS_METHOD):
-                raise ServingError(
-                    Code.INTERNAL,
-                    "Expected prediction signature method_name to be one of {tensorflow/serving/predict, "
-                    f"tensorflow/serving/classify, tensorflow/serving/regress}}. Was: {sig.method_name}",
-                )
-            tensors = inputs(sig) if callable(inputs) else inputs
-            check_inputs(sig, tensors)
-            output_keys = select_outputs(sig, output_filter)
-            self._shadow(lease, sig.name, tensors, output_keys)
-            if info is not None:
-                info.inputs = tensors
-            outputs = await self._run(lease, sig.name, tensors, output_keys, timeout_s)
-            if info is not None:
-                info.outputs = outputs
-            return PredictResult(lease.id, sig.name, outputs)
+    async def predict(self, request: PredictRequest) -> PredictResult:
+        """Run a signature over named input tensors."""
+        with self._hold(request.model, request.headers, request.route) as held:
+            sig = signature_of(held.lease, request.signature_name)
+            try:
+                if self._method_name_check and sig.method_name not in (PREDICT_METHOD, CLASSIFY_METHOD,
+                                                                       REGRESS_METHOD):
+                    raise ServingError(
+                        Code.INTERNAL,
+                        "Expected prediction signature method_name to be one of {tensorflow/serving/predict, "
+                        f"tensorflow/serving/classify, tensorflow/serving/regress}}. Was: {sig.method_name}",
+                    )
+                check_inputs(sig, request.inputs)
+                output_keys = select_outputs(sig, request.output_filter)
+                self._shadow(held, sig.name, request.inputs, output_keys)
+                outputs = await self._run(held, sig.name, request.inputs, output_keys, request.timeout_s)
+            except ServingError as exc:
+                exc.signature = sig.name
+                raise
+            return PredictResult(held.lease.id, sig.name, outputs)
 
     # --- classify / regress -----------------------------------------------------------------------------------
 
-    async def classify(
-        self, request: ServableRequest, signature_name: str, examples: Sequence[bytes], *,
-        timeout_s: float | None = None, routing_key: RoutingKey | None = None, info: RequestInfo | None = None,
-    ) -> Classifications:
-        """Classify serialized tf.Examples (context already merged in by the codec)."""
-        with self._lease(request, routing_key) as lease:
-            _note(info, lease)
-            sig = example_signature_of(lease, signature_name)
-            if info is not None:
-                info.signature, info.examples = sig.name, examples
-            classes = await self._classify(lease, sig, examples, timeout_s)
-            if info is not None:
-                info.results = classes
-            return Classifications(lease.id, sig.name, classes)
+    async def classify(self, request: ExamplesRequest) -> Classifications:
+        with self._hold(request.model, request.headers) as held:
+            sig = example_signature_of(held.lease, request.signature_name)
+            try:
+                classes = await self._classify(held, sig, request.examples, request.timeout_s)
+            except ServingError as exc:
+                exc.signature = sig.name
+                raise
+            return Classifications(held.lease.id, sig.name, classes)
 
-    async def regress(
-        self, request: ServableRequest, signature_name: str, examples: Sequence[bytes], *,
-        timeout_s: float | None = None, routing_key: RoutingKey | None = None, info: RequestInfo | None = None,
-    ) -> Regressions:
-        with self._lease(request, routing_key) as lease:
-            _note(info, lease)
-            sig = example_signature_of(lease, signature_name)
-            if info is not None:
-                info.signature, info.examples = sig.name, examples
-            values = await self._regress(lease, sig, examples, timeout_s)
-            if info is not None:
-                info.results = values
-            return Regressions(lease.id, sig.name, values)
+    async def regress(self, request: ExamplesRequest) -> Regressions:
+        with self._hold(request.model, request.headers) as held:
+            sig = example_signature_of(held.lease, request.signature_name)
+            try:
+                values = await self._regress(held, sig, request.examples, request.timeout_s)
+            except ServingError as exc:
+                exc.signature = sig.name
+                raise
+            return Regressions(held.lease.id, sig.name, values)
 
-    async def multi_inference(
-        self, request: ServableRequest, tasks: Sequence[InferenceTask], examples: Sequence[bytes],
-        *, timeout_s: float | None = None, routing_key: RoutingKey | None = None, info: RequestInfo | None = None,
-    ) -> tuple[ServableId, list[Classifications | Regressions]]:
-        """Several classify/regress signatures of one model version over the same examples."""
-        if not tasks:
+    async def multi_inference(self, request: MultiInferenceRequest) -> MultiInferenceResult:
+        if not request.tasks:
             raise ServingError(Code.INVALID_ARGUMENT, "MultiInferenceRequest has no tasks. Add at least one task.")
         seen: set[str] = set()
-        with self._lease(request, routing_key) as lease:
-            _note(info, lease)
+        with self._hold(request.model, request.headers) as held:
             results: list[Classifications | Regressions] = []
-            for task in tasks:
+            for task in request.tasks:
                 name = task.signature_name or DEFAULT_SIGNATURE
                 if name in seen:
                     raise ServingError(Code.INVALID_ARGUMENT, f"Duplicate evaluation of signature: {name}")
                 seen.add(name)
-                sig = example_signature_of(lease, name)
+                sig = example_signature_of(held.lease, name)
+                examples, timeout_s = request.examples, request.timeout_s
                 if task.method_name == CLASSIFY_METHOD:
-                    results.append(Classifications(lease.id, name, await self._classify(lease, sig, examples, timeout_s)))
+                    results.append(Classifications(held.lease.id, name,
+                                                   await self._classify(held, sig, examples, timeout_s)))
                 elif task.method_name == REGRESS_METHOD:
-                    results.append(Regressions(lease.id, name, await self._regress(lease, sig, examples, timeout_s)))
+                    results.append(Regressions(held.lease.id, name, await self._regress(held, sig, examples, timeout_s)))
                 else:
                     raise ServingError(
                         Code.UNIMPLEMENTED,
                         f"Unsupported signature method_name: {task.method_name}. Use {CLASSIFY_METHOD} or "
                         f"{REGRESS_METHOD}.",
                     )
-            return lease.id, results
+            return MultiInferenceResult(held.lease.id, results)
 
     def _example_input(self, sig: Signature, method: str, what: str) -> str:
         if self._method_name_check and sig.method_name != method:
@@ -340,7 +407,7 @@ class InferenceService:
         return key
 
     async def _classify(
-        self, lease: Lease, sig: Signature, examples: Sequence[bytes], timeout_s: float | None
+        self, held: _Held, sig: Signature, examples: Sequence[bytes], timeout_s: float | None
     ) -> list[list[tuple[bytes, float]]]:
         key = self._example_input(sig, CLASSIFY_METHOD, "classification")
         if not 1 <= len(sig.outputs) <= 2:
@@ -352,8 +419,8 @@ class InferenceService:
                 f'Expected classification signature outputs to contain at least one of "classes" or "scores". '
                 f"Signature was: {sig.name} with outputs {{{_sorted_set(sig.outputs)}}}",
             )
-        batch = self._examples_tensor(examples)
-        out = await self._run(lease, sig.name, {key: batch}, wanted, timeout_s, "classify")
+        batch = examples_tensor(examples)
+        out = await self._run(held, sig.name, {key: batch}, wanted, timeout_s, "classify")
         classes, scores = out.get("classes"), out.get("scores")
         n = len(examples)
         for name, tensor, dtype in (("classes", classes, DType.DT_STRING), ("scores", scores, DType.DT_FLOAT)):
@@ -391,15 +458,15 @@ class InferenceService:
         ]
 
     async def _regress(
-        self, lease: Lease, sig: Signature, examples: Sequence[bytes], timeout_s: float | None
+        self, held: _Held, sig: Signature, examples: Sequence[bytes], timeout_s: float | None
     ) -> list[float]:
         key = self._example_input(sig, REGRESS_METHOD, "regression")
         if len(sig.outputs) != 1:
             raise ServingError(Code.INVALID_ARGUMENT, "Expected one output Tensor.")
         if "outputs" not in sig.outputs:
             raise ServingError(Code.INVALID_ARGUMENT, f"No regression outputs found in SignatureDef: {sig.name}")
-        batch = self._examples_tensor(examples)
-        out = (await self._run(lease, sig.name, {key: batch}, ["outputs"], timeout_s, "regress"))["outputs"]
+        batch = examples_tensor(examples)
+        out = (await self._run(held, sig.name, {key: batch}, ["outputs"], timeout_s, "regress"))["outputs"]
         n = len(examples)
         if not (out.ndim == 1 or (out.ndim == 2 and out.shape[1] == 1)):
             raise ServingError(
@@ -414,45 +481,8 @@ class InferenceService:
             raise ServingError(Code.INVALID_ARGUMENT, f"Input batch size did not match output batch size: {n} vs. {out.shape[0]}")
         return [float(v) for v in out.reshape(-1)]
 
-    @staticmethod
-    def _examples_tensor(examples: Sequence[bytes]) -> np.ndarray:
-        if not examples:
-            raise ServingError(Code.INVALID_ARGUMENT, "Input is empty.")
-        batch = np.empty(len(examples), dtype=object)
-        batch[:] = list(examples)
-        return batch
+    # --- metadata ---------------------------------------------------------------------------------------------
 
-    # --- metadata / status ------------------------------------------------------------------------------------
-
-    def metadata(self, request: ServableRequest, info: RequestInfo | None = None) -> tuple[ServableId, Mapping[str, Any]]:
-        with self.manager.lease(request) as lease:
-            _note(info, lease)
-            return lease.id, lease.servable.metadata()
-
-    def status(self, name: str, version: int | None = None) -> list[VersionStatus]:
-        return self.manager.status(name, version)
-
-    def models(self) -> list[tuple[str, list[VersionStatus], dict[str, int], dict[str, Any] | None]]:
-        """Every served model with its versions, labels and traffic split state (pyserving's GET /v1/models)."""
-        out = []
-        for name in self.manager.model_names():
-            try:
-                statuses = self.manager.status(name)
-            except ServingError:
-                statuses = []
-            controller = self._controller(name)
-            out.append((name, statuses, self.manager.labels(name), controller.describe() if controller else None))
-        return out
-
-    def traffic_controllers(self) -> list[tuple[str, TrafficController]]:
-        return list(self._traffic.items())
-
-    def unready_models(self) -> dict[str, str]:
-        """Configured models without an AVAILABLE version, and why (readiness)."""
-        return self.manager.unavailable_models()
-
-    async def reload_config(self, models: Sequence[ModelConfig]) -> None:
-        """Replace the served model list (HandleReloadConfigRequest)."""
-        if self._reloader is None:
-            raise ServingError(Code.UNIMPLEMENTED, "This server does not support configuration reloads.")
-        await self._reloader(models)
+    def metadata(self, model: ServableRequest) -> ModelMetadata:
+        with self._manager.lease(model) as lease:
+            return ModelMetadata(lease.id, dict(lease.servable.signatures))

@@ -8,8 +8,6 @@ from __future__ import annotations
 
 import logging
 import os
-import re
-import time
 from collections.abc import Callable, Mapping, Sequence
 
 from pyserving.core.version_policy import aspired_versions
@@ -18,6 +16,8 @@ from pyserving.options import ModelConfig
 log = logging.getLogger("pyserving.source")
 
 AspiredCallback = Callable[[str, Mapping[int, str]], None]
+CompletenessCheck = Callable[[ModelConfig, str], bool]
+"""(model, version directory) -> whether it is completely written: the model's runtime knows its files."""
 
 
 def versions_on_disk(base_path: str) -> dict[int, str]:
@@ -41,61 +41,15 @@ def versions_on_disk(base_path: str) -> dict[int, str]:
     return found
 
 
-SAVED_MODEL_FILES = ("saved_model.pb", "saved_model.pbtxt")
-_SHARD = re.compile(r"variables\.data-(\d+)-of-(\d+)$")
-SETTLE_S = 2.0
-"""A version directory without variables/ must be this old before it is loaded (a copy may still be writing)."""
-INCOMPLETE_GRACE_S = 30.0
-"""An incomplete version directory untouched for this long is handed to the loader, which says what is wrong."""
-
-
-def _newest_mtime(path: str) -> float:
-    newest = os.stat(path).st_mtime
-    for root, _dirs, files in os.walk(path):
-        for name in files:
-            try:
-                newest = max(newest, os.stat(os.path.join(root, name)).st_mtime)
-            except OSError:
-                pass
-    return newest
-
-
-def is_complete(path: str, *, now: float | None = None) -> bool:
-    """Whether a version directory looks fully written: a saved_model.pb and every variables shard it names.
-
-    Exports are usually written in place, file by file, so a poll can see a directory half-way. A directory
-    that stays incomplete for INCOMPLETE_GRACE_S is reported anyway: it is broken, not being written, and the
-    load error says why.
-    """
-    now = time.time() if now is None else now
-    try:
-        names = set(os.listdir(path))
-        age = now - _newest_mtime(path)
-    except OSError:
-        return False
-    if age > INCOMPLETE_GRACE_S:
-        return True
-    if not names.intersection(SAVED_MODEL_FILES):
-        return False
-    variables = os.path.join(path, "variables")
-    files = set(os.listdir(variables)) if os.path.isdir(variables) else set()
-    if not files:  # a graph without variables (or variables/ not written yet): wait for the writes to settle
-        return age > SETTLE_S
-    if "variables.index" not in files:
-        return False
-    shards = [m for m in map(_SHARD.match, files) if m]
-    if not shards:
-        return False
-    total = int(shards[0].group(2))
-    return {int(m.group(1)) for m in shards if int(m.group(2)) == total} == set(range(total))
-
-
 class FileSystemSource:
     """Reports, for each configured model, the version directories its version policy aspires to."""
 
-    def __init__(self, models: Sequence[ModelConfig], on_aspired: AspiredCallback) -> None:
+    def __init__(
+        self, models: Sequence[ModelConfig], on_aspired: AspiredCallback, is_complete: CompletenessCheck
+    ) -> None:
         self._models = list(models)
         self._on_aspired = on_aspired
+        self._is_complete = is_complete
         self._waiting: set[str] = set()
         self._complete: dict[str, set[str]] = {}
         self._empty: set[str] = set()
@@ -126,7 +80,7 @@ class FileSystemSource:
             known = self._complete.setdefault(model.name, set())
             known.intersection_update(on_disk.values())
             for version, path in on_disk.items():
-                if path in known or is_complete(path):
+                if path in known or self._is_complete(model, path):
                     complete[version] = path
                     known.add(path)
                     self._waiting.discard(path)

@@ -16,7 +16,8 @@ thread records loads, worker threads record batches.
 
 from __future__ import annotations
 
-from collections.abc import Callable, Iterator
+from collections.abc import Callable, Iterator, Sequence
+from dataclasses import dataclass
 from typing import Any
 
 from prometheus_client import (
@@ -75,6 +76,19 @@ class _Refresher(Collector):
         for hook in self._hooks:
             hook()
         return iter(())
+
+
+@dataclass(frozen=True, slots=True)
+class Gauges:
+    """Gauges read from live state before each scrape, as plain values (core.control.GaugeValues has this
+    shape; observability imports nothing from core)."""
+
+    states: Sequence[tuple[str, int, str]] = ()
+    """(model, version, state name) for every version."""
+    queue_lengths: Sequence[tuple[str, int, int]] = ()
+    """(model, version, requests waiting) for every batched version."""
+    canary_weights: Sequence[tuple[str, str, float]] = ()
+    """(model, arm, weight now) for every traffic split's arm."""
 
 
 class Metrics:
@@ -207,6 +221,28 @@ class Metrics:
         for seconds in queued_s:
             self.batch_queueing.labels(model, str(version)).observe(seconds * 1e6)
             self.tfs_queuing_latency.labels(pool).observe(seconds * 1e6)
+
+    # The service's events (core.service.ServiceEvents), as they happen.
+
+    def on_runtime(self, model: str, api: str, seconds: float) -> None:
+        self.observe_runtime(model=model, api=api, seconds=seconds)
+
+    def on_rollback(self, model: str, arm: str) -> None:
+        self.canary_rollbacks.labels(model, arm).inc()
+
+    def on_shadow_dropped(self, model: str) -> None:
+        self.shadow_dropped.labels(model).inc()
+
+    def set_gauges(self, gauges: Gauges) -> None:
+        """Replace the gauges read from live state (before a scrape)."""
+        self.model_state.clear()
+        for model, version, state in gauges.states:
+            self.model_state.labels(model, str(version), state).set(1)
+        self.queue_length.clear()
+        for model, version, length in gauges.queue_lengths:
+            self.queue_length.labels(model, str(version)).set(length)
+        for model, arm, weight in gauges.canary_weights:
+            self.canary_weight.labels(model, arm).set(weight)
 
     def on_collect(self, hook: Callable[[], None]) -> None:
         """Run `hook` before every scrape (to refresh gauges read from live objects: states, queue lengths)."""

@@ -33,45 +33,20 @@ from typing import Any, Literal, Protocol
 import numpy as np
 import orjson
 
-from pyserving.dtypes import DType
+from pyserving.codecs.tfserving.protos import example_pb2, prediction_log_pb2
+from pyserving.codecs.tfserving.results import fill_classifications, fill_regressions
+from pyserving.codecs.tfserving.tensor import to_proto
+from pyserving.config.logging_options import COLLECTOR_TYPES, check_logging_options
 from pyserving.options import LoggingOptions
 
 log = logging.getLogger("pyserving.request_log")
 
 Api = Literal["predict", "classify", "regress", "multi_inference"]
-COLLECTOR_TYPES: Mapping[str, str] = {"": "tfrecord", "tfrecord": "tfrecord", "jsonl": "jsonl"}
-"""logging_config's log_collector_config.type -> the file format it writes."""
 AUDIT_FIELD = 424242
 """PredictionLog field number (unused by TF Serving) that holds pyserving's audit fields as a protobuf Struct."""
 REDACTED = "<redacted>"
 _TFRECORD_FRAMING_BYTES = 16  # uint64 length + crc32 of it + crc32 of the data
 _ERROR_LOG_INTERVAL_S = 60.0
-
-
-def check_logging_options(options: LoggingOptions) -> None:
-    """Raise ValueError, saying what to write instead, if `options` cannot be logged with. Config loading can call
-    this to reject a bad logging_config up front."""
-    if options.collector_type not in COLLECTOR_TYPES:
-        raise ValueError(
-            f'logging_config.log_collector_config.type "{options.collector_type}" is not supported; use "tfrecord" '
-            '(TF Serving PredictionLog records, also the default when empty) or "jsonl" (JSON lines)'
-        )
-    prefix = options.filename_prefix
-    if not prefix:
-        raise ValueError(
-            "logging_config.log_collector_config.filename_prefix is required: write the path prefix of the log "
-            'files, e.g. filename_prefix: "/var/log/pyserving/my_model/requests"'
-        )
-    if "://" in prefix:
-        raise ValueError(f'logging_config.log_collector_config.filename_prefix "{prefix}" must be a local path; '
-                         "file system URIs are not supported for request logs")
-    if not os.path.basename(prefix):
-        raise ValueError(f'logging_config.log_collector_config.filename_prefix "{prefix}" names a directory; add '
-                         f'a file name prefix, e.g. "{os.path.join(prefix, "requests")}"')
-    rate = options.sampling_rate
-    if not 0.0 <= rate <= 1.0:  # also false for NaN
-        raise ValueError(f"logging_config.sampling_config.sampling_rate must be within [0, 1] (the fraction of "
-                         f"requests to log); was {rate}")
 
 
 @dataclass(frozen=True, slots=True, kw_only=True)
@@ -374,9 +349,7 @@ class RequestLogger:
     # --- encoding: TFRecord of PredictionLog ------------------------------------------------------------------
 
     def _encode_tfrecord(self, record: LoggedRequest) -> bytes:
-        import tensorflow as tf
         from google.protobuf import struct_pb2
-        from tensorflow_serving.apis import prediction_log_pb2
 
         entry = prediction_log_pb2.PredictionLog()
         metadata = entry.log_metadata
@@ -389,7 +362,7 @@ class RequestLogger:
 
         def tensor(alias: str, value: np.ndarray) -> Any:
             if alias in self.redact:
-                return tf.make_tensor_proto(np.array(b"", dtype=object))
+                return to_proto(np.array(b"", dtype=object))
             return _tensor_proto(value)
 
         if record.api == "predict":
@@ -411,9 +384,9 @@ class RequestLogger:
             if record.results is not None:
                 part.response.model_spec.CopyFrom(spec)
                 if record.api == "classify":
-                    _fill_classifications(part.response.result, record.results)
+                    fill_classifications(part.response.result, record.results)
                 else:
-                    _fill_regressions(part.response.result, record.results)
+                    fill_regressions(part.response.result, record.results)
         elif record.api == "multi_inference":
             request = entry.multi_inference_log.request
             self._fill_examples(request.input, record.examples)
@@ -427,9 +400,9 @@ class RequestLogger:
                 answer = response.results.add()
                 answer.model_spec.CopyFrom(task.model_spec)
                 if method.endswith("/classify"):
-                    _fill_classifications(answer.classification_result, result)
+                    fill_classifications(answer.classification_result, result)
                 else:
-                    _fill_regressions(answer.regression_result, result)
+                    fill_regressions(answer.regression_result, result)
             entry.multi_inference_log.SetInParent()
         else:
             raise ValueError(f"unknown api {record.api!r}")
@@ -486,8 +459,6 @@ class RequestLogger:
         if examples is None:
             return None
         if self.redact:
-            from tensorflow.core.example import example_pb2
-
             redacted = []
             for serialized in examples:
                 example = example_pb2.Example.FromString(serialized)
@@ -495,6 +466,34 @@ class RequestLogger:
                 redacted.append(example.SerializeToString())
             examples = redacted
         return [base64.b64encode(e).decode("ascii") for e in examples]
+
+
+class RequestLoggers:
+    """The request logger of each model that has a logging_config. Replaced whole on a config reload, so the
+    event loop reads a plain dict; unchanged loggers are kept (their files stay open)."""
+
+    def __init__(self) -> None:
+        self._loggers: dict[str, RequestLogger] = {}
+        self._options: dict[str, LoggingOptions] = {}
+
+    def get(self, model: str) -> RequestLogger | None:
+        return self._loggers.get(model)
+
+    def update(self, models: Sequence[Any]) -> list[RequestLogger]:
+        """Loggers for `models` (objects with `name` and `logging`); returns the retired ones, which the caller
+        closes off the event loop (closing flushes files)."""
+        wanted = {m.name: m.logging for m in models if m.logging is not None and m.logging.sampling_rate > 0}
+        loggers: dict[str, RequestLogger] = {}
+        for name, options in wanted.items():
+            old = self._loggers.get(name)
+            if old is not None and self._options.get(name) == options:
+                loggers[name] = old
+            else:
+                loggers[name] = RequestLogger(name, options)
+                self._options[name] = options
+        retired = [logger for name, logger in self._loggers.items() if loggers.get(name) is not logger]
+        self._loggers = loggers
+        return retired
 
 
 def _payload_bytes(record: LoggedRequest) -> int:
@@ -532,42 +531,11 @@ _AUDIT_TAG = _varint(AUDIT_FIELD << 3 | 2)  # wire type 2: length-delimited
 
 
 def _tensor_proto(value: Any) -> Any:
-    """tf.make_tensor_proto's answer, several times faster for numeric arrays (the common case)."""
+    """Numbers in tensor_content (compact, and what tf.make_tensor_proto writes); strings in string_val."""
     array = np.asarray(value)
-    if array.dtype.kind in "biufc":
-        try:
-            dtype = DType.from_numpy(array.dtype.newbyteorder("="))
-        except TypeError:
-            dtype = None
-        if dtype is not None:
-            from tensorflow.core.framework import tensor_pb2
-
-            proto = tensor_pb2.TensorProto(dtype=int(dtype))
-            for size in array.shape:
-                proto.tensor_shape.dim.add(size=size)
-            # TensorProto's tensor_content is little-endian, whatever the host
-            proto.tensor_content = np.ascontiguousarray(array, dtype=array.dtype.newbyteorder("<")).tobytes()
-            return proto
-    import tensorflow as tf
-
-    return tf.make_tensor_proto(array)
-
-
-def _label_text(label: bytes) -> str:
-    # PredictionLog's Class.label is a proto string: it must be UTF-8.
-    return label.decode("utf-8", "replace") if isinstance(label, bytes) else str(label)
-
-
-def _fill_classifications(result: Any, classes: Sequence[Sequence[tuple[bytes, float]]]) -> None:
-    for per_example in classes:
-        classification = result.classifications.add()
-        for label, score in per_example:
-            classification.classes.add(label=_label_text(label), score=float(score))
-
-
-def _fill_regressions(result: Any, values: Sequence[float]) -> None:
-    for value in values:
-        result.regressions.add(value=float(value))
+    if array.dtype.byteorder not in "=|":  # TensorProto holds native (little-endian) numbers
+        array = array.astype(array.dtype.newbyteorder("="))
+    return to_proto(array, tensor_content=array.dtype.kind in "biuc" or array.dtype in (np.float32, np.float64))
 
 
 def _json_label(label: bytes | str) -> Any:

@@ -1,4 +1,4 @@
-"""The end of every request: count and time it, and (at DEBUG) write its log line. Called by both front ends."""
+"""The end of every request: count and time it, and (at DEBUG) write its log line. Called by every front end."""
 
 from __future__ import annotations
 
@@ -6,12 +6,14 @@ import itertools
 import logging
 import os
 import time
+from collections.abc import Mapping, Sequence
+from dataclasses import dataclass, field
+from typing import Any
 
-from pyserving.core.request_info import RequestInfo
 from pyserving.observability.metrics import Metrics
-from pyserving.observability.request_log import LoggedRequest, RequestLogger
+from pyserving.observability.request_log import LoggedRequest, RequestLoggers
 
-_LOGGED_APIS = frozenset(("predict", "classify", "regress"))
+_LOGGED_APIS = frozenset(("predict", "classify", "regress", "multi_inference"))
 
 log = logging.getLogger("pyserving.request")
 _ids = itertools.count(1)
@@ -23,18 +25,43 @@ def new_request_id() -> str:
     return f"{_prefix}{next(_ids):x}"
 
 
+@dataclass(slots=True)
+class RequestInfo:
+    """What a front end learned about one request as it served it, read at the end by metrics and logs."""
+
+    api: str  # predict | classify | regress | multi_inference | metadata | status
+    protocol: str  # rest | grpc
+    model: str = ""
+    version: int | None = None
+    signature: str = ""
+    request_id: str = ""
+    started: float = field(default_factory=time.perf_counter)
+    arrived: float = field(default_factory=time.time)
+    # Payloads, kept only for request logging (never copied):
+    inputs: Mapping[str, Any] | None = None
+    outputs: Mapping[str, Any] | None = None
+    examples: Sequence[bytes] | None = None
+    results: Any = None
+
+
 class RequestObserver:
     """Records finished requests. Event-loop side: must stay cheap."""
 
-    def __init__(self, metrics: Metrics | None) -> None:
+    def __init__(self, metrics: Metrics | None, loggers: RequestLoggers | None = None) -> None:
         self.metrics = metrics
         self._in_flight = {p: metrics.in_flight.labels(p) for p in ("rest", "grpc")} if metrics else {}
-        self.request_loggers: dict[str, RequestLogger] = {}
-        """model -> its payload logger (logging_config); replaced whole on a config reload."""
+        self.loggers = loggers if loggers is not None else RequestLoggers()
 
     def start(self, info: RequestInfo) -> None:
         if self.metrics is not None:
             self._in_flight[info.protocol].inc()
+
+    def failed(self, info: RequestInfo, version: int | None, signature: str) -> None:
+        """What the service said of a failed request: the servable it had reached, if any."""
+        if version is not None:
+            info.version = version
+        if signature:
+            info.signature = signature
 
     def finish(self, info: RequestInfo, code: str) -> None:
         latency_s = time.perf_counter() - info.started
@@ -46,7 +73,7 @@ class RequestObserver:
                 model=info.model, version=version, signature=info.signature, api=info.api,
                 protocol=info.protocol, code=code, latency_s=latency_s,
             )
-        logger = self.request_loggers.get(info.model)
+        logger = self.loggers.get(info.model)
         if logger is not None and info.api in _LOGGED_APIS:
             logger.log(LoggedRequest(
                 model=info.model, version=info.version or 0, signature=info.signature, api=info.api,  # type: ignore[arg-type]

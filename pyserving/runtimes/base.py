@@ -1,15 +1,19 @@
-"""What every runtime provides: a loader and loaded servables. Runtimes never import core or front ends."""
+"""What every runtime provides: a loader and loaded servables, described in plain data.
+
+Runtimes never import core or front ends, and nothing here knows a framework: signatures are dataclasses that
+the codecs render in each protocol's shape (TF Serving's SignatureDef, later the V2 metadata).
+"""
 
 from __future__ import annotations
 
 from collections.abc import Callable, Iterable, Mapping, Sequence
 from dataclasses import dataclass
-from typing import Any, Protocol
+from typing import Protocol
 
 import numpy as np
 
 from pyserving.dtypes import DType
-from pyserving.errors import Code, ServingError
+from pyserving.errors import Code, ServingError, SignatureNotFoundError
 from pyserving.options import RuntimeOptions
 
 PREDICT_METHOD = "tensorflow/serving/predict"
@@ -20,11 +24,15 @@ DEFAULT_SIGNATURE = "serving_default"
 
 @dataclass(frozen=True, slots=True)
 class TensorSpec:
-    """One input or output of a signature. `shape` is None for unknown rank; unknown dims are None."""
+    """One input or output of a signature. `shape` is None for unknown rank; unknown dims are None.
+
+    `ref` marks a TF1 reference type (DT_FLOAT_REF): the value is a `dtype` tensor, but metadata reports the
+    reference type as TF Serving does."""
 
     dtype: DType
     shape: tuple[int | None, ...] | None
     tensor_name: str = ""
+    ref: bool = False
 
 
 @dataclass(frozen=True, slots=True)
@@ -36,6 +44,23 @@ class Signature:
     inputs: Mapping[str, TensorSpec]
     outputs: Mapping[str, TensorSpec]
     defaults: frozenset[str] = frozenset()
+
+
+def find_signature(signatures: Mapping[str, Signature], name: str) -> Signature:
+    """The signature `name` ("" means serving_default), or TF Serving's FAILED_PRECONDITION."""
+    sig = signatures.get(name or DEFAULT_SIGNATURE)
+    if sig is None:
+        raise SignatureNotFoundError(name or DEFAULT_SIGNATURE)
+    return sig
+
+
+def examples_tensor(examples: Sequence[bytes]) -> np.ndarray:
+    """Serialized tf.Examples as the DT_STRING batch a classify/regress signature takes."""
+    if not examples:
+        raise ServingError(Code.INVALID_ARGUMENT, "Input is empty.")
+    batch = np.empty(len(examples), dtype=object)
+    batch[:] = list(examples)
+    return batch
 
 
 def _names(keys: Iterable[str]) -> str:
@@ -87,10 +112,6 @@ class Servable(Protocol):
         self, signature: str, inputs: Mapping[str, np.ndarray], output_keys: Sequence[str]
     ) -> dict[str, np.ndarray]: ...
 
-    def metadata(self) -> Mapping[str, Any]:
-        """Metadata protos by field name; "signature_def" is a tensorflow.serving.SignatureDefMap."""
-        ...
-
     def unload(self) -> None: ...
 
     def warm_up(self, run: RunFn, iterations: int) -> int:
@@ -103,6 +124,15 @@ RunFn = Callable[[str, Mapping[str, np.ndarray], Sequence[str]], dict[str, np.nd
 
 
 class Runtime(Protocol):
-    """Loads model versions of one platform ("tensorflow", later "onnx")."""
+    """Loads model versions of one platform ("tensorflow", "memory", later "onnx").
+
+    Importing a runtime's module must stay cheap (no framework): `is_complete` runs on every poll, in processes
+    that may never load a model. The framework is imported by `load`."""
+
+    def is_complete(self, version_dir: str, *, now: float | None = None) -> bool:
+        """Whether `version_dir` looks completely written, so loading it now will not catch a half-copied export.
+        A directory that stays incomplete for long must be reported complete: it is broken, not being written,
+        and the load error will say why."""
+        ...
 
     def load(self, path: str, options: RuntimeOptions) -> Servable: ...

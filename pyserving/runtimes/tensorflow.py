@@ -1,151 +1,74 @@
-"""TensorFlow SavedModels, run the way TF Serving runs them: a graph-mode Session fed by tensor name.
+"""The TensorFlow runtime: SavedModels, served the way TF Serving serves them.
 
-A Session callable made from CallableOptions costs ~20 us per call, against ~400 us for a TF2 signature
-function, and it runs TF1 and TF2 SavedModels alike, with the exact signature set of the MetaGraphDef (which is
-what TF Serving's metadata reports). The callable path also skips the Python client's static shape check, so a
-model whose signature declares shape [1] accepts any batch, as the C++ Session in TF Serving does.
+This module stays free of TensorFlow (it decides when a version directory is complete, on every poll); `load`
+imports the framework, in `tensorflow_session`.
 """
 
 from __future__ import annotations
 
 import os
-import threading
-from collections.abc import Mapping, Sequence
-from typing import Any
+import re
+import time
 
-import numpy as np
-
-from pyserving.dtypes import DType
-from pyserving.errors import Code, ServingError
 from pyserving.options import RuntimeOptions
-from pyserving.runtimes.base import RunFn, Signature, TensorSpec
-
-os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
-
-import tensorflow as tf  # noqa: E402  (after the log-level default)
-from tensorflow.core.protobuf import config_pb2  # noqa: E402
-from tensorflow_serving.apis import get_model_metadata_pb2  # noqa: E402
+from pyserving.runtimes.base import Servable
 
 SAVED_MODEL_FILES = ("saved_model.pb", "saved_model.pbtxt")
+_SHARD = re.compile(r"variables\.data-(\d+)-of-(\d+)$")
+SETTLE_S = 2.0
+"""A version directory without variables/ must be this old before it is loaded (a copy may still be writing)."""
+INCOMPLETE_GRACE_S = 30.0
+"""An incomplete version directory untouched for this long is handed to the loader, which says what is wrong."""
 
 
-def _serving_error(exc: BaseException) -> ServingError:
-    """TensorFlow errors carry canonical codes already; keep code and message."""
-    if isinstance(exc, ServingError):
-        return exc
-    if isinstance(exc, tf.errors.OpError):
-        return ServingError(Code(exc.error_code), exc.message)
-    if isinstance(exc, OSError):
-        return ServingError(Code.NOT_FOUND, str(exc))
-    return ServingError(Code.INTERNAL, f"{type(exc).__name__}: {exc}")
-
-
-def _tensor_spec(info: Any) -> TensorSpec:
-    shape: tuple[int | None, ...] | None
-    if info.tensor_shape.unknown_rank:
-        shape = None
-    else:
-        shape = tuple(d.size if d.size >= 0 else None for d in info.tensor_shape.dim)
-    dtype = info.dtype - 100 if info.dtype > 100 else info.dtype  # DT_FLOAT_REF etc.: TF1 variables' ref types
-    return TensorSpec(dtype=DType(dtype), shape=shape, tensor_name=info.name)
-
-
-class TensorFlowServable:
-    """A SavedModel loaded into its own Session. Thread-safe: Session.run releases the GIL and runs concurrently."""
-
-    def __init__(self, path: str, options: RuntimeOptions) -> None:
-        if not any(os.path.isfile(os.path.join(path, f)) for f in SAVED_MODEL_FILES):
-            raise ServingError(
-                Code.NOT_FOUND,
-                f"Could not find SavedModel .pb or .pbtxt at supplied export directory path: {path}. "
-                "Check that the directory exists and holds a SavedModel (saved_model.pb and variables/).",
-            )
-        config = config_pb2.ConfigProto(
-            intra_op_parallelism_threads=options.intra_op_parallelism,
-            inter_op_parallelism_threads=options.inter_op_parallelism,
-            allow_soft_placement=True,
-        )
-        self._graph = tf.Graph()
-        self._session = tf.compat.v1.Session(graph=self._graph, config=config)
-        try:
-            with self._graph.as_default():
-                meta_graph = tf.compat.v1.saved_model.loader.load(
-                    self._session, list(options.saved_model_tags), path
-                )
-            self._signature_defs = dict(meta_graph.signature_def)
-            self.signatures: Mapping[str, Signature] = {
-                name: Signature(
-                    name=name,
-                    method_name=sd.method_name,
-                    inputs={k: _tensor_spec(v) for k, v in sd.inputs.items()},
-                    outputs={k: _tensor_spec(v) for k, v in sd.outputs.items()},
-                    defaults=frozenset(sd.defaults.keys()),
-                )
-                for name, sd in self._signature_defs.items()
-            }
-        except BaseException as exc:
-            self._session.close()
-            if isinstance(exc, RuntimeError) and "could not be found in SavedModel" in str(exc):
-                raise ServingError(Code.NOT_FOUND, str(exc)) from exc
-            raise _serving_error(exc) from exc
-        self._callables: dict[tuple[str, tuple[str, ...], tuple[str, ...]], Any] = {}
-        self._lock = threading.Lock()
-        self._path = path
-        if options.enable_model_warmup and not options.defer_warmup:
+def _newest_mtime(path: str) -> float:
+    newest = os.stat(path).st_mtime
+    for root, _dirs, files in os.walk(path):
+        for name in files:
             try:
-                self.warm_up(self.run, options.num_request_iterations_for_warmup)
-            except BaseException:
-                self.unload()
-                raise
+                newest = max(newest, os.stat(os.path.join(root, name)).st_mtime)
+            except OSError:
+                pass
+    return newest
 
-    def warm_up(self, run: RunFn, iterations: int) -> int:
-        from pyserving.runtimes.tensorflow_warmup import warm_up
 
-        return warm_up(self.signatures, run, self._path, iterations)
+def saved_model_is_complete(path: str, *, now: float | None = None) -> bool:
+    """Whether a version directory looks fully written: a saved_model.pb and every variables shard it names.
 
-    def _callable(self, signature: str, input_keys: tuple[str, ...], output_keys: tuple[str, ...]) -> Any:
-        key = (signature, input_keys, output_keys)
-        fn = self._callables.get(key)
-        if fn is None:
-            with self._lock:
-                fn = self._callables.get(key)
-                if fn is None:
-                    sig = self.signatures[signature]
-                    opts = config_pb2.CallableOptions(
-                        feed=[sig.inputs[k].tensor_name for k in input_keys],
-                        fetch=[sig.outputs[k].tensor_name for k in output_keys],
-                    )
-                    # The public make_callable re-checks shapes in Python against the graph's static shapes;
-                    # TF Serving's C++ Session does not, and some exported signatures declare [1] for a batch.
-                    fn = self._session._make_callable_from_options(opts)
-                    self._callables[key] = fn
-        return fn
-
-    def run(
-        self, signature: str, inputs: Mapping[str, np.ndarray], output_keys: Sequence[str]
-    ) -> dict[str, np.ndarray]:
-        input_keys = tuple(inputs)
-        outs = tuple(output_keys)
-        try:
-            fn = self._callable(signature, input_keys, outs)
-            values = fn(*(inputs[k] for k in input_keys))
-        except BaseException as exc:
-            raise _serving_error(exc) from exc
-        return dict(zip(outs, values))
-
-    def metadata(self) -> Mapping[str, Any]:
-        sig_map = get_model_metadata_pb2.SignatureDefMap()
-        for name, sd in self._signature_defs.items():
-            sig_map.signature_def[name].CopyFrom(sd)
-        return {"signature_def": sig_map}
-
-    def unload(self) -> None:
-        self._callables.clear()
-        self._session.close()
+    Exports are usually written in place, file by file, so a poll can see a directory half-way. A directory
+    that stays incomplete for INCOMPLETE_GRACE_S is reported anyway: it is broken, not being written, and the
+    load error says why.
+    """
+    now = time.time() if now is None else now
+    try:
+        names = set(os.listdir(path))
+        age = now - _newest_mtime(path)
+    except OSError:
+        return False
+    if age > INCOMPLETE_GRACE_S:
+        return True
+    if not names.intersection(SAVED_MODEL_FILES):
+        return False
+    variables = os.path.join(path, "variables")
+    files = set(os.listdir(variables)) if os.path.isdir(variables) else set()
+    if not files:  # a graph without variables (or variables/ not written yet): wait for the writes to settle
+        return age > SETTLE_S
+    if "variables.index" not in files:
+        return False
+    shards = [m for m in map(_SHARD.match, files) if m]
+    if not shards:
+        return False
+    total = int(shards[0].group(2))
+    return {int(m.group(1)) for m in shards if int(m.group(2)) == total} == set(range(total))
 
 
 class TensorFlowRuntime:
     """Loads SavedModels (TF1 and TF2) with the tag set from --saved_model_tags."""
 
-    def load(self, path: str, options: RuntimeOptions) -> TensorFlowServable:
+    def is_complete(self, version_dir: str, *, now: float | None = None) -> bool:
+        return saved_model_is_complete(version_dir, now=now)
+
+    def load(self, path: str, options: RuntimeOptions) -> Servable:
+        from pyserving.runtimes.tensorflow_session import TensorFlowServable
+
         return TensorFlowServable(path, options)

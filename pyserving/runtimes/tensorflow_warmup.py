@@ -10,13 +10,13 @@ import logging
 import os
 from collections.abc import Iterator, Mapping
 
-import numpy as np
 import tensorflow as tf
-from tensorflow_serving.apis import input_pb2, prediction_log_pb2
 
+from pyserving.codecs.tfserving.examples import serialized_examples
+from pyserving.codecs.tfserving.protos import prediction_log_pb2
+from pyserving.codecs.tfserving.tensor import to_ndarray
 from pyserving.errors import Code, ServingError
-from pyserving.runtimes.base import DEFAULT_SIGNATURE, RunFn, Signature, check_inputs, select_outputs
-from pyserving.serving_input import serialized_examples
+from pyserving.runtimes.base import RunFn, Signature, check_inputs, examples_tensor, find_signature, select_outputs
 
 log = logging.getLogger("pyserving.warmup")
 
@@ -36,38 +36,24 @@ def _records(path: str) -> Iterator[bytes]:
         ) from None
 
 
-def _examples(request_input: input_pb2.Input) -> np.ndarray:
-    data = serialized_examples(request_input)
-    out = np.empty(len(data), dtype=object)
-    out[:] = data
-    return out
-
-
-def _signature(signatures: Mapping[str, Signature], name: str) -> Signature:
-    sig = signatures.get(name or DEFAULT_SIGNATURE)
-    if sig is None:
-        raise ServingError(Code.FAILED_PRECONDITION, f'Serving signature key "{name or DEFAULT_SIGNATURE}" not found.')
-    return sig
-
-
 def _replay(signatures: Mapping[str, Signature], run: RunFn, entry: prediction_log_pb2.PredictionLog) -> None:
     kind = entry.WhichOneof("log_type")
     if kind == "predict_log":
         request = entry.predict_log.request
-        sig = _signature(signatures, request.model_spec.signature_name)
+        sig = find_signature(signatures, request.model_spec.signature_name)
         check_inputs(sig, request.inputs)  # TF Serving replays through its Predict path, with its wording
         outputs = select_outputs(sig, request.output_filter)
-        inputs = {alias: tf.make_ndarray(proto) for alias, proto in request.inputs.items()}
+        inputs = {alias: to_ndarray(alias, proto) for alias, proto in request.inputs.items()}
         run(sig.name, inputs, outputs)
     elif kind in ("classify_log", "regress_log"):
         request = getattr(entry, kind).request
-        sig = _signature(signatures, request.model_spec.signature_name)
-        run(sig.name, {next(iter(sig.inputs)): _examples(request.input)}, sorted(sig.outputs))
+        sig = find_signature(signatures, request.model_spec.signature_name)
+        run(sig.name, {next(iter(sig.inputs)): examples_tensor(serialized_examples(request.input))}, sorted(sig.outputs))
     elif kind == "multi_inference_log":
         request = entry.multi_inference_log.request
-        batch = _examples(request.input)
+        batch = examples_tensor(serialized_examples(request.input))
         for task in request.tasks:
-            sig = _signature(signatures, task.model_spec.signature_name)
+            sig = find_signature(signatures, task.model_spec.signature_name)
             run(sig.name, {next(iter(sig.inputs)): batch}, sorted(sig.outputs))
     else:
         raise ServingError(Code.UNIMPLEMENTED, f"Unsupported log_type for warmup: {kind}")

@@ -20,10 +20,16 @@ from conftest import TESTDATA
 from pyserving.core.ids import ServableRequest
 from pyserving.core.lifecycle import ModelLifecycle
 from pyserving.core.manager import ModelManager
-from pyserving.core.source import INCOMPLETE_GRACE_S, SETTLE_S, FileSystemSource, is_complete, versions_on_disk
+from pyserving.core.source import FileSystemSource, versions_on_disk
+from pyserving.runtimes.tensorflow import INCOMPLETE_GRACE_S, SETTLE_S, saved_model_is_complete as is_complete
 from pyserving.core.states import ServableState
 from pyserving.options import LifecycleOptions, ModelConfig, RuntimeOptions, VersionPolicy
 from pyserving.runtimes.registry import get_runtime
+
+
+def saved_model_check(_model: ModelConfig, path: str) -> bool:
+    return is_complete(path)
+
 
 HALF_PLUS_TWO = TESTDATA / "saved_model_half_plus_two_cpu" / "00000123"
 BAD_HALF_PLUS_TWO = TESTDATA / "bad_half_plus_two" / "00000123"
@@ -72,7 +78,7 @@ class Recorder:
 
 def poll(models: list[ModelConfig]) -> Recorder:
     recorder = Recorder()
-    FileSystemSource(models, recorder).poll_once()
+    FileSystemSource(models, recorder, saved_model_check).poll_once()
     return recorder
 
 
@@ -137,7 +143,7 @@ def test_base_path_without_versions_reports_nothing_and_warns_once(
 ) -> None:
     (tmp_path / "not_a_version").mkdir()
     recorder = Recorder()
-    source = FileSystemSource([ModelConfig("m", str(tmp_path))], recorder)
+    source = FileSystemSource([ModelConfig("m", str(tmp_path))], recorder, saved_model_check)
     with caplog.at_level(logging.WARNING, logger="pyserving.source"):
         source.poll_once()
         source.poll_once()
@@ -200,7 +206,7 @@ def test_half_written_version_is_not_reported_until_complete(
     assert not is_complete(str(v2))
 
     recorder = Recorder()
-    source = FileSystemSource([ModelConfig("m", str(tmp_path))], recorder)
+    source = FileSystemSource([ModelConfig("m", str(tmp_path))], recorder, saved_model_check)
     with caplog.at_level(logging.INFO, logger="pyserving.source"):
         source.poll_once()
         source.poll_once()

@@ -30,7 +30,7 @@ def test_every_request_is_logged_with_input_output_version_latency(testdata: Pat
         requests.post(f"{server.rest_url}/v1/models/half:predict", json={"instances": ["bad"]}, timeout=10)
         requests.post(f"{server.rest_url}/v1/models/half:regress",
                       json={"signature_name": "regress_x_to_y", "examples": [{"x": 2.0}]}, timeout=10)
-        server.server.observer.request_loggers["half"].flush()
+        server.server.request_loggers.get("half").flush()
         lines = [orjson.loads(line) for f in sorted((tmp_path / "logs").iterdir()) for line in f.read_bytes().splitlines()]
     predicts = [r for r in lines if r["api"] == "predict" and r["code"] == "OK"]
     assert len(predicts) == 20
@@ -48,7 +48,7 @@ def test_a_tenth_is_sampled_into_tf_serving_prediction_logs(testdata: Path, tmp_
         session = requests.Session()
         for _ in range(n):
             session.post(f"{server.rest_url}/v1/models/half:predict", json={"instances": [1.0]}, timeout=10)
-        server.server.observer.request_loggers["half"].flush()
+        server.server.request_loggers.get("half").flush()
         records = [prediction_log_pb2.PredictionLog.FromString(r) for f in (tmp_path / "logs").iterdir()
                    for r in tf.compat.v1.io.tf_record_iterator(str(f))]
     tolerance = 4.5 * (n * 0.1 * 0.9) ** 0.5

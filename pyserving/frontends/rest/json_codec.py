@@ -16,12 +16,11 @@ from typing import Any
 
 import numpy as np
 import orjson
-from tensorflow.core.example import example_pb2, feature_pb2
-from tensorflow_serving.apis import input_pb2
+from pyserving.codecs.tfserving.examples import serialized_examples
+from pyserving.codecs.tfserving.protos import example_pb2, feature_pb2, input_pb2
 
 from pyserving.dtypes import DType
 from pyserving.errors import Code, ServingError
-from pyserving.serving_input import serialized_examples
 from pyserving.frontends.rest import fast_json
 from pyserving.runtimes.base import Signature, TensorSpec
 

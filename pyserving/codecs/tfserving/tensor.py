@@ -1,0 +1,103 @@
+"""TensorProto <-> numpy, without TensorFlow: the one copy used by gRPC, request logs and warm-up."""
+
+from __future__ import annotations
+
+import numpy as np
+
+from pyserving.codecs.tfserving.protos.tensor_pb2 import TensorProto
+from pyserving.dtypes import DType
+from pyserving.errors import Code, ServingError
+
+# TF Serving answers with typed *_val fields unless --enable_serialization_as_tensor_content.
+_VAL_FIELD = {
+    DType.DT_FLOAT: "float_val",
+    DType.DT_DOUBLE: "double_val",
+    DType.DT_INT8: "int_val",
+    DType.DT_INT16: "int_val",
+    DType.DT_INT32: "int_val",
+    DType.DT_UINT8: "int_val",
+    DType.DT_UINT16: "int_val",
+    DType.DT_INT64: "int64_val",
+    DType.DT_UINT32: "uint32_val",
+    DType.DT_UINT64: "uint64_val",
+    DType.DT_BOOL: "bool_val",
+    DType.DT_STRING: "string_val",
+    DType.DT_COMPLEX64: "scomplex_val",
+    DType.DT_COMPLEX128: "dcomplex_val",
+    DType.DT_HALF: "half_val",
+}
+_NUMERIC = {d: d.numpy for d in _VAL_FIELD if d is not DType.DT_STRING}
+
+
+def _typed_values(proto: TensorProto, dtype: DType) -> np.ndarray:
+    """The values of a tensor sent in its typed *_val field, as tf.make_ndarray reads them."""
+    if dtype == DType.DT_HALF:
+        return np.fromiter(proto.half_val, dtype=np.uint16).view(np.float16)
+    if dtype in (DType.DT_COMPLEX64, DType.DT_COMPLEX128):
+        parts = np.fromiter(getattr(proto, _VAL_FIELD[dtype]), dtype=dtype.numpy.type(0).real.dtype)
+        return parts.view(dtype.numpy)
+    return np.fromiter(getattr(proto, _VAL_FIELD[dtype]), dtype=dtype.numpy)
+
+
+def _decode(proto: TensorProto) -> np.ndarray:
+    try:
+        dtype = DType(proto.dtype)
+    except ValueError:
+        raise TypeError(f"Unsupported tensor type: {proto.dtype}") from None
+    shape = [d.size for d in proto.tensor_shape.dim]
+    count = int(np.prod(shape, dtype=np.int64))
+    if dtype == DType.DT_STRING:
+        values = list(proto.string_val)
+        if len(values) < count:  # TF repeats the last value (or b"") to fill the shape
+            values.extend([values[-1] if values else b""] * (count - len(values)))
+        array = np.empty(len(values), dtype=object)
+        array[:] = values
+        return array.reshape(shape)
+    numpy_dtype = _NUMERIC.get(dtype)
+    if numpy_dtype is None:
+        raise TypeError(f"Unsupported tensor type: {dtype.name}")
+    if proto.tensor_content:
+        return np.frombuffer(proto.tensor_content, dtype=numpy_dtype).reshape(shape)
+    values = _typed_values(proto, dtype)
+    if values.size == 0:
+        return np.zeros(shape, dtype=numpy_dtype)
+    if values.size != count:
+        values = np.pad(values, (0, count - values.size), "edge")
+    return values.reshape(shape)
+
+
+def to_ndarray(alias: str, proto: TensorProto) -> np.ndarray:
+    """Decode a request tensor as tf.make_ndarray would (tensor_content, typed values padded with the last one)."""
+    try:
+        return _decode(proto)
+    except Exception as exc:
+        raise ServingError(Code.INVALID_ARGUMENT, f"tensor parsing error: {alias} ({exc})") from None
+
+
+def _strings(array: np.ndarray) -> list[bytes]:
+    return [v.encode() if isinstance(v, str) else bytes(v) for v in array.reshape(-1)]
+
+
+def fill_proto(proto: TensorProto, array: np.ndarray, *, tensor_content: bool = False) -> TensorProto:
+    """Write `array` into `proto` (a TensorProto of any generated class with TensorFlow's field names)."""
+    dtype = DType.from_numpy(array.dtype)
+    proto.dtype = int(dtype)
+    dims = proto.tensor_shape.dim
+    for d in array.shape:
+        dims.add(size=d)
+    if dtype == DType.DT_STRING:
+        proto.string_val.extend(_strings(array))
+    elif dtype == DType.DT_HALF:
+        proto.half_val.extend(array.reshape(-1).view(np.uint16).tolist())
+    elif tensor_content:
+        proto.tensor_content = np.ascontiguousarray(array).tobytes()
+    elif dtype in (DType.DT_COMPLEX64, DType.DT_COMPLEX128):
+        getattr(proto, _VAL_FIELD[dtype]).extend(np.ascontiguousarray(array).reshape(-1).view(array.real.dtype).tolist())
+    else:
+        getattr(proto, _VAL_FIELD[dtype]).extend(array.reshape(-1).tolist())
+    return proto
+
+
+def to_proto(array: np.ndarray, *, tensor_content: bool = False) -> TensorProto:
+    return fill_proto(TensorProto(), array, tensor_content=tensor_content)
+

@@ -1,0 +1,68 @@
+"""The REST listener: one uvicorn server owning its socket, serving an ASGI app. The REST API and the separate
+metrics port are both served by it, so whatever guards a REST door (TLS, limits) is set in one place."""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+from collections.abc import Iterator
+from contextlib import contextmanager
+
+import uvicorn
+from starlette.types import ASGIApp
+
+from pyserving.errors import StartupError
+
+log = logging.getLogger("pyserving.rest")
+
+
+class _UvicornServer(uvicorn.Server):
+    @contextmanager
+    def capture_signals(self) -> Iterator[None]:
+        # Signals belong to the server's composition root: it stops every listener together, in order.
+        yield
+
+
+class RestListener:
+    """Serves `app` on host:port until `stop()`."""
+
+    def __init__(self, app: ASGIApp, *, host: str, port: int, what: str, flag: str, grace_s: float = 0) -> None:
+        """`what` and `flag` name the listener in errors ("REST", "--rest_api_port")."""
+        self._app = app
+        self._host = host
+        self._requested_port = port
+        self._what = what
+        self._flag = flag
+        self._grace_s = grace_s
+        self._server: _UvicornServer | None = None
+        self._task: asyncio.Task[None] | None = None
+        self.port: int | None = None
+
+    async def start(self) -> None:
+        config = uvicorn.Config(
+            self._app, host=self._host, port=self._requested_port, log_level="warning", lifespan="off",
+            access_log=False, timeout_graceful_shutdown=int(self._grace_s) or None,
+            # httptools parses HTTP in C (h11, the pure-Python fallback, cost ~15% of a small predict); nothing
+            # is proxied in front of us unless the user says so, so skip the X-Forwarded-* rewriting.
+            http="httptools", proxy_headers=False,
+        )
+        server = self._server = _UvicornServer(config)
+        task = self._task = asyncio.create_task(server.serve())
+        while not server.started:
+            if task.done():
+                # uvicorn reports bind errors by logging and exiting (SystemExit) instead of raising.
+                exc = task.exception() if not task.cancelled() else None
+                raise StartupError(
+                    f"Cannot serve {self._what} on {self._host}:{self._requested_port} ({exc!r}). Is the port in "
+                    f"use? Pick another with {self._flag}."
+                )
+            await asyncio.sleep(0.01)
+        self.port = server.servers[0].sockets[0].getsockname()[1] if server.servers else self._requested_port
+        log.info("Exporting HTTP/%s at %s:%s", self._what, self._host, self.port)
+
+    async def stop(self) -> None:
+        """Stop accepting; in-flight requests finish (uvicorn waits up to the grace period)."""
+        if self._server is not None:
+            self._server.should_exit = True
+        if self._task is not None:
+            await asyncio.wait([self._task], timeout=self._grace_s + 5)

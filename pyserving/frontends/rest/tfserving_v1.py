@@ -1,0 +1,232 @@
+"""TF Serving's v1 REST API (`/v1/models/...`): the handlers the REST router sends /v1 paths to.
+
+Matching is TF Serving's own pair of case-insensitive regexes rather than a route table, because its error
+behaviour is part of the API: anything under /v1 that does not match is a 400 "Malformed request".
+"""
+
+from __future__ import annotations
+
+import gzip
+import re
+import zlib
+from collections.abc import Awaitable, Callable, Mapping
+from typing import Any
+
+import orjson
+from starlette.requests import Request
+from starlette.responses import Response
+
+from pyserving.codecs.tfserving.signatures import signature_def_map_json
+from pyserving.core.control import ControlPlane
+from pyserving.core.ids import ServableId, ServableRequest
+from pyserving.core.service import ExamplesRequest, InferenceService, PredictRequest
+from pyserving.core.states import VersionStatus
+from pyserving.errors import Code, ServingError, SignatureNotFoundError
+from pyserving.frontends.rest import json_codec
+from pyserving.frontends.rest.errors import HTTP_STATUS
+from pyserving.observability.requests import RequestInfo, RequestObserver, new_request_id
+
+_POST = re.compile(r"/v1/models/([^/:]+)(?:(?:/versions/(\d+))|(?:/labels/([^/:]+)))?:(classify|regress|predict)", re.I)
+_GET = re.compile(r"/v1/models(?:/([^/:]+))?(?:(?:/versions/(\d+))|(?:/labels/([^/:]+)))?(?:/(metadata))?", re.I)
+_ORIGIN = re.compile(r"https?://.*", re.I)
+
+_JSON = "application/json"
+VERSION_HEADER = "X-Model-Version"
+"""Response header naming the model version that answered a predict/classify/regress request."""
+CORS_HEADERS = {
+    "Access-Control-Allow-Origin": "*",
+    "Access-Control-Allow-Methods": "POST, GET",
+    "Access-Control-Allow-Headers": "Content-Type",
+}
+_MAX_GUNZIPPED_BYTES = 100 << 20
+
+
+def _version_status_json(statuses: list[VersionStatus]) -> dict[str, Any]:
+    return {
+        "model_version_status": [
+            {
+                "version": str(s.version),
+                "state": s.state.name,
+                "status": {
+                    "error_code": s.error.code.name if s.error else "OK",
+                    "error_message": s.error.message if s.error else "",
+                },
+            }
+            for s in statuses
+        ]
+    }
+
+
+def _headers(request: Request) -> Mapping[str, str]:
+    """Request headers by lower-case name (a sticky traffic split reads its key from them)."""
+    return {k.decode("latin-1"): v.decode("latin-1") for k, v in request.scope["headers"]}
+
+
+class TfServingV1:
+    """TF Serving's REST API over the data and control planes. Stateless apart from its settings."""
+
+    def __init__(
+        self,
+        service: InferenceService,
+        control: ControlPlane,
+        *,
+        timeout_ms: int = 30000,
+        cors_headers: Mapping[str, str] | None = None,
+        observer: RequestObserver | None = None,
+    ) -> None:
+        self._service = service
+        self._control = control
+        self._timeout_s = timeout_ms / 1000 if timeout_ms > 0 else None
+        self._extra_headers = dict(cors_headers or {})
+        self._observer = observer or RequestObserver(None)
+
+    def _json(self, body: bytes, status: int = 200) -> Response:
+        return Response(body, status_code=status, media_type=_JSON, headers=self._extra_headers)
+
+    def _error(self, exc: ServingError) -> Response:
+        return self._json(orjson.dumps({"error": exc.message}), HTTP_STATUS.get(exc.code, 500))
+
+    async def handle(self, request: Request) -> Response:
+        """Any request whose path is under /v1/."""
+        path, method = request.scope["path"], request.method  # (request.url builds a whole URL object)
+        if method == "OPTIONS":
+            if _ORIGIN.fullmatch(request.headers.get("origin", "")):
+                return Response(b"", status_code=200, headers=self._extra_headers)
+            return Response(b"", status_code=400, headers=self._extra_headers)
+        info = RequestInfo(api="", protocol="rest",
+                           request_id=request.headers.get("x-request-id") or new_request_id())
+        code = Code.OK
+        self._observer.start(info)
+        try:
+            if method == "POST" and (m := _POST.fullmatch(path)):
+                return await self._post(request, m, info)
+            if method == "GET" and (m := _GET.fullmatch(path)):
+                return self._get(m, info)
+            raise ServingError(Code.INVALID_ARGUMENT, f"Malformed request: {method} {path}")
+        except ServingError as exc:
+            code = exc.code
+            self._observer.failed(info, exc.version, exc.signature)
+            return self._error(exc)
+        except Exception:
+            code = Code.INTERNAL
+            raise
+        finally:
+            self._observer.finish(info, code.name)
+
+    def _list_models(self) -> Response:
+        """Beyond TF Serving (its GET /v1/models is an error): every model, its versions' states and its labels."""
+        models = [
+            {"name": m.name, **_version_status_json(m.versions),
+             "version_labels": {k: str(v) for k, v in m.labels.items()},
+             **({"traffic_split": m.traffic_split} if m.traffic_split is not None else {})}
+            for m in self._control.models()
+        ]
+        return self._json(orjson.dumps({"models": models}))
+
+    @staticmethod
+    def _servable_request(name: str | None, version: str | None, label: str | None) -> ServableRequest:
+        if not name:
+            raise ServingError(Code.INVALID_ARGUMENT, "Missing model name in request.")
+        try:
+            number = int(version) if version is not None else None
+        except ValueError:
+            number = None
+        if number is not None and number >= 2**63:
+            raise ServingError(Code.INVALID_ARGUMENT, f"Failed to convert version: {version} to numeric.")
+        return ServableRequest(name, number, label)
+
+    def _get(self, m: re.Match[str], info: RequestInfo) -> Response:
+        name, version, label, metadata = m.groups()
+        info.api, info.model = ("metadata" if metadata else "status"), name or ""
+        if name is None and version is None and label is None and metadata is None:
+            return self._list_models()
+        target = self._servable_request(name, version, label)
+        if metadata:
+            meta = self._service.metadata(target)
+            info.version = meta.servable.version
+            body = {
+                "model_spec": {"name": meta.servable.name, "signature_name": "", "version": str(meta.servable.version)},
+                "metadata": {"signature_def": signature_def_map_json(meta.signatures)},
+            }
+            return self._json(orjson.dumps(body))
+        # TF Serving ignores a label here and lists every version; we answer for the version it names.
+        statuses = self._control.status(target.name, self._service.resolve_version(target))
+        return self._json(orjson.dumps(_version_status_json(statuses)))
+
+    async def _body(self, request: Request) -> bytes:
+        body = await request.body()
+        encoding = request.headers.get("content-encoding", "")
+        if "gzip" in encoding.lower():
+            try:
+                decompressor = zlib.decompressobj(16 + zlib.MAX_WBITS)
+                body = decompressor.decompress(body, _MAX_GUNZIPPED_BYTES)
+                if decompressor.unconsumed_tail:
+                    raise ServingError(
+                        Code.INVALID_ARGUMENT,
+                        f"Request body is larger than {_MAX_GUNZIPPED_BYTES} bytes once uncompressed.",
+                    )
+            except (zlib.error, gzip.BadGzipFile) as exc:
+                raise ServingError(Code.INVALID_ARGUMENT, f"Failed to gunzip the request body: {exc}") from None
+        return body
+
+    async def _post(self, request: Request, m: re.Match[str], info: RequestInfo) -> Response:
+        name, version, label, verb = m.groups()
+        verb = verb.lower()
+        info.api, info.model = verb, name
+        target = self._servable_request(name, version, label)
+        doc = json_codec.parse_body(await self._body(request))
+        sig_name = json_codec.signature_name(doc)
+        handler: Callable[..., Awaitable[tuple[bytes, ServableId]]] = getattr(self, f"_{verb}")
+        body, servable = await handler(target, sig_name, doc, _headers(request), info)
+        # TF Serving's body has no room for the version that answered; canary users need it (see ARCHITECTURE).
+        return Response(body, media_type=_JSON, headers={
+            **self._extra_headers, VERSION_HEADER: str(servable.version), "X-Request-Id": info.request_id,
+        })
+
+    async def _predict(
+        self, target: ServableRequest, sig_name: str, doc: dict[str, Any], headers: Mapping[str, str],
+        info: RequestInfo,
+    ) -> tuple[bytes, ServableId]:
+        row_format = "instances" in doc
+        try:
+            # JSON numbers decode by the signature's dtypes: ask which servable and signature first, then send
+            # the request to that same servable.
+            route, sig = self._service.signature(target, sig_name, headers)
+            info.version, info.signature = route.servable.version, sig.name
+            inputs, _ = json_codec.predict_inputs(doc, sig)
+            info.inputs = inputs
+            result = await self._service.predict(PredictRequest(
+                model=target, inputs=inputs, signature_name=sig_name, timeout_s=self._timeout_s, headers=headers,
+                route=route,
+            ))
+        except SignatureNotFoundError as exc:
+            raise ServingError(
+                Code.INVALID_ARGUMENT, f'Serving signature name: "{exc.signature_name}" not found in signature def'
+            ) from None
+        info.version, info.signature, info.outputs = result.servable.version, result.signature_name, result.outputs
+        return json_codec.encode_predict(result.outputs, row_format), result.servable
+
+    def _examples(
+        self, target: ServableRequest, sig_name: str, doc: dict[str, Any], headers: Mapping[str, str],
+        info: RequestInfo, method: str,
+    ) -> ExamplesRequest:
+        examples = json_codec.examples_from_json(doc, method)
+        info.examples = examples
+        return ExamplesRequest(model=target, examples=examples, signature_name=sig_name, timeout_s=self._timeout_s,
+                               headers=headers)
+
+    async def _classify(
+        self, target: ServableRequest, sig_name: str, doc: dict[str, Any], headers: Mapping[str, str],
+        info: RequestInfo,
+    ) -> tuple[bytes, ServableId]:
+        result = await self._service.classify(self._examples(target, sig_name, doc, headers, info, "classify"))
+        info.version, info.signature, info.results = result.servable.version, result.signature_name, result.classes
+        return json_codec.encode_classify(result.classes), result.servable
+
+    async def _regress(
+        self, target: ServableRequest, sig_name: str, doc: dict[str, Any], headers: Mapping[str, str],
+        info: RequestInfo,
+    ) -> tuple[bytes, ServableId]:
+        result = await self._service.regress(self._examples(target, sig_name, doc, headers, info, "regress"))
+        info.version, info.signature, info.results = result.servable.version, result.signature_name, result.values
+        return json_codec.encode_regress(result.values), result.servable
