@@ -64,7 +64,7 @@ from typing import NoReturn
 
 from google.protobuf import any_pb2, descriptor_pb2, text_format
 from google.protobuf.message import Message
-from tensorflow_serving.config import (
+from pyserving.codecs.tfserving.protos import (
     file_system_storage_path_source_pb2,
     logging_config_pb2,
     model_server_config_pb2,
@@ -96,9 +96,9 @@ from pyserving.platforms import PLATFORMS
 
 __all__ = ["ConfigError", "load_model_config_file", "model_config_to_text", "parse_model_server_config"]
 
-_TFS = "tensorflow.serving"
+_TFS = "pyserving.tfs"  # our TensorFlow-free copy of tensorflow.serving's config protos
 _COPIED = ("ModelConfig", "ModelConfigList", "ModelServerConfig")
-_POLICY = ".tensorflow.serving.FileSystemStoragePathSourceConfig.ServableVersionPolicy"
+_POLICY = f".{_TFS}.FileSystemStoragePathSourceConfig.ServableVersionPolicy"
 _WRAPPED_PACKAGE = f"{PACKAGE}.wrapped_batching"
 _HINT = 'expected a text-format ModelServerConfig: model_config_list { config { name: "..." base_path: "/..." } }'
 

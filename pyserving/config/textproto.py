@@ -88,6 +88,8 @@ def _config_error_from(e: text_format.ParseError, text: str, *, source: str, hin
     if line is not None:
         prefix = f"{line}:{column} : " if column is not None else f"{line} : "
         message = message.removeprefix(prefix)
+    # TF Serving's messages live in our private proto package (no TensorFlow needed): name them as users know them.
+    message = message.replace('"pyserving.tfs.', '"tensorflow.serving.')
     field_hint, is_close = _unknown_field_hint(message)
     if field_hint:
         message = message.rstrip(".") + field_hint
