@@ -4,6 +4,7 @@ config reloads that do not change it. Servers are observed only through REST/gRP
 
 from __future__ import annotations
 
+import hashlib
 import shutil
 import time
 from dataclasses import replace
@@ -11,6 +12,8 @@ from pathlib import Path
 
 import pytest
 import requests
+import tensorflow as tf
+from tensorflow_serving.apis import predict_pb2
 
 from conftest import export_picky_model, run_server
 from pyserving.config.flags import server_options
@@ -210,6 +213,45 @@ def test_rolled_back_split_stays_rolled_back_across_reloads_that_do_not_change_i
         fresh = wait_for(lambda: (s := split_of(server)) and arm(s, "3")["configured_weight"] == 40 and s, 30,
                          "the reload with new weights")
         assert fresh["rollbacks"] == 0 and arm(fresh, "3")["weight"] == 40  # type: ignore[index]
+        predict.close()
+
+
+def documented_sticky_arm(key: str, arms: list[tuple[int, int]]) -> int:
+    """The arm a sticky key gets, as routing documents it: a point in [0, 100) from the key's 64-bit blake2b
+    hash, against the arms' cumulative weights in config order. Stable across processes and releases, so replicas
+    (and a restarted or upgraded server) keep every user on the same version."""
+    point = int.from_bytes(hashlib.blake2b(key.encode(), digest_size=8).digest(), "big") / 2**64 * 100
+    upto = 0
+    for version, weight in arms:
+        upto += weight
+        if point < upto:
+            return version
+    return arms[-1][0]
+
+
+def test_sticky_assignment_is_the_documented_stable_hash(testdata: Path, tmp_path: Path) -> None:
+    """Exact assignments, not proportions: 500 users on a 69/30/1 split, including those whose point lies within
+    a fraction of a percent of an arm's boundary and the ~5 on the 1% arm."""
+    base = tmp_path / "m"
+    for v in (2, 3, 4):
+        shutil.copytree(testdata / HALF_PLUS_TWO, base / str(v))
+    arms = [(2, 69), (3, 30), (4, 1)]
+    policy = " ".join(f'percentage {{ version: "{v}" value: {w} }}' for v, w in arms) + ' sticky_key: "X-User-Id"'
+    path = tmp_path / "models.config"
+    write_config(path, config_text(base, policy))
+    with serve(path) as server:
+        predict = Predictor(server)
+        request_metadata = [(("x-user-id", f"user-{i}"),) for i in range(500)]
+        got = {}
+        for metadata in request_metadata:
+            request = predict_pb2.PredictRequest()
+            request.model_spec.name = "m"
+            request.inputs["x"].CopyFrom(tf.make_tensor_proto([1.0], shape=[1]))
+            got[metadata[0][1]] = predict.stub.Predict(request, 10, metadata=metadata).model_spec.version.value
+        expected = {key: documented_sticky_arm(key, arms) for key in got}
+        wrong = {k: (got[k], expected[k]) for k in got if got[k] != expected[k]}
+        assert not wrong, f"{len(wrong)} users moved (got, documented): {dict(list(wrong.items())[:5])}"
+        assert sum(v == 4 for v in got.values()) >= 2, "the 1% arm got (almost) nobody: the test proves little"
         predict.close()
 
 
