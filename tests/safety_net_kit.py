@@ -1,0 +1,163 @@
+"""Helpers for the black-box safety-net tests: models whose latency is known, bounded polling, and readers for
+what a server shows from outside (GET /v1/models, Prometheus text, listening sockets, open files)."""
+
+from __future__ import annotations
+
+import os
+import shutil
+import time
+from collections.abc import Callable
+from pathlib import Path
+
+import grpc
+import requests
+import tensorflow as tf
+from prometheus_client.parser import text_string_to_metric_families
+from tensorflow_serving.apis import predict_pb2, prediction_service_pb2_grpc
+
+from conftest import RunningServer
+
+_SLEEPY_CACHE: dict[tuple[Path, int], Path] = {}
+
+
+def export_sleepy_model(path: Path, sleep_ms: int) -> None:
+    """A SavedModel whose serving_default takes x: float32 [None] and returns y = x, after sleeping at least
+    `sleep_ms` (a tf.data sleep: it waits without burning CPU, so its latency does not depend on the machine's
+    load). sleep_ms=0 is a plain identity."""
+    from tensorflow.python.data.experimental.ops import testing as data_testing
+
+    micros = int(sleep_ms * 1000)
+
+    class Sleepy(tf.Module):
+        @tf.function(input_signature=[tf.TensorSpec([None], tf.float32, name="x")])
+        def serve(self, x: tf.Tensor) -> dict[str, tf.Tensor]:
+            if micros <= 0:
+                return {"y": tf.identity(x)}
+            ds = tf.data.Dataset.from_tensors(tf.constant(0.0)).apply(data_testing.sleep(micros))
+            zero = ds.reduce(tf.constant(0.0), lambda acc, v: acc + v)
+            return {"y": x + zero}
+
+    module = Sleepy()
+    tf.saved_model.save(module, str(path), signatures={"serving_default": module.serve})
+
+
+def sleepy_version(root: Path, sleep_ms: int, target: Path) -> Path:
+    """Copy a sleepy export (made once per `root` and latency) to `target` (a version directory)."""
+    key = (root, sleep_ms)
+    source = _SLEEPY_CACHE.get(key)
+    if source is None:
+        source = root / f"sleepy_{sleep_ms}ms"
+        export_sleepy_model(source, sleep_ms)
+        _SLEEPY_CACHE[key] = source
+    shutil.copytree(source, target)
+    return target
+
+
+def wait_for(predicate: Callable[[], object], timeout_s: float = 30.0, what: str = "condition") -> object:
+    """Poll `predicate` every 50 ms until it returns something truthy (returned); fail after `timeout_s`."""
+    deadline = time.monotonic() + timeout_s
+    while True:
+        value = predicate()
+        if value:
+            return value
+        assert time.monotonic() < deadline, f"{what} not reached within {timeout_s} s"
+        time.sleep(0.05)
+
+
+def models_listing(server: RunningServer | str) -> dict[str, dict]:
+    """pyserving's GET /v1/models, by model name."""
+    url = server if isinstance(server, str) else server.rest_url
+    body = requests.get(f"{url}/v1/models", timeout=10).json()
+    return {m["name"]: m for m in body["models"]}
+
+
+def split_of(server: RunningServer, model: str = "m") -> dict:
+    return models_listing(server)[model]["traffic_split"]
+
+
+def arm(split: dict, version: str) -> dict:
+    return next(a for a in split["arms"] if a.get("version") == version)
+
+
+def metric_value(text: str, sample: str, **labels: str) -> float:
+    """Sum of the samples named `sample` whose labels include `labels` (0 when none)."""
+    total = 0.0
+    for family in text_string_to_metric_families(text):
+        for s in family.samples:
+            if s.name == sample and all(s.labels.get(k) == v for k, v in labels.items()):
+                total += s.value
+    return total
+
+
+def grpc_predict(server: RunningServer, x: float = 1.0, *, model: str = "m", version: int | None = None,
+                 metadata: tuple[tuple[str, str], ...] = (), timeout: float = 10,
+                 shape: list[int] | None = None) -> int:
+    """One gRPC Predict of x; returns the answering version (raises grpc.RpcError on failure)."""
+    stub = prediction_service_pb2_grpc.PredictionServiceStub(server.channel())
+    request = predict_pb2.PredictRequest()
+    request.model_spec.name = model
+    if version is not None:
+        request.model_spec.version.value = version
+    request.inputs["x"].CopyFrom(tf.make_tensor_proto([x], shape=shape or [1]))
+    return stub.Predict(request, timeout, metadata=metadata).model_spec.version.value
+
+
+class Predictor:
+    """A reusable gRPC stub for many sequential predicts (one channel)."""
+
+    def __init__(self, server: RunningServer, model: str = "m", shape: list[int] | None = None) -> None:
+        self.channel = server.channel()
+        self.stub = prediction_service_pb2_grpc.PredictionServiceStub(self.channel)
+        self.model = model
+        self.shape = shape or [1]
+
+    def __call__(self, x: float = 1.0, timeout: float = 10) -> int | str:
+        """The answering version, or the status code name of a failure."""
+        request = predict_pb2.PredictRequest()
+        request.model_spec.name = self.model
+        request.inputs["x"].CopyFrom(tf.make_tensor_proto([x], shape=self.shape))
+        try:
+            return self.stub.Predict(request, timeout).model_spec.version.value
+        except grpc.RpcError as exc:
+            return exc.code().name
+
+    def close(self) -> None:
+        self.channel.close()
+
+
+def listening_tcp_ports(pid: int) -> set[int]:
+    """TCP ports process `pid` listens on (from /proc: its socket inodes in LISTEN state)."""
+    inodes = set()
+    for fd in os.listdir(f"/proc/{pid}/fd"):
+        try:
+            target = os.readlink(f"/proc/{pid}/fd/{fd}")
+        except OSError:
+            continue
+        if target.startswith("socket:["):
+            inodes.add(target[8:-1])
+    ports = set()
+    for table in ("tcp", "tcp6"):
+        try:
+            lines = Path(f"/proc/{pid}/net/{table}").read_text().splitlines()[1:]
+        except OSError:
+            continue
+        for line in lines:
+            fields = line.split()
+            if fields[3] == "0A" and fields[9] in inodes:  # 0A: LISTEN
+                ports.add(int(fields[1].rsplit(":", 1)[1], 16))
+    return ports
+
+
+def open_files_under(directory: Path, pid: int | None = None) -> list[str]:
+    """Files under `directory` that process `pid` (default: this one) has open."""
+    pid = pid or os.getpid()
+    prefix = str(directory.resolve())
+    found = []
+    for fd in os.listdir(f"/proc/{pid}/fd"):
+        try:
+            target = os.readlink(f"/proc/{pid}/fd/{fd}")
+        except OSError:
+            continue
+        if target.startswith(prefix):
+            found.append(target)
+    return found
