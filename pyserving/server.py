@@ -82,6 +82,7 @@ class Server:
             self.manager, ModelLifecycle(self.manager, options.models, options.lifecycle), self.service.traffic,
             config_parser=lambda text: parse_model_server_config(text, source="HandleReloadConfigRequest"),
             config_loader=(lambda: load_model_config_file(config_file)) if config_file else None,
+            config_file=config_file,
             on_models=self._follow_models,
         )
         self.metrics.on_collect(lambda: self.metrics.set_gauges(self.control.gauges()))

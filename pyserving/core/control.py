@@ -62,13 +62,16 @@ class ControlPlane:
         *,
         config_parser: ConfigParser | None = None,
         config_loader: ConfigLoader | None = None,
+        config_file: str = "",
         on_models: ModelsListener | None = None,
     ) -> None:
+        """`config_loader` re-reads `config_file` (named in the log lines of the config-file poll)."""
         self._manager = manager
         self._lifecycle = lifecycle
         self._traffic = traffic
         self._config_parser = config_parser
         self._config_loader = config_loader
+        self._config_file = config_file or "the model config file"
         self._on_models = on_models
         self._thread = ThreadPoolExecutor(max_workers=1, thread_name_prefix="pyserving-control")
         self._polls: list[asyncio.Task[None]] = []
@@ -138,15 +141,15 @@ class ControlPlane:
             try:
                 models = await self._call(self._config_loader)
             except Exception as exc:
-                log.error("Ignoring the model config file: %s. The current configuration keeps serving.", exc)
+                log.error("Ignoring %s: %s. The current configuration keeps serving.", self._config_file, exc)
                 continue
             if tuple(models) == self._lifecycle.models:
                 continue
             try:
                 await self.reload(models)
-                log.info("Reloaded the model configuration file")
+                log.info("Reloaded the model configuration from %s", self._config_file)
             except ServingError as exc:
-                log.error("Reloading the model config file failed: %s", exc.message)
+                log.error("Reloading %s failed: %s", self._config_file, exc.message)
 
     async def stop(self) -> None:
         """Stop polling and unload every model (after the front ends have drained)."""
