@@ -28,7 +28,7 @@ from pyserving.errors import Code, ServingError, StartupError
 from pyserving.frontends.grpc.model_service import ModelServicer
 from pyserving.frontends.grpc.prediction_service import PredictionServicer
 from pyserving.frontends.grpc.server import GrpcListener
-from pyserving.frontends.rest.app import V1_PATH, HealthEndpoints, MetricsEndpoint, RestRouter
+from pyserving.frontends.rest.app import V1_PATH, HealthEndpoints, RestRouter, metrics_app
 from pyserving.frontends.rest.server import RestListener
 from pyserving.frontends.rest.tfserving_v1 import CORS_HEADERS, TfServingV1
 from pyserving.observability.gpu import add_gpu_metrics
@@ -90,6 +90,7 @@ class Server:
         self._listeners: list[_Listener] = []
         self._grpc: GrpcListener | None = None
         self._rest: list[RestListener] = []
+        self._metrics_listener: RestListener | None = None
         self._stopped = asyncio.Event()
         self.grpc_port: int | None = None
         self.rest_port: int | None = None
@@ -131,7 +132,7 @@ class Server:
             )
             self._listeners.append(self._grpc)
         cors = CORS_HEADERS if opts.rest_api_enable_cors_support else {}
-        metrics = MetricsEndpoint(self.metrics.registry)
+        metrics = metrics_app(self.metrics.registry)
         if opts.rest_api_port:
             if opts.rest_api_port == opts.grpc_port:
                 raise StartupError(f"--rest_api_port={opts.rest_api_port} is the same as the gRPC --port; give "
@@ -139,16 +140,22 @@ class Server:
             v1 = TfServingV1(self.service, self.control, timeout_ms=opts.rest_api_timeout_ms, cors_headers=cors,
                              observer=self.observer)
             health = HealthEndpoints(self.control, cors)
-            exact = {"/healthz": health.healthz, "/readyz": health.readyz}
+            exact = health.routes()
             if opts.monitoring_path:
                 exact[opts.monitoring_path] = metrics
             app = RestRouter(exact=exact, patterns=[(V1_PATH, v1.handle)])
-            self._rest.append(RestListener(app, host=opts.host, port=opts.rest_api_port, what="REST",
-                                           flag="--rest_api_port", grace_s=opts.shutdown_grace_s))
-        if opts.metrics_port:
-            self._rest.append(RestListener(RestRouter(exact={"/metrics": metrics}), host=opts.host,
-                                           port=opts.metrics_port, what="metrics", flag="--metrics_port"))
+            self._rest.append(RestListener(
+                app, host=opts.host, port=opts.rest_api_port, what="REST", flag="--rest_api_port",
+                grace_s=opts.shutdown_grace_s, announce="Exporting HTTP/REST API at %s:%s",
+            ))
         self._listeners.extend(self._rest)
+        if opts.metrics_port:
+            # Like prometheus_client's own server (and TF Serving's users' scrape configs): metrics on any path.
+            self._metrics_listener = RestListener(
+                RestRouter(fallback=metrics), host=opts.host, port=opts.metrics_port, what="metrics",
+                flag="--metrics_port", announce="Exporting Prometheus metrics at %s:%s/metrics",
+            )
+            self._listeners.append(self._metrics_listener)
 
     async def start(self) -> None:
         self._loop = asyncio.get_running_loop()
@@ -188,6 +195,8 @@ class Server:
             waits.append(asyncio.ensure_future(self._grpc.stop(grace)))
         if waits:
             await asyncio.wait(waits, timeout=grace + 5)
+        if self._metrics_listener is not None:  # scrapes see the drain through
+            await self._metrics_listener.stop()
         await self.control.stop()
         self._executor.shutdown(wait=False)
         self._stopped.set()

@@ -13,7 +13,7 @@ from __future__ import annotations
 
 import asyncio
 import time
-from collections.abc import Awaitable, Iterator, Mapping, Sequence
+from collections.abc import Awaitable, Callable, Iterator, Mapping, Sequence
 from concurrent.futures import Executor
 from contextlib import contextmanager
 from dataclasses import dataclass, field
@@ -161,6 +161,22 @@ def example_signature_of(lease: Lease, name: str) -> Signature:
         ) from None
 
 
+def _check_dtypes(sig: Signature, inputs: Inputs, decoded_for: ServableId, now: ServableId) -> None:
+    """Inputs decoded for one version (by its signature's dtypes) may go to another only if the dtypes agree."""
+    for alias, array in inputs.items():
+        spec = sig.inputs.get(alias)
+        try:
+            expected = spec.dtype.numpy if spec is not None else array.dtype
+        except TypeError:  # a type numpy cannot hold: the model will say what is wrong
+            continue
+        if expected != array.dtype:
+            raise ServingError(
+                Code.UNAVAILABLE,
+                f"Version {decoded_for.version} of model {now.name} was replaced by version {now.version} while "
+                f"the request was decoded, and input {alias} changed type to {spec.dtype.name}. Retry the request.",
+            )
+
+
 @dataclass(slots=True)
 class _Held:
     """A leased servable and how the traffic split chose it (controller and arm are None without a split)."""
@@ -219,16 +235,16 @@ class InferenceService:
             held.lease.release()
 
     def _route(self, model: ServableRequest, headers: Mapping[str, str], route: Route | None) -> _Held:
+        if model.version is not None or model.label is not None:
+            return _Held(self._manager.lease(model))
         if route is not None:
             try:
                 lease = self._manager.lease(ServableRequest(model.name, route.servable.version))
+            except ServingError:
+                pass  # gone since (a version swap): route afresh
+            else:
                 controller = self.traffic.get(model.name) if route.arm is not None else None
                 return _Held(lease, controller, route.arm if controller is not None else None)
-            except ServingError:
-                if model.version is not None or model.label is not None:
-                    raise
-        if model.version is not None or model.label is not None:
-            return _Held(self._manager.lease(model))
         controller = self.traffic.get(model.name)
         if controller is None:
             return _Held(self._manager.lease(model))
@@ -337,6 +353,8 @@ class InferenceService:
                         f"tensorflow/serving/classify, tensorflow/serving/regress}}. Was: {sig.method_name}",
                     )
                 check_inputs(sig, request.inputs)
+                if request.route is not None and held.lease.id != request.route.servable:
+                    _check_dtypes(sig, request.inputs, request.route.servable, held.lease.id)
                 output_keys = select_outputs(sig, request.output_filter)
                 self._shadow(held, sig.name, request.inputs, output_keys)
                 outputs = await self._run(held, sig.name, request.inputs, output_keys, request.timeout_s)
@@ -348,24 +366,22 @@ class InferenceService:
     # --- classify / regress -----------------------------------------------------------------------------------
 
     async def classify(self, request: ExamplesRequest) -> Classifications:
-        with self._hold(request.model, request.headers) as held:
-            sig = example_signature_of(held.lease, request.signature_name)
-            try:
-                classes = await self._classify(held, sig, request.examples, request.timeout_s)
-            except ServingError as exc:
-                exc.signature = sig.name
-                raise
-            return Classifications(held.lease.id, sig.name, classes)
+        return await self._on_examples(request, self._classify, Classifications)  # type: ignore[return-value]
 
     async def regress(self, request: ExamplesRequest) -> Regressions:
+        return await self._on_examples(request, self._regress, Regressions)  # type: ignore[return-value]
+
+    async def _on_examples(
+        self, request: ExamplesRequest, run: Callable[..., Awaitable[Any]], result: type[Classifications | Regressions],
+    ) -> Classifications | Regressions:
         with self._hold(request.model, request.headers) as held:
             sig = example_signature_of(held.lease, request.signature_name)
             try:
-                values = await self._regress(held, sig, request.examples, request.timeout_s)
+                answer = await run(held, sig, request.examples, request.timeout_s)
             except ServingError as exc:
                 exc.signature = sig.name
                 raise
-            return Regressions(held.lease.id, sig.name, values)
+            return result(held.lease.id, sig.name, answer)
 
     async def multi_inference(self, request: MultiInferenceRequest) -> MultiInferenceResult:
         if not request.tasks:

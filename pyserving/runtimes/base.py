@@ -7,7 +7,7 @@ the codecs render in each protocol's shape (TF Serving's SignatureDef, later the
 from __future__ import annotations
 
 from collections.abc import Callable, Iterable, Mapping, Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from typing import Protocol
 
 import numpy as np
@@ -43,7 +43,8 @@ class Signature:
     method_name: str
     inputs: Mapping[str, TensorSpec]
     outputs: Mapping[str, TensorSpec]
-    defaults: frozenset[str] = frozenset()
+    defaults: Mapping[str, np.ndarray] = field(default_factory=dict)
+    """Inputs a request may leave out, with the value the model then uses (TF2's default arguments)."""
 
 
 def find_signature(signatures: Mapping[str, Signature], name: str) -> Signature:
@@ -71,7 +72,7 @@ def check_inputs(sig: Signature, sent: Iterable[str]) -> None:
     """The input aliases a request sent must be the signature's (those with defaults may be left out); TF
     Serving's predict_util wording. Shared by Predict and predict warm-up records."""
     names, expected = set(sent), set(sig.inputs)
-    extra, missing = names - expected, expected - names - sig.defaults
+    extra, missing = names - expected, expected - names - sig.defaults.keys()
     if extra or missing:
         raise ServingError(
             Code.INVALID_ARGUMENT,

@@ -32,6 +32,7 @@ from pyserving.options import RuntimeOptions
 from pyserving.runtimes.base import PREDICT_METHOD, RunFn, Signature, TensorSpec
 
 MODEL_FILE = "model.json"
+INCOMPLETE_GRACE_S = 30.0
 
 
 def _spec(alias: str, raw: Mapping[str, Any]) -> TensorSpec:
@@ -115,8 +116,15 @@ class MemoryServable:
 
 class MemoryRuntime:
     def is_complete(self, version_dir: str, *, now: float | None = None) -> bool:
-        # write_model replaces the file atomically: it is there whole or not at all.
-        return os.path.isfile(os.path.join(version_dir, MODEL_FILE))
+        # write_model replaces the file atomically: it is there whole or not at all. A directory still without it
+        # after INCOMPLETE_GRACE_S is broken: hand it to the loader, which says so.
+        if os.path.isfile(os.path.join(version_dir, MODEL_FILE)):
+            return True
+        try:
+            age = (time.time() if now is None else now) - os.stat(version_dir).st_mtime
+        except OSError:
+            return False
+        return age > INCOMPLETE_GRACE_S
 
     def load(self, path: str, options: RuntimeOptions) -> MemoryServable:
         return MemoryServable(path)

@@ -77,7 +77,7 @@ class TensorFlowServable:
                     method_name=sd.method_name,
                     inputs={k: _tensor_spec(v) for k, v in sd.inputs.items()},
                     outputs={k: _tensor_spec(v) for k, v in sd.outputs.items()},
-                    defaults=frozenset(sd.defaults.keys()),
+                    defaults={k: tf.make_ndarray(v) for k, v in sd.defaults.items()},
                 )
                 for name, sd in meta_graph.signature_def.items()
             }

@@ -9,6 +9,7 @@ from google.protobuf import json_format
 
 from pyserving.codecs.tfserving.protos.get_model_metadata_pb2 import SignatureDefMap
 from pyserving.codecs.tfserving.protos.meta_graph_pb2 import TensorInfo
+from pyserving.codecs.tfserving.tensor import fill_proto
 from pyserving.runtimes.base import Signature, TensorSpec
 
 _REF_OFFSET = 100  # DT_FLOAT_REF = DT_FLOAT + 100 (types.proto)
@@ -34,6 +35,8 @@ def signature_def_map(signatures: Mapping[str, Signature]) -> SignatureDefMap:
             _fill_tensor_info(sd.inputs[alias], spec)
         for alias, spec in sig.outputs.items():
             _fill_tensor_info(sd.outputs[alias], spec)
+        for alias, value in sig.defaults.items():
+            fill_proto(sd.defaults[alias], value)
     return out
 
 

@@ -47,20 +47,33 @@ def _decode(proto: TensorProto) -> np.ndarray:
     shape = [d.size for d in proto.tensor_shape.dim]
     count = int(np.prod(shape, dtype=np.int64))
     if dtype == DType.DT_STRING:
+        if proto.tensor_content:
+            raise TypeError("DT_STRING tensors must be sent in string_val, not tensor_content")
         values = list(proto.string_val)
         if len(values) < count:  # TF repeats the last value (or b"") to fill the shape
             values.extend([values[-1] if values else b""] * (count - len(values)))
         array = np.empty(len(values), dtype=object)
         array[:] = values
         return array.reshape(shape)
+    if dtype == DType.DT_BFLOAT16:
+        import ml_dtypes  # numpy has no bfloat16; TensorFlow's own comes from ml_dtypes
+
+        if proto.tensor_content:
+            return np.frombuffer(proto.tensor_content, dtype=ml_dtypes.bfloat16).reshape(shape)
+        values = np.fromiter(proto.half_val, dtype=np.uint16).view(ml_dtypes.bfloat16)
+        return _fill(values, shape, count, ml_dtypes.bfloat16)
     numpy_dtype = _NUMERIC.get(dtype)
     if numpy_dtype is None:
         raise TypeError(f"Unsupported tensor type: {dtype.name}")
     if proto.tensor_content:
         return np.frombuffer(proto.tensor_content, dtype=numpy_dtype).reshape(shape)
-    values = _typed_values(proto, dtype)
+    return _fill(_typed_values(proto, dtype), shape, count, numpy_dtype)
+
+
+def _fill(values: np.ndarray, shape: list[int], count: int, dtype: object) -> np.ndarray:
+    """tf.make_ndarray's rule for typed fields: none means zeros, fewer repeat the last value."""
     if values.size == 0:
-        return np.zeros(shape, dtype=numpy_dtype)
+        return np.zeros(shape, dtype=dtype)
     if values.size != count:
         values = np.pad(values, (0, count - values.size), "edge")
     return values.reshape(shape)

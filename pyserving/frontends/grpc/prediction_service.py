@@ -91,10 +91,11 @@ async def guarded(
 
 
 def headers(context: grpc.aio.ServicerContext) -> Mapping[str, str]:
-    """The request metadata by (lower-case) key, for sticky traffic splits."""
+    """The request metadata by (lower-case) key, for sticky traffic splits; a repeated key counts by its first
+    value."""
     return {
         key: value if isinstance(value, str) else value.decode("utf-8", "replace")
-        for key, value in context.invocation_metadata() or ()
+        for key, value in reversed(context.invocation_metadata() or ())
     }
 
 
@@ -192,6 +193,7 @@ class PredictionServicer:
                     )
             examples = serialized_examples(request.input)
             info.examples = examples
+            info.results = [(t.model_spec.signature_name, t.method_name, None) for t in request.tasks]
             result = await self._service.multi_inference(MultiInferenceRequest(
                 model=spec_request(first),
                 tasks=[InferenceTask(t.model_spec.signature_name, t.method_name) for t in request.tasks],

@@ -13,7 +13,7 @@ import grpc
 from pyserving.codecs.tfserving.protos.services import MODEL_METHODS, MODEL_SERVICE, PREDICTION_METHODS, PREDICTION_SERVICE, MethodTypes
 from pyserving.errors import StartupError
 
-log = logging.getLogger("pyserving.grpc")
+log = logging.getLogger("pyserving.server")
 
 HEALTH_SERVICE_NAMES = ("", "tensorflow.serving.ModelService", "tensorflow.serving.PredictionService",
                         "ModelService", "PredictionService")

@@ -2,7 +2,8 @@
 
 `/v1/...` goes to TF Serving's handlers (`tfserving_v1`); `/healthz` and `/readyz` answer for probes; the
 metrics path (when configured) serves Prometheus; anything else is TF Serving's HTML 404. Further APIs (`/v2`)
-are more prefixes, and anything that must see every request (auth) wraps the app as ASGI middleware.
+are more patterns, and anything that must see every request (auth) wraps the router as ASGI middleware before
+the listener serves it.
 """
 
 from __future__ import annotations
@@ -11,15 +12,15 @@ import re
 from collections.abc import Awaitable, Callable, Sequence
 
 import orjson
-from prometheus_client import CONTENT_TYPE_LATEST, CollectorRegistry, generate_latest
+from prometheus_client import CollectorRegistry, make_asgi_app
 from starlette.requests import Request
 from starlette.responses import Response
+from starlette.routing import request_response
 from starlette.types import ASGIApp, Receive, Scope, Send
 
 from pyserving.core.control import ControlPlane
 
 Handler = Callable[[Request], Awaitable[Response]]
-Middleware = Callable[[ASGIApp], ASGIApp]
 
 NOT_FOUND_HTML = (
     b"<!DOCTYPE html><html><head><title>404 Not Found</title></head>"
@@ -33,16 +34,10 @@ def not_found() -> Response:
     return Response(NOT_FOUND_HTML, status_code=404, media_type="text/html")
 
 
-class MetricsEndpoint:
-    """GET of a Prometheus registry in the text format."""
-
-    def __init__(self, registry: CollectorRegistry) -> None:
-        self._registry = registry
-
-    async def __call__(self, request: Request) -> Response:
-        if request.method != "GET":
-            return not_found()
-        return Response(generate_latest(self._registry), media_type=CONTENT_TYPE_LATEST)
+def metrics_app(registry: CollectorRegistry) -> ASGIApp:
+    """Prometheus's own exposition of `registry` (text or OpenMetrics as the scraper asks, gzip, `name[]`
+    filters), as TF Serving's --monitoring_config_file path and the --metrics_port endpoint serve it."""
+    return make_asgi_app(registry)
 
 
 class HealthEndpoints:
@@ -52,6 +47,9 @@ class HealthEndpoints:
     def __init__(self, control: ControlPlane, headers: dict[str, str] | None = None) -> None:
         self._control = control
         self._headers = headers or {}
+
+    def routes(self) -> dict[str, ASGIApp]:
+        return {"/healthz": request_response(self.healthz), "/readyz": request_response(self.readyz)}
 
     async def healthz(self, request: Request) -> Response:
         return Response(b'{"status": "ok"}', media_type=_JSON, headers=self._headers)
@@ -65,37 +63,32 @@ class HealthEndpoints:
 
 
 class RestRouter:
-    """Exact GET paths first, then path patterns (TF Serving's /v1 is one), then the HTML 404."""
+    """Path patterns first (TF Serving's /v1 is one), then exact GET paths, then `fallback` (TF Serving's HTML 404
+    unless given)."""
 
     def __init__(
         self,
         *,
-        exact: dict[str, Handler] | None = None,
+        exact: dict[str, ASGIApp] | None = None,
         patterns: Sequence[tuple[re.Pattern[str], Handler]] = (),
+        fallback: ASGIApp | None = None,
     ) -> None:
         self._exact = dict(exact or {})
-        self._patterns = list(patterns)
+        self._patterns = [(pattern, request_response(handler)) for pattern, handler in patterns]
+        self._fallback = fallback or _not_found
 
     async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
         if scope["type"] != "http":
             return  # lifespan is off; websockets are not served
-        request = Request(scope, receive)
-        response = await self._dispatch(request)
-        await response(scope, receive, send)
-
-    async def _dispatch(self, request: Request) -> Response:
-        path = request.scope["path"]
-        for pattern, handler in self._patterns:
+        path = scope["path"]
+        for pattern, app in self._patterns:
             if pattern.fullmatch(path):
-                return await handler(request)
-        handler = self._exact.get(path)
-        if handler is not None and request.method == "GET":
-            return await handler(request)
-        return not_found()
+                return await app(scope, receive, send)
+        app = self._exact.get(path)
+        if app is not None and scope["method"] == "GET":
+            return await app(scope, receive, send)
+        await self._fallback(scope, receive, send)
 
 
-def with_middleware(app: ASGIApp, middleware: Sequence[Middleware]) -> ASGIApp:
-    """`app` wrapped so that the first middleware sees each request first."""
-    for wrap in reversed(middleware):
-        app = wrap(app)
-    return app
+async def _not_found(scope: Scope, receive: Receive, send: Send) -> None:
+    await not_found()(scope, receive, send)

@@ -13,7 +13,7 @@ from starlette.types import ASGIApp
 
 from pyserving.errors import StartupError
 
-log = logging.getLogger("pyserving.rest")
+log = logging.getLogger("pyserving.server")  # operators grep these lines by TF Serving's texts
 
 
 class _UvicornServer(uvicorn.Server):
@@ -26,14 +26,19 @@ class _UvicornServer(uvicorn.Server):
 class RestListener:
     """Serves `app` on host:port until `stop()`."""
 
-    def __init__(self, app: ASGIApp, *, host: str, port: int, what: str, flag: str, grace_s: float = 0) -> None:
-        """`what` and `flag` name the listener in errors ("REST", "--rest_api_port")."""
+    def __init__(
+        self, app: ASGIApp, *, host: str, port: int, what: str, flag: str, grace_s: float = 0,
+        announce: str = "Exporting HTTP at %s:%s",
+    ) -> None:
+        """`what` and `flag` name the listener in errors ("REST", "--rest_api_port"); `announce` is the log line
+        (with host and port) once it listens."""
         self._app = app
         self._host = host
         self._requested_port = port
         self._what = what
         self._flag = flag
         self._grace_s = grace_s
+        self._announce = announce
         self._server: _UvicornServer | None = None
         self._task: asyncio.Task[None] | None = None
         self.port: int | None = None
@@ -58,7 +63,7 @@ class RestListener:
                 )
             await asyncio.sleep(0.01)
         self.port = server.servers[0].sockets[0].getsockname()[1] if server.servers else self._requested_port
-        log.info("Exporting HTTP/%s at %s:%s", self._what, self._host, self.port)
+        log.info(self._announce, self._host, self.port)
 
     async def stop(self) -> None:
         """Stop accepting; in-flight requests finish (uvicorn waits up to the grace period)."""

@@ -58,8 +58,9 @@ def _version_status_json(statuses: list[VersionStatus]) -> dict[str, Any]:
 
 
 def _headers(request: Request) -> Mapping[str, str]:
-    """Request headers by lower-case name (a sticky traffic split reads its key from them)."""
-    return {k.decode("latin-1"): v.decode("latin-1") for k, v in request.scope["headers"]}
+    """Request headers by lower-case name (a sticky traffic split reads its key from them); a repeated header
+    counts by its first value, as starlette's Headers.get does."""
+    return {k.decode("latin-1"): v.decode("latin-1") for k, v in reversed(request.scope["headers"])}
 
 
 class TfServingV1:
@@ -200,9 +201,11 @@ class TfServingV1:
                 route=route,
             ))
         except SignatureNotFoundError as exc:
-            raise ServingError(
+            reworded = ServingError(
                 Code.INVALID_ARGUMENT, f'Serving signature name: "{exc.signature_name}" not found in signature def'
-            ) from None
+            )
+            reworded.version = exc.version
+            raise reworded from None
         info.version, info.signature, info.outputs = result.servable.version, result.signature_name, result.outputs
         return json_codec.encode_predict(result.outputs, row_format), result.servable
 

@@ -1,0 +1,53 @@
+"""codecs.tfserving.tensor decodes what TF Serving's clients send exactly as tf.make_ndarray does, without
+TensorFlow, and encodes what tf.make_ndarray reads back."""
+
+from __future__ import annotations
+
+import numpy as np
+import pytest
+import tensorflow as tf
+
+from pyserving.codecs.tfserving.protos.tensor_pb2 import TensorProto
+from pyserving.codecs.tfserving.tensor import to_ndarray, to_proto
+from pyserving.errors import Code, ServingError
+
+CASES = [
+    ([1.0, 2.5], tf.float32, None), ([[1, 2], [3, 4]], tf.int32, None), ([b"a", b"\xff"], tf.string, None),
+    ([True, False], tf.bool, None), ([1 + 2j], tf.complex64, None), ([3 - 1j], tf.complex128, None),
+    ([1.5], tf.float16, None), ([1.5], tf.bfloat16, None), ([2**40], tf.int64, None), ([1.0], tf.float64, None),
+    ([7], tf.uint8, None), ([7], tf.int8, None), ([7], tf.int16, None), ([7], tf.uint16, None),
+    ([7], tf.uint32, None), ([2**63], tf.uint64, None),
+    (1.0, tf.float32, [3]), (b"x", tf.string, [2, 2]), (5, tf.int64, [0]), ([], tf.float32, [2]),
+]
+
+
+@pytest.mark.parametrize(("value", "dtype", "shape"), CASES, ids=[f"{c[1].name}-{c[2]}" for c in CASES])
+def test_decodes_as_make_ndarray(value: object, dtype: tf.DType, shape: list[int] | None) -> None:
+    theirs = tf.make_tensor_proto(value, dtype=dtype, shape=shape)
+    expected = tf.make_ndarray(theirs)
+    for proto in (theirs, tf.make_tensor_proto(expected)):  # typed values, then tensor_content for numbers
+        got = to_ndarray("x", TensorProto.FromString(proto.SerializeToString()))
+        assert got.dtype == expected.dtype and got.shape == expected.shape
+        np.testing.assert_array_equal(got, expected)
+
+
+@pytest.mark.parametrize("array", [np.array([[1.5, -2]], np.float32), np.array([b"a", b"bc"], dtype=object),
+                                   np.array([1 + 1j], np.complex64), np.array([0.5], np.float16),
+                                   np.arange(6, dtype=np.int64).reshape(2, 3)])
+@pytest.mark.parametrize("tensor_content", [False, True])
+def test_encodes_what_make_ndarray_reads(array: np.ndarray, tensor_content: bool) -> None:
+    proto = to_proto(array, tensor_content=tensor_content)
+    back = tf.make_ndarray(tf.make_tensor_proto(0).FromString(proto.SerializeToString()))
+    np.testing.assert_array_equal(back, array)
+
+
+@pytest.mark.parametrize("proto", [
+    TensorProto(dtype=7, tensor_content=b"\x01a"),  # strings travel in string_val
+    TensorProto(dtype=1, tensor_content=b"\x00\x00\x80"),  # not a whole float
+    TensorProto(dtype=99),
+    TensorProto(dtype=20),  # DT_RESOURCE
+])
+def test_undecodable_tensors_are_tf_serving_parse_errors(proto: TensorProto) -> None:
+    with pytest.raises(ServingError) as err:
+        to_ndarray("x", proto)
+    assert err.value.code == Code.INVALID_ARGUMENT and err.value.message.startswith("tensor parsing error: x (")
