@@ -45,6 +45,16 @@ class ServingError(Exception):
         return f"ServingError({self.code.name}, {self.message!r})"
 
 
+class RequestTooLarge(ServingError):
+    """A request over --max_request_bytes (REST: 413; gRPC: RESOURCE_EXHAUSTED)."""
+
+    http_status = 413
+
+    def __init__(self, what: str, limit: int) -> None:
+        super().__init__(Code.RESOURCE_EXHAUSTED, f"{what} is larger than the server's limit of {limit} bytes "
+                         "(--max_request_bytes). Send smaller requests, or raise the limit.")
+
+
 class SignatureNotFoundError(ServingError):
     """The model has no signature of that name. gRPC reports it as is; REST rewords it as TF Serving's REST does."""
 

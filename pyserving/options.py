@@ -129,6 +129,56 @@ class LifecycleOptions:
 
 
 @dataclass(frozen=True, slots=True)
+class TlsOptions:
+    """TF Serving's SSLConfig (--ssl_config_file): PEM text, not paths. Applied to every listener."""
+
+    server_key: str
+    server_cert: str
+    custom_ca: str = ""
+    client_verify: bool = False
+    """Mutual TLS: clients must present a certificate signed by `custom_ca`."""
+
+
+@dataclass(frozen=True, slots=True)
+class RateLimit:
+    requests_per_second: float
+    burst: int
+
+
+@dataclass(frozen=True, slots=True)
+class ApiKey:
+    name: str
+    sha256: bytes
+    """SHA-256 of the key (the key itself is never stored)."""
+    scopes: frozenset[str]
+    rate_limit: RateLimit | None = None
+
+
+@dataclass(frozen=True, slots=True)
+class JwtIssuer:
+    issuer: str
+    audience: str
+    algorithms: tuple[str, ...]
+    """The only algorithms accepted for this issuer (never "none"; HS* only with a secret, others only with keys)."""
+    jwks: str = ""
+    """The JWKS document (JSON text) holding the issuer's public keys, or "" with `hs256_secret`."""
+    hs256_secret: bytes = b""
+    scope_claim: str = "scope"
+    rate_limit: RateLimit | None = None
+
+
+@dataclass(frozen=True, slots=True)
+class AuthPolicy:
+    """--auth_config_file: who may call what. Scopes are MODEL:ACTION (`*` for any model); actions are predict,
+    metadata and admin."""
+
+    api_keys: tuple[ApiKey, ...] = ()
+    jwt: tuple[JwtIssuer, ...] = ()
+    public: frozenset[str] = frozenset()
+    """Endpoints open without credentials besides health: "metrics"."""
+
+
+@dataclass(frozen=True, slots=True)
 class ServerOptions:
     """Everything `pyserving serve` needs. Ports follow TF Serving: 0 disables that front end."""
 
@@ -157,3 +207,12 @@ class ServerOptions:
     num_worker_threads: int = 0
     """Threads that run model code; 0 picks a default from the CPU count."""
     shutdown_grace_s: float = 10.0
+    tls: TlsOptions | None = None
+    """--ssl_config_file: TLS on gRPC, REST and the metrics port."""
+    auth_config_file: str = ""
+    """--auth_config_file: API keys and JWT issuers with per-model scopes, re-read when it changes."""
+    auth_poll_seconds: float = 1.0
+    max_request_bytes: int = 0
+    """Largest REST body (after gunzip) or gRPC message accepted; 0: gRPC's 2 GiB, REST's 100 MiB once unzipped."""
+    cors_allowed_origins: tuple[str, ...] = ()
+    """With CORS on: origins allowed (empty: any, TF Serving's `*`)."""

@@ -16,6 +16,10 @@ from collections.abc import Sequence
 from concurrent.futures import ThreadPoolExecutor
 from typing import Protocol
 
+from starlette.middleware.cors import CORSMiddleware
+from starlette.types import ASGIApp
+
+from pyserving.config.auth_config import load_auth_config_file
 from pyserving.config.batching_config import batching_for_version
 from pyserving.config.model_config import load_model_config_file, parse_model_server_config
 from pyserving.core.batching import BatcherFactory
@@ -28,6 +32,7 @@ from pyserving.errors import Code, ServingError, StartupError
 from pyserving.frontends.grpc.model_service import ModelServicer
 from pyserving.frontends.grpc.prediction_service import PredictionServicer
 from pyserving.frontends.grpc.server import GrpcListener
+from pyserving.frontends.rest.auth import AuthMiddleware
 from pyserving.frontends.rest.app import V1_PATH, HealthEndpoints, RestRouter, metrics_app
 from pyserving.frontends.rest.server import RestListener
 from pyserving.frontends.rest.tfserving_v1 import CORS_HEADERS, TfServingV1
@@ -37,10 +42,13 @@ from pyserving.observability.request_log import RequestLoggers
 from pyserving.observability.requests import RequestObserver
 from pyserving.options import BatchingOptions, ModelConfig, ServerOptions
 from pyserving.runtimes.registry import get_runtime
+from pyserving.security.auth import AuthConfigWatcher, Authenticator
+from pyserving.security.tls import server_ssl_context
 
 __all__ = ["Server", "StartupError", "serve"]
 
 log = logging.getLogger("pyserving.server")
+_LOOPBACK = ("127.0.0.1", "localhost", "::1")
 
 
 class _Listener(Protocol):
@@ -87,6 +95,12 @@ class Server:
         )
         self.metrics.on_collect(lambda: self.metrics.set_gauges(self.control.gauges()))
         add_gpu_metrics(self.metrics)
+        self.authenticator: Authenticator | None = None
+        self._auth_watcher: AuthConfigWatcher | None = None
+        if options.auth_config_file:
+            self.authenticator = Authenticator(load_auth_config_file(options.auth_config_file))
+            self._auth_watcher = AuthConfigWatcher(options.auth_config_file, load_auth_config_file,
+                                                   self.authenticator, options.auth_poll_seconds)
         self._listeners: list[_Listener] = []
         self._grpc: GrpcListener | None = None
         self._rest: list[RestListener] = []
@@ -119,41 +133,53 @@ class Server:
 
     def _build_listeners(self) -> None:
         opts = self.options
+        ssl_context = server_ssl_context(opts.tls) if opts.tls is not None else None
+        auth = self.authenticator
         if opts.grpc_port or opts.grpc_socket_path:
             self._grpc = GrpcListener(
                 PredictionServicer(self.service, tensor_content=opts.enable_serialization_as_tensor_content,
                                    observer=self.observer),
                 ModelServicer(self.service, self.control, self.observer),
                 host=opts.host, port=opts.grpc_port, socket_path=opts.grpc_socket_path,
-                options=[("grpc.max_receive_message_length", opts.grpc_max_message_bytes),
+                options=[("grpc.max_receive_message_length",
+                          min(opts.grpc_max_message_bytes, opts.max_request_bytes or opts.grpc_max_message_bytes)),
                          ("grpc.max_send_message_length", opts.grpc_max_message_bytes),
                          *opts.grpc_channel_arguments],
-                health=opts.enable_grpc_healthcheck_service,
+                health=opts.enable_grpc_healthcheck_service, tls=opts.tls, authenticator=auth,
             )
             self._listeners.append(self._grpc)
-        cors = CORS_HEADERS if opts.rest_api_enable_cors_support else {}
+        # TF Serving's CORS is a fixed `*`; a list of origins goes to starlette's CORS middleware instead.
+        cors = CORS_HEADERS if opts.rest_api_enable_cors_support and not opts.cors_allowed_origins else {}
         metrics = metrics_app(self.metrics.registry)
         if opts.rest_api_port:
             if opts.rest_api_port == opts.grpc_port:
                 raise StartupError(f"--rest_api_port={opts.rest_api_port} is the same as the gRPC --port; give "
                                    "them different ports.")
             v1 = TfServingV1(self.service, self.control, timeout_ms=opts.rest_api_timeout_ms, cors_headers=cors,
-                             observer=self.observer)
+                             observer=self.observer, max_request_bytes=opts.max_request_bytes)
             health = HealthEndpoints(self.control, cors)
             exact = health.routes()
             if opts.monitoring_path:
                 exact[opts.monitoring_path] = metrics
-            app = RestRouter(exact=exact, patterns=[(V1_PATH, v1.handle)])
+            app: ASGIApp = RestRouter(exact=exact, patterns=[(V1_PATH, v1.handle)])
+            if auth is not None:
+                app = AuthMiddleware(app, auth, metrics_path=opts.monitoring_path)
+            if opts.cors_allowed_origins:
+                app = CORSMiddleware(app, allow_origins=list(opts.cors_allowed_origins), allow_methods=["GET", "POST"],
+                                     allow_headers=["Content-Type", "Authorization", "X-API-Key"])
             self._rest.append(RestListener(
                 app, host=opts.host, port=opts.rest_api_port, what="REST", flag="--rest_api_port",
-                grace_s=opts.shutdown_grace_s, announce="Exporting HTTP/REST API at %s:%s",
+                grace_s=opts.shutdown_grace_s, announce="Exporting HTTP/REST API at %s:%s", ssl_context=ssl_context,
             ))
         self._listeners.extend(self._rest)
         if opts.metrics_port:
             # Like prometheus_client's own server (and TF Serving's users' scrape configs): metrics on any path.
+            metrics_only: ASGIApp = RestRouter(fallback=metrics)
+            if auth is not None:
+                metrics_only = AuthMiddleware(metrics_only, auth, metrics_only=True)
             self._metrics_listener = RestListener(
-                RestRouter(fallback=metrics), host=opts.host, port=opts.metrics_port, what="metrics",
-                flag="--metrics_port", announce="Exporting Prometheus metrics at %s:%s/metrics",
+                metrics_only, host=opts.host, port=opts.metrics_port, what="metrics",
+                flag="--metrics_port", announce="Exporting Prometheus metrics at %s:%s/metrics", ssl_context=ssl_context,
             )
             self._listeners.append(self._metrics_listener)
 
@@ -170,6 +196,12 @@ class Server:
         self._build_listeners()
         for listener in self._listeners:
             await listener.start()
+        if self._auth_watcher is not None:
+            self._auth_watcher.start()
+        elif self.options.host not in _LOOPBACK:
+            log.warning("No --auth_config_file: anyone who can reach %s may call every model and reload the "
+                        "configuration. Give an --auth_config_file (API keys or JWT) or bind --host=127.0.0.1.",
+                        self.options.host)
         if self._grpc is not None:
             self.grpc_port = self._grpc.port
         if self.options.rest_api_port:
@@ -197,6 +229,8 @@ class Server:
             await asyncio.wait(waits, timeout=grace + 5)
         if self._metrics_listener is not None:  # scrapes see the drain through
             await self._metrics_listener.stop()
+        if self._auth_watcher is not None:
+            self._auth_watcher.stop()
         await self.control.stop()
         self._executor.shutdown(wait=False)
         self._stopped.set()

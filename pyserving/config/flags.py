@@ -64,7 +64,7 @@ FLAGS: tuple[Flag, ...] = (
     Flag("monitoring_config_file", str, "", "MonitoringConfig text proto (Prometheus)"),
     Flag("enable_metrics", bool, False, "serve Prometheus metrics (the article's flag)"),
     Flag("metrics_port", int, 0, "port of the metrics endpoint (the article's flag)"),
-    Flag("ssl_config_file", str, "", "SSLConfig text proto for gRPC TLS", False),
+    Flag("ssl_config_file", str, "", "SSLConfig text proto: TLS (and mTLS) on gRPC, REST and the metrics port"),
     Flag("use_alts_credentials", bool, False, "gRPC ALTS credentials", False),
     Flag("platform_config_file", str, "", "PlatformConfigMap text proto", False),
     Flag("enable_signature_method_name_check", bool, False, "require predict/classify/regress method names"),
@@ -85,6 +85,10 @@ FLAGS: tuple[Flag, ...] = (
     Flag("version", bool, False, "print the version and exit"),
     # pyserving's own
     Flag("host", str, "0.0.0.0", "address both ports bind to (pyserving; TF Serving binds all interfaces)"),
+    Flag("auth_config_file", str, "", "API keys and JWT issuers with per-model scopes (pyserving; re-read on change)"),
+    Flag("max_request_bytes", int, 0, "largest REST body (also once gunzipped) or gRPC message; 0: no extra limit"),
+    Flag("cors_allowed_origins", str, "", "with --rest_api_enable_cors_support: comma-separated allowed origins "
+         "(default: any, as TF Serving's *)"),
 )
 _BY_NAME = {f.name: f for f in FLAGS}
 _TRUE, _FALSE = {"true", "1", "yes"}, {"false", "0", "no"}
@@ -234,7 +238,32 @@ def server_options(values: dict[str, Any], warnings: list[str] | None = None) ->
             raise FlagError(f"--metrics_port={metrics_port} is already the gRPC or REST port; pick another.")
     elif v["metrics_port"] and warnings is not None:
         warnings.append("--metrics_port has no effect without --enable_metrics=true.")
+    tls = None
+    if v["ssl_config_file"]:
+        from pyserving.config.ssl_config import load_ssl_config_file
+
+        try:
+            tls = load_ssl_config_file(v["ssl_config_file"])
+        except ValueError as exc:
+            raise FlagError(f"--ssl_config_file={v['ssl_config_file']}: {exc}") from None
+    auth_file = ""
+    if v["auth_config_file"]:
+        from pyserving.config.auth_config import load_auth_config_file
+
+        auth_file = os.path.abspath(v["auth_config_file"])
+        try:
+            load_auth_config_file(auth_file)  # refuse a broken file at start-up; reloads keep the last good one
+        except ValueError as exc:
+            raise FlagError(f"--auth_config_file={v['auth_config_file']}: {exc}") from None
+    _non_negative(v, "max_request_bytes")
+    origins = tuple(o.strip() for o in v["cors_allowed_origins"].split(",") if o.strip())
+    if origins and not v["rest_api_enable_cors_support"]:
+        raise FlagError("--cors_allowed_origins needs --rest_api_enable_cors_support=true.")
     return ServerOptions(
+        tls=tls,
+        auth_config_file=auth_file,
+        max_request_bytes=v["max_request_bytes"],
+        cors_allowed_origins=origins,
         models=models,
         monitoring_path=monitoring_path,
         metrics_port=metrics_port,

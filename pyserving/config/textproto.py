@@ -228,3 +228,28 @@ def read_config_file(path: str, *, what: str) -> str:
                           "a text proto, not a binary one", source=path) from None
     except OSError as e:
         raise ConfigError(f"cannot read {what}: {e.strerror}", source=path) from None
+
+
+_SCALARS = {
+    "string": descriptor_pb2.FieldDescriptorProto.TYPE_STRING,
+    "bool": descriptor_pb2.FieldDescriptorProto.TYPE_BOOL,
+    "int64": descriptor_pb2.FieldDescriptorProto.TYPE_INT64,
+    "double": descriptor_pb2.FieldDescriptorProto.TYPE_DOUBLE,
+}
+
+
+def define_schema(file_name: str, package: str, messages: dict[str, list[tuple[str, int, str, bool]]]) -> None:
+    """Add a proto3 file of `messages` to the default pool: message -> [(field, number, type, repeated)], where
+    type is a scalar name (string, bool, int64, double) or another message's name in the same file."""
+    file = descriptor_pb2.FileDescriptorProto(name=file_name, package=package, syntax="proto3")
+    for message_name, fields in messages.items():
+        message = file.message_type.add(name=message_name)
+        for name, number, type_, repeated in fields:
+            label = (descriptor_pb2.FieldDescriptorProto.LABEL_REPEATED if repeated
+                     else descriptor_pb2.FieldDescriptorProto.LABEL_OPTIONAL)
+            if type_ in _SCALARS:
+                message.field.add(name=name, number=number, type=_SCALARS[type_], label=label)
+            else:
+                message.field.add(name=name, number=number, label=label, type_name=f".{package}.{type_}",
+                                  type=descriptor_pb2.FieldDescriptorProto.TYPE_MESSAGE)
+    build_file(file)

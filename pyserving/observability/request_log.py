@@ -78,6 +78,8 @@ class LoggedRequest:
     timestamp: float
     """time.time() when the request arrived."""
     request_id: str = ""
+    principal: str = ""
+    """Who made the request (API key name or JWT subject; "" without authentication)."""
 
 
 class _Sink(Protocol):
@@ -113,7 +115,7 @@ class RequestLogger:
     earlier runs, and the oldest are deleted. Give each model its own prefix.
 
     JSON lines carry: model, version, signature, api, protocol, code, latency_ms, timestamp (ISO 8601 UTC),
-    request_id, inputs / outputs (alias -> nested lists, bytes as {"b64": ...}), examples (base64 strings),
+    request_id, principal, inputs / outputs (alias -> nested lists, bytes as {"b64": ...}), examples (base64 strings),
     results (classify: [[[label, score], ...], ...], labels as text or {"b64": ...}; regress: [value, ...];
     multi_inference: [{"signature", "method", "result"}, ...]); absent parts are null.
 
@@ -410,7 +412,7 @@ class RequestLogger:
         audit = struct_pb2.Struct()
         audit.update({"api": record.api, "protocol": record.protocol, "code": record.code,
                       "latency_ms": record.latency_s * 1000.0, "timestamp": record.timestamp,
-                      "request_id": record.request_id})
+                      "request_id": record.request_id, "principal": record.principal})
         extra = audit.SerializeToString()
         return entry.SerializeToString() + _AUDIT_TAG + _varint(len(extra)) + extra
 
@@ -442,6 +444,7 @@ class RequestLogger:
             "latency_ms": record.latency_s * 1000.0,
             "timestamp": timestamp.isoformat(timespec="microseconds").replace("+00:00", "Z"),
             "request_id": record.request_id,
+            "principal": record.principal,
             "inputs": self._json_tensors(record.inputs),
             "outputs": self._json_tensors(record.outputs),
             "examples": self._json_examples(record.examples),
@@ -508,7 +511,7 @@ def _payload_bytes(record: LoggedRequest) -> int:
 
 def audit_fields(entry: Any) -> dict[str, Any]:
     """What a PredictionLog written here carries beyond TF Serving's fields: api, protocol, code, latency_ms,
-    timestamp (seconds since the epoch, as a float) and request_id. Empty for a log written elsewhere."""
+    timestamp (seconds since the epoch, as a float), request_id and principal. Empty for a log written elsewhere."""
     from google.protobuf import struct_pb2, unknown_fields
 
     for field in unknown_fields.UnknownFieldSet(entry):

@@ -35,6 +35,8 @@ class RequestInfo:
     version: int | None = None
     signature: str = ""
     request_id: str = ""
+    principal: str = ""
+    """Who made the request (API key name or JWT subject), never a credential."""
     started: float = field(default_factory=time.perf_counter)
     arrived: float = field(default_factory=time.time)
     # Payloads, kept only for request logging (never copied):
@@ -79,11 +81,12 @@ class RequestObserver:
                 model=info.model, version=info.version or 0, signature=info.signature, api=info.api,  # type: ignore[arg-type]
                 inputs=info.inputs, outputs=info.outputs, examples=info.examples, results=info.results,
                 latency_s=latency_s, code=code, protocol=info.protocol,  # type: ignore[arg-type]
-                timestamp=info.arrived, request_id=info.request_id,
+                timestamp=info.arrived, request_id=info.request_id, principal=info.principal,
             ))
         if log.isEnabledFor(logging.DEBUG):
             log.debug("request", extra={"fields": {
                 "event": "request", "model": info.model, "version": info.version, "signature": info.signature,
                 "api": info.api, "protocol": info.protocol, "status": code,
                 "latency_ms": round(latency_s * 1000, 3), "request_id": info.request_id,
+                **({"principal": info.principal} if info.principal else {}),
             }})

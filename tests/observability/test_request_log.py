@@ -112,7 +112,7 @@ def test_tfrecord_logs_every_predict_with_its_tensors_version_latency_and_time(t
         np.testing.assert_array_equal(tf.make_ndarray(response.outputs["y"]), x * 0.5 + 2)
         assert request.model_spec.version.value == 123
         assert audit_fields(entry) == {"api": "predict", "protocol": "grpc", "code": "OK", "latency_ms": 12.5,
-                                       "timestamp": NOW + i, "request_id": f"r{i}"}
+                                       "timestamp": NOW + i, "request_id": f"r{i}", "principal": ""}
 
 
 def test_tfrecord_logs_string_tensors_classify_regress_and_multi_inference(tmp_path: Path) -> None:
@@ -231,7 +231,7 @@ def test_jsonl_lines_carry_the_request(tmp_path: Path) -> None:
     b64 = lambda data: {"b64": base64.b64encode(data).decode()}  # noqa: E731
     assert predicted == {
         "model": "half", "version": 123, "signature": "serving_default", "api": "predict", "protocol": "grpc",
-        "code": "OK", "latency_ms": 12.5, "timestamp": "2026-01-01T00:00:07.250000Z", "request_id": "r7",
+        "code": "OK", "latency_ms": 12.5, "timestamp": "2026-01-01T00:00:07.250000Z", "request_id": "r7", "principal": "",
         "inputs": {"x": [[1.5]], "words": [[b64(b"caf\xc3\xa9")], [b64(b"\xff")]]},
         "outputs": {"y": [2.75], "half": [1.0]}, "examples": None, "results": None,
     }

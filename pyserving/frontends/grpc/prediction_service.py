@@ -37,6 +37,7 @@ from pyserving.core.service import (
 from pyserving.errors import Code, ServingError
 from pyserving.frontends.grpc.errors import GRPC_STATUS, grpc_message
 from pyserving.observability.requests import RequestInfo, RequestObserver, new_request_id
+from pyserving.security.auth import current_principal
 
 T = TypeVar("T")
 
@@ -70,7 +71,8 @@ async def guarded(
 ) -> T:
     """Run one RPC body, counted and timed; a ServingError becomes its gRPC status with TF Serving's message
     truncation."""
-    info = RequestInfo(api=api, protocol="grpc", model=model, request_id=new_request_id())
+    info = RequestInfo(api=api, protocol="grpc", model=model, request_id=new_request_id(),
+                       principal=current_principal.get())
     code = Code.OK
     observer.start(info)
     try:

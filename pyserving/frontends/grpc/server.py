@@ -11,7 +11,11 @@ from typing import Any
 import grpc
 
 from pyserving.codecs.tfserving.protos.services import MODEL_METHODS, MODEL_SERVICE, PREDICTION_METHODS, PREDICTION_SERVICE, MethodTypes
-from pyserving.errors import StartupError
+from pyserving.errors import Code, StartupError
+from pyserving.frontends.grpc.errors import GRPC_STATUS
+from pyserving.options import TlsOptions
+from pyserving.security.auth import ADMIN, METADATA, PREDICT, AuthError, Authenticator, credential_from, \
+    current_principal
 
 log = logging.getLogger("pyserving.server")
 
@@ -20,11 +24,48 @@ HEALTH_SERVICE_NAMES = ("", "tensorflow.serving.ModelService", "tensorflow.servi
 """TF Serving registers these as SERVING in grpc.health.v1 at start-up, statically."""
 
 
-def generic_handler(service_name: str, methods: MethodTypes, servicer: object) -> grpc.GenericRpcHandler:
-    """Unary-unary handlers for `servicer`'s coroutines, named `/{service_name}/{method}`."""
+ACTIONS = {"Predict": PREDICT, "Classify": PREDICT, "Regress": PREDICT, "MultiInference": PREDICT,
+           "GetModelMetadata": METADATA, "GetModelStatus": METADATA, "HandleReloadConfigRequest": ADMIN}
+"""What each method needs in the caller's scopes (--auth_config_file)."""
+
+
+def _model_of(request: Any, action: str) -> str | None:
+    if action == ADMIN:
+        return None  # a reload replaces every model's configuration
+    if hasattr(request, "tasks"):
+        return request.tasks[0].model_spec.name if request.tasks else ""
+    return request.model_spec.name
+
+
+def guarded(behavior: Any, action: str, authenticator: Authenticator) -> Any:
+    """`behavior` run only for callers the Authenticator lets do `action` on the request's model."""
+
+    async def call(request: Any, context: grpc.aio.ServicerContext) -> Any:
+        metadata = {k: v for k, v in reversed(context.invocation_metadata() or ()) if isinstance(v, str)}
+        try:
+            credential = credential_from(metadata.get("authorization"), metadata.get("x-api-key"))
+            principal = authenticator.check(credential, _model_of(request, action), action)
+        except AuthError as exc:
+            if exc.code == Code.RESOURCE_EXHAUSTED:
+                context.set_trailing_metadata((("retry-after", f"{exc.retry_after_s:.3f}"),))
+            await context.abort(GRPC_STATUS[exc.code], exc.message)
+        token = current_principal.set(principal.name if principal is not None else "")
+        try:
+            return await behavior(request, context)
+        finally:
+            current_principal.reset(token)
+
+    return call
+
+
+def generic_handler(service_name: str, methods: MethodTypes, servicer: object,
+                    authenticator: Authenticator | None = None) -> grpc.GenericRpcHandler:
+    """Unary-unary handlers for `servicer`'s coroutines, named `/{service_name}/{method}`; each checks the caller
+    first when there is an `authenticator`."""
     handlers = {
         name: grpc.unary_unary_rpc_method_handler(
-            getattr(servicer, name),
+            guarded(getattr(servicer, name), ACTIONS[name], authenticator) if authenticator is not None
+            else getattr(servicer, name),
             request_deserializer=request_type.FromString,
             response_serializer=response_type.SerializeToString,
         )
@@ -46,6 +87,8 @@ class GrpcListener:
         socket_path: str = "",
         options: Sequence[tuple[str, Any]] = (),
         health: bool = False,
+        tls: TlsOptions | None = None,
+        authenticator: Authenticator | None = None,
     ) -> None:
         self._prediction = prediction
         self._model = model
@@ -54,14 +97,16 @@ class GrpcListener:
         self._socket_path = socket_path
         self._options = list(options)
         self._health = health
+        self._tls = tls
+        self._authenticator = authenticator
         self._server: grpc.aio.Server | None = None
         self.port: int | None = None
 
     async def start(self) -> None:
         server = grpc.aio.server(options=self._options)
         server.add_generic_rpc_handlers((
-            generic_handler(PREDICTION_SERVICE, PREDICTION_METHODS, self._prediction),
-            generic_handler(MODEL_SERVICE, MODEL_METHODS, self._model),
+            generic_handler(PREDICTION_SERVICE, PREDICTION_METHODS, self._prediction, self._authenticator),
+            generic_handler(MODEL_SERVICE, MODEL_METHODS, self._model, self._authenticator),
         ))
         if self._health:
             from grpc_health.v1 import health as grpc_health
@@ -74,16 +119,28 @@ class GrpcListener:
         if self._port:
             address = f"{self._host}:{self._port}"
             try:
-                self.port = server.add_insecure_port(address)
+                self.port = self._add_port(server, address)
             except RuntimeError as exc:
                 raise StartupError(f"Cannot listen for gRPC on {address}: {exc}. Is the port in use? Pick another "
                                    "with --port.") from None
         if self._socket_path:
-            server.add_insecure_port(f"unix:{self._socket_path}")
+            self._add_port(server, f"unix:{self._socket_path}")
         await server.start()
         self._server = server
         log.info("Running gRPC ModelServer at %s:%s%s", self._host, self.port,
                  f" and unix:{self._socket_path}" if self._socket_path else "")
+
+    def _add_port(self, server: grpc.aio.Server, address: str) -> int:
+        """TLS on every gRPC address when configured, as TF Serving does (TCP and UNIX socket)."""
+        if self._tls is None:
+            return server.add_insecure_port(address)
+        tls = self._tls
+        credentials = grpc.ssl_server_credentials(
+            [(tls.server_key.encode(), tls.server_cert.encode())],
+            root_certificates=tls.custom_ca.encode() if tls.custom_ca else None,
+            require_client_auth=tls.client_verify,
+        )
+        return server.add_secure_port(address, credentials)
 
     async def stop(self, grace_s: float) -> None:
         """Stop accepting; let in-flight calls finish for up to `grace_s`."""

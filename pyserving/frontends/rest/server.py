@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import asyncio
 import logging
+import ssl
 from collections.abc import Iterator
 from contextlib import contextmanager
 
@@ -28,7 +29,7 @@ class RestListener:
 
     def __init__(
         self, app: ASGIApp, *, host: str, port: int, what: str, flag: str, grace_s: float = 0,
-        announce: str = "Exporting HTTP at %s:%s",
+        announce: str = "Exporting HTTP at %s:%s", ssl_context: ssl.SSLContext | None = None,
     ) -> None:
         """`what` and `flag` name the listener in errors ("REST", "--rest_api_port"); `announce` is the log line
         (with host and port) once it listens."""
@@ -39,6 +40,7 @@ class RestListener:
         self._flag = flag
         self._grace_s = grace_s
         self._announce = announce
+        self._ssl = ssl_context
         self._server: _UvicornServer | None = None
         self._task: asyncio.Task[None] | None = None
         self.port: int | None = None
@@ -50,6 +52,7 @@ class RestListener:
             # httptools parses HTTP in C (h11, the pure-Python fallback, cost ~15% of a small predict); nothing
             # is proxied in front of us unless the user says so, so skip the X-Forwarded-* rewriting.
             http="httptools", proxy_headers=False,
+            ssl_context_factory=(lambda _config, _default: self._ssl) if self._ssl is not None else None,
         )
         server = self._server = _UvicornServer(config)
         task = self._task = asyncio.create_task(server.serve())
@@ -63,7 +66,7 @@ class RestListener:
                 )
             await asyncio.sleep(0.01)
         self.port = server.servers[0].sockets[0].getsockname()[1] if server.servers else self._requested_port
-        log.info(self._announce, self._host, self.port)
+        log.info(self._announce + (" (TLS)" if self._ssl is not None else ""), self._host, self.port)
 
     async def stop(self) -> None:
         """Stop accepting; in-flight requests finish (uvicorn waits up to the grace period)."""

@@ -21,10 +21,11 @@ from pyserving.core.control import ControlPlane
 from pyserving.core.ids import ServableId, ServableRequest
 from pyserving.core.service import ExamplesRequest, InferenceService, PredictRequest
 from pyserving.core.states import VersionStatus
-from pyserving.errors import Code, ServingError, SignatureNotFoundError
+from pyserving.errors import Code, RequestTooLarge, ServingError, SignatureNotFoundError
 from pyserving.frontends.rest import json_codec
 from pyserving.frontends.rest.errors import HTTP_STATUS
 from pyserving.observability.requests import RequestInfo, RequestObserver, new_request_id
+from pyserving.security.auth import current_principal
 
 _POST = re.compile(r"/v1/models/([^/:]+)(?:(?:/versions/(\d+))|(?:/labels/([^/:]+)))?:(classify|regress|predict)", re.I)
 _GET = re.compile(r"/v1/models(?:/([^/:]+))?(?:(?:/versions/(\d+))|(?:/labels/([^/:]+)))?(?:/(metadata))?", re.I)
@@ -74,18 +75,22 @@ class TfServingV1:
         timeout_ms: int = 30000,
         cors_headers: Mapping[str, str] | None = None,
         observer: RequestObserver | None = None,
+        max_request_bytes: int = 0,
     ) -> None:
         self._service = service
         self._control = control
         self._timeout_s = timeout_ms / 1000 if timeout_ms > 0 else None
         self._extra_headers = dict(cors_headers or {})
         self._observer = observer or RequestObserver(None)
+        self._max_body = max_request_bytes or None
+        self._max_unzipped = max_request_bytes or _MAX_GUNZIPPED_BYTES
 
     def _json(self, body: bytes, status: int = 200) -> Response:
         return Response(body, status_code=status, media_type=_JSON, headers=self._extra_headers)
 
     def _error(self, exc: ServingError) -> Response:
-        return self._json(orjson.dumps({"error": exc.message}), HTTP_STATUS.get(exc.code, 500))
+        status = getattr(exc, "http_status", None) or HTTP_STATUS.get(exc.code, 500)
+        return self._json(orjson.dumps({"error": exc.message}), status)
 
     async def handle(self, request: Request) -> Response:
         """Any request whose path is under /v1/."""
@@ -94,7 +99,7 @@ class TfServingV1:
             if _ORIGIN.fullmatch(request.headers.get("origin", "")):
                 return Response(b"", status_code=200, headers=self._extra_headers)
             return Response(b"", status_code=400, headers=self._extra_headers)
-        info = RequestInfo(api="", protocol="rest",
+        info = RequestInfo(api="", protocol="rest", principal=current_principal.get(),
                            request_id=request.headers.get("x-request-id") or new_request_id())
         code = Code.OK
         self._observer.start(info)
@@ -154,14 +159,32 @@ class TfServingV1:
         statuses = self._control.status(target.name, self._service.resolve_version(target))
         return self._json(orjson.dumps(_version_status_json(statuses)))
 
+    async def _read(self, request: Request) -> bytes:
+        """The body as sent, refused as soon as it passes --max_request_bytes (announced or not)."""
+        limit = self._max_body
+        if limit is None:
+            return await request.body()
+        announced = request.headers.get("content-length")
+        if announced is not None and announced.isdigit() and int(announced) > limit:
+            raise RequestTooLarge("The request body", limit)
+        chunks, size = [], 0
+        async for chunk in request.stream():
+            size += len(chunk)
+            if size > limit:
+                raise RequestTooLarge("The request body", limit)
+            chunks.append(chunk)
+        return b"".join(chunks)
+
     async def _body(self, request: Request) -> bytes:
-        body = await request.body()
+        body = await self._read(request)
         encoding = request.headers.get("content-encoding", "")
         if "gzip" in encoding.lower():
             try:
                 decompressor = zlib.decompressobj(16 + zlib.MAX_WBITS)
-                body = decompressor.decompress(body, _MAX_GUNZIPPED_BYTES)
+                body = decompressor.decompress(body, self._max_unzipped)
                 if decompressor.unconsumed_tail:
+                    if self._max_body is not None:
+                        raise RequestTooLarge("The request body once uncompressed", self._max_unzipped)
                     raise ServingError(
                         Code.INVALID_ARGUMENT,
                         f"Request body is larger than {_MAX_GUNZIPPED_BYTES} bytes once uncompressed.",

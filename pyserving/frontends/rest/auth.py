@@ -1,0 +1,78 @@
+"""The REST door: authentication and authorization as ASGI middleware in front of the router, so a refused
+request never reaches a handler (or the model). TF Serving's error shape: {"error": "..."} with 401 (and
+`WWW-Authenticate: Bearer`), 403 or 429 (and `Retry-After`)."""
+
+from __future__ import annotations
+
+import math
+import re
+
+import orjson
+from starlette.datastructures import Headers
+from starlette.types import ASGIApp, Receive, Scope, Send
+
+from pyserving.errors import Code
+from pyserving.security.auth import ANY, METADATA, METRICS, PREDICT, AuthError, Authenticator, credential_from, \
+    current_principal
+
+_POST = re.compile(r"/v1/models/([^/:]+)(?:/(?:versions|labels)/[^/:]+)?:(?:classify|regress|predict)", re.I)
+_GET = re.compile(r"/v1/models(?:/([^/:]+))?(?:/.*)?", re.I)
+_PUBLIC_PATHS = frozenset(("/healthz", "/readyz"))
+_STATUS = {Code.UNAUTHENTICATED: 401, Code.PERMISSION_DENIED: 403, Code.RESOURCE_EXHAUSTED: 429}
+
+
+def _target(method: str, path: str, metrics_path: str) -> tuple[str | None, str] | None:
+    """(model, action) a request needs, or None for a public endpoint."""
+    if path in _PUBLIC_PATHS or method == "OPTIONS":  # CORS preflights carry no credentials
+        return None
+    if metrics_path and path == metrics_path:
+        return None, METRICS
+    if method == "POST" and (m := _POST.fullmatch(path)):
+        return m.group(1), PREDICT
+    if method == "GET" and (m := _GET.fullmatch(path)):
+        return m.group(1), METADATA
+    return None, ANY  # an unknown path: any caller may learn it is a 400 / 404
+
+
+class AuthMiddleware:
+    """Checks every HTTP request against the Authenticator before `app` sees it."""
+
+    def __init__(self, app: ASGIApp, authenticator: Authenticator, *, metrics_path: str = "",
+                 metrics_only: bool = False) -> None:
+        """`metrics_only`: the app is the --metrics_port endpoint (every path is the metrics)."""
+        self._app = app
+        self._auth = authenticator
+        self._metrics_path = metrics_path
+        self._metrics_only = metrics_only
+
+    async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
+        if scope["type"] != "http":
+            return await self._app(scope, receive, send)
+        target = (None, METRICS) if self._metrics_only else _target(scope["method"], scope["path"],
+                                                                     self._metrics_path)
+        if target is None:
+            return await self._app(scope, receive, send)
+        headers = Headers(scope=scope)
+        try:
+            credential = credential_from(headers.get("authorization"), headers.get("x-api-key"))
+            principal = self._auth.check(credential, target[0], target[1])
+        except AuthError as exc:
+            return await _refuse(exc, send)
+        token = current_principal.set(principal.name if principal is not None else "")
+        try:
+            await self._app(scope, receive, send)
+        finally:
+            current_principal.reset(token)
+
+
+async def _refuse(exc: AuthError, send: Send) -> None:
+    status = _STATUS.get(exc.code, 401)
+    headers = [(b"content-type", b"application/json")]
+    if status == 401:
+        headers.append((b"www-authenticate", b'Bearer realm="pyserving"'))
+    if status == 429:
+        headers.append((b"retry-after", str(max(1, math.ceil(exc.retry_after_s))).encode()))
+    body = orjson.dumps({"error": exc.message})
+    headers.append((b"content-length", str(len(body)).encode()))
+    await send({"type": "http.response.start", "status": status, "headers": headers})
+    await send({"type": "http.response.body", "body": body})
