@@ -329,8 +329,7 @@ def test_plain_http_to_the_tls_port_is_not_served(proxy: Proxy) -> None:
     except requests.RequestException:
         return
     assert response.status_code == 400, response.text
-    assert "plain HTTP request was sent to HTTPS port" in response.text
-    assert "predictions" not in response.text
+    assert response.json() == {"error": "plain HTTP request sent to the HTTPS port: use https"}
 
 
 def test_port_80_refuses_plain_http_without_proxying(proxy: Proxy) -> None:
