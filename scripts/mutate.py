@@ -36,6 +36,7 @@ import json
 import os
 import shlex
 import shutil
+import signal
 import subprocess
 import sys
 import tempfile
@@ -244,6 +245,12 @@ def main(argv: list[str] | None = None) -> int:
     timeout_s = max(30.0, args.timeout_factor * clean_s)
     print(f"clean run: {clean_s:.1f} s; {len(all_mutants)} mutants, each up to {timeout_s:.0f} s", flush=True)
 
+    def stop(signum: int, frame: object) -> None:
+        raise KeyboardInterrupt
+
+    # SIGTERM (or SIGINT even when started in the background) stops the run and still reports what ran
+    signal.signal(signal.SIGTERM, stop)
+    signal.signal(signal.SIGINT, stop)
     originals = {m.file: (workdir / m.file).read_text() for m, _ in all_mutants}
     results = []
     try:
