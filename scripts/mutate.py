@@ -12,12 +12,12 @@ passed). Survivors are printed with their line and what changed.
 
 Run it from the repository root with the project's venv:
 
-    python scripts/mutate.py pyserving/core/routing.py pyserving/core/transitions.py \
-        --tests tests/core/test_transitions.py tests/test_canary.py
+    python scripts/mutate.py pyserving/core/transitions.py pyserving/core/version_policy.py \
+        --tests "tests/core/test_transitions.py tests/core/test_version_policy.py"
 
-    # only some functions, and at most 40 mutants
+    # only some functions, at most 40 mutants, selected tests (--tests is one string of pytest arguments)
     python scripts/mutate.py pyserving/core/canary.py --functions _check window --max-mutants 40 \
-        --tests tests/test_safety_net_canary.py tests/test_canary.py
+        --tests "tests/test_safety_net_canary.py tests/test_canary.py -k 'rollback or window'"
 
     # list the mutants without running anything
     python scripts/mutate.py pyserving/core/canary.py --list
@@ -34,7 +34,9 @@ import ast
 import copy
 import json
 import os
+import shlex
 import shutil
+import signal
 import subprocess
 import sys
 import tempfile
@@ -206,7 +208,8 @@ def run_tests(workdir: Path, tests: list[str], timeout_s: float) -> tuple[str, f
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("files", nargs="+", help="source files to mutate, relative to the repository root")
-    parser.add_argument("--tests", nargs="+", default=["tests/core"], help="pytest arguments (paths, -k ...)")
+    parser.add_argument("--tests", default="tests/core",
+                        help='pytest arguments in one string, e.g. "tests/test_canary.py -k sticky"')
     parser.add_argument("--functions", nargs="*", help="only mutate these functions (name or Class.name)")
     parser.add_argument("--max-mutants", type=int, default=0, help="stop after this many mutants (0: all)")
     parser.add_argument("--timeout-factor", type=float, default=3.0)
@@ -234,20 +237,27 @@ def main(argv: list[str] | None = None) -> int:
         shutil.copytree(REPO, workdir, dirs_exist_ok=True,
                         ignore=shutil.ignore_patterns(".git", ".venv", "mutants", "__pycache__", "*.pyc"))
     print(f"scratch copy: {workdir}", flush=True)
-    status, clean_s = run_tests(workdir, args.tests, 1800)
+    tests = shlex.split(args.tests)
+    status, clean_s = run_tests(workdir, tests, 1800)
     if status != "survived":
         print("the tests fail without any mutation: fix them first", file=sys.stderr)
         return 2
     timeout_s = max(30.0, args.timeout_factor * clean_s)
     print(f"clean run: {clean_s:.1f} s; {len(all_mutants)} mutants, each up to {timeout_s:.0f} s", flush=True)
 
+    def stop(signum: int, frame: object) -> None:
+        raise KeyboardInterrupt
+
+    # SIGTERM (or SIGINT even when started in the background) stops the run and still reports what ran
+    signal.signal(signal.SIGTERM, stop)
+    signal.signal(signal.SIGINT, stop)
     originals = {m.file: (workdir / m.file).read_text() for m, _ in all_mutants}
     results = []
     try:
         for n, (mutant, source) in enumerate(all_mutants, 1):
             target = workdir / mutant.file
             target.write_text(source)
-            mutant.status, mutant.seconds = run_tests(workdir, args.tests, timeout_s)
+            mutant.status, mutant.seconds = run_tests(workdir, tests, timeout_s)
             target.write_text(originals[mutant.file])
             results.append(mutant)
             print(f"[{n}/{len(all_mutants)}] {mutant.status:16} {mutant.file}:{mutant.line} {mutant.function} "

@@ -17,37 +17,54 @@ from tensorflow_serving.apis import predict_pb2, prediction_service_pb2_grpc
 
 from conftest import RunningServer
 
-_SLEEPY_CACHE: dict[tuple[Path, int], Path] = {}
+_SLEEPY_CACHE: dict[tuple[Path, int, bool, int], Path] = {}
 
 
-def export_sleepy_model(path: Path, sleep_ms: int) -> None:
+def export_sleepy_model(path: Path, sleep_ms: int, *, x_adds_ms: bool = False, slow_every: int = 1) -> None:
     """A SavedModel whose serving_default takes x: float32 [None] and returns y = x, after sleeping at least
     `sleep_ms` (a tf.data sleep: it waits without burning CPU, so its latency does not depend on the machine's
-    load). sleep_ms=0 is a plain identity."""
+    load) on every `slow_every`-th call (a counter in the model; 1: every call). With `x_adds_ms`, it sleeps
+    max(x[0], 0) ms longer: one request can be made slow on purpose. sleep_ms=0 without x_adds_ms is a plain
+    identity."""
     from tensorflow.python.data.experimental.ops import testing as data_testing
 
     micros = int(sleep_ms * 1000)
 
     class Sleepy(tf.Module):
+        def __init__(self) -> None:
+            super().__init__()
+            self.calls = tf.Variable(0, dtype=tf.int64, trainable=False)
+
         @tf.function(input_signature=[tf.TensorSpec([None], tf.float32, name="x")])
         def serve(self, x: tf.Tensor) -> dict[str, tf.Tensor]:
-            if micros <= 0:
+            if micros <= 0 and not x_adds_ms:
                 return {"y": tf.identity(x)}
-            ds = tf.data.Dataset.from_tensors(tf.constant(0.0)).apply(data_testing.sleep(micros))
-            zero = ds.reduce(tf.constant(0.0), lambda acc, v: acc + v)
-            return {"y": x + zero}
+            sleep = tf.constant(micros, tf.int64)
+            if slow_every > 1:
+                calls = self.calls.assign_add(1)
+                sleep = tf.where(calls % slow_every == 0, sleep, tf.constant(0, tf.int64))
+            if x_adds_ms:
+                sleep += tf.cast(tf.maximum(x[0], 0.0) * 1000, tf.int64)
+
+            def slept() -> tf.Tensor:
+                ds = tf.data.Dataset.from_tensors(tf.constant(0.0)).apply(data_testing.sleep(sleep))
+                return x + ds.reduce(tf.constant(0.0), lambda acc, v: acc + v)
+
+            # a tf.data pipeline costs milliseconds even with no sleep: skip it when there is nothing to wait for
+            return {"y": tf.cond(sleep > 0, slept, lambda: tf.identity(x))}
 
     module = Sleepy()
     tf.saved_model.save(module, str(path), signatures={"serving_default": module.serve})
 
 
-def sleepy_version(root: Path, sleep_ms: int, target: Path) -> Path:
-    """Copy a sleepy export (made once per `root` and latency) to `target` (a version directory)."""
-    key = (root, sleep_ms)
+def sleepy_version(root: Path, sleep_ms: int, target: Path, *, x_adds_ms: bool = False,
+                   slow_every: int = 1) -> Path:
+    """Copy a sleepy export (made once per `root`, latency and kind) to `target` (a version directory)."""
+    key = (root, sleep_ms, x_adds_ms, slow_every)
     source = _SLEEPY_CACHE.get(key)
     if source is None:
-        source = root / f"sleepy_{sleep_ms}ms"
-        export_sleepy_model(source, sleep_ms)
+        source = root / f"sleepy_{sleep_ms}ms_every_{slow_every}{'_plus_x' if x_adds_ms else ''}"
+        export_sleepy_model(source, sleep_ms, x_adds_ms=x_adds_ms, slow_every=slow_every)
         _SLEEPY_CACHE[key] = source
     shutil.copytree(source, target)
     return target

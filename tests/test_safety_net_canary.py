@@ -17,7 +17,7 @@ from tensorflow_serving.apis import predict_pb2
 
 from conftest import export_picky_model, run_server
 from pyserving.config.flags import server_options
-from safety_net_kit import Predictor, arm, metric_value, sleepy_version, split_of, wait_for
+from safety_net_kit import Predictor, arm, grpc_predict, metric_value, sleepy_version, split_of, wait_for
 
 HALF_PLUS_TWO = "saved_model_half_plus_two_cpu/00000123"
 
@@ -48,31 +48,61 @@ def half_plus_two_and_picky(testdata: Path, base: Path) -> Path:
 
 
 def test_slow_candidate_is_rolled_back_by_the_p99_latency_guard(exports: Path, tmp_path: Path) -> None:
+    """A candidate whose every 10th call takes 10+ ms (its median is as fast as the baseline's) is rolled back on
+    p99 latency, even though the baseline's single slowest call (100+ ms, on purpose) is slower than every
+    candidate call: the guard looks at the tail, and a p99 over 100+ samples is not the maximum."""
     base = tmp_path / "m"
-    sleepy_version(exports, 0, base / "2")  # baseline: identity, well under a millisecond
-    sleepy_version(exports, 10, base / "3")  # candidate: the same answers, at least 10 ms each
+    sleepy_version(exports, 0, base / "2", x_adds_ms=True)  # baseline: no sleep at x=0
+    sleepy_version(exports, 10, base / "3", x_adds_ms=True, slow_every=10)  # candidate: 10+ ms every 10th call
     guard = ("rollback { max_p99_latency_ratio: 2 max_error_rate_increase: 0.5 window_seconds: 60 "
              "min_requests: 20 }")
+    arms = [(2, 50), (3, 50)]
     path = tmp_path / "models.config"
-    write_config(path, config_text(base, f'percentage {{ version: "2" value: 50 }} '
-                                         f'percentage {{ version: "3" value: 50 }} {guard}'))
+    write_config(path, config_text(base, 'percentage { version: "2" value: 50 } percentage { version: "3" value: 50 } '
+                                         f'sticky_key: "X-User-Id" {guard}'))
     with serve(path) as server:
-        predict = Predictor(server)
+        # warm both versions with pinned requests (not routed, so not measured): no cold first call counts
+        assert [grpc_predict(server, 0.0, version=v) for v in (2, 3)] == [2, 3]
+        # one deliberately slow baseline call (a sticky user the documented hash puts on version 2)
+        user = next(f"user-{i}" for i in range(100) if documented_sticky_arm(f"user-{i}", arms) == 2)
+        assert grpc_predict(server, 100.0, metadata=(("x-user-id", user),)) == 2
+        predict = Predictor(server)  # no routing key: random arms
         outcomes: list[int | str] = []
-        # The guard needs 100 samples on each side for a p99; ~100 candidate calls take ~1-2 s.
+        # The guard needs 100 samples on each side for a p99: ~250 requests, ~1 s.
         for i in range(700):
-            outcomes.append(predict(1.0))
+            outcomes.append(predict(0.0))
             if i % 25 == 24 and arm(split_of(server), "3")["weight"] == 0:
                 break
         split = split_of(server)
         candidate = arm(split, "3")
         assert all(isinstance(o, int) for o in outcomes), [o for o in outcomes if isinstance(o, str)][:3]
         assert candidate["requests"] >= 100, "the candidate never got enough samples: the test proves nothing"
-        assert candidate["weight"] == 0, f"a candidate 10+ ms slower than a sub-ms baseline was not rolled back: {split}"
+        assert candidate["weight"] == 0, f"a candidate with a 10+ ms tail over a sub-ms baseline was not rolled back: {split}"
         assert "p99 latency" in candidate["rolled_back"], candidate
         assert split["rollbacks"] == 1 and candidate["errors"] == 0
         assert arm(split, "2")["weight"] == 100
-        assert {predict(1.0) for _ in range(30)} == {2}
+        assert {predict(0.0) for _ in range(30)} == {2}
+        predict.close()
+
+
+def test_candidate_within_its_error_budget_is_not_rolled_back(testdata: Path, tmp_path: Path) -> None:
+    """About 10% candidate errors against an allowed increase of 25 points: the guard must leave it alone."""
+    base = half_plus_two_and_picky(testdata, tmp_path / "m")
+    guard = "rollback { max_error_rate_increase: 0.25 max_p99_latency_ratio: 1000 window_seconds: 60 min_requests: 20 }"
+    path = tmp_path / "models.config"
+    write_config(path, config_text(base, f'percentage {{ version: "2" value: 50 }} '
+                                         f'percentage {{ version: "3" value: 50 }} {guard}'))
+    with serve(path) as server:
+        predict = Predictor(server, shape=[1, 1])
+        started = time.monotonic()
+        outcomes = [predict(0.9 if i % 10 == 0 else 0.1) for i in range(300)]
+        while time.monotonic() - started < 0.6:  # the guard checks every 0.2 s: give it several looks
+            outcomes.append(predict(0.1))
+        split = split_of(server)
+        candidate = arm(split, "3")
+        assert outcomes.count("INVALID_ARGUMENT") >= 3, "the candidate hardly failed: the test proves nothing"
+        assert candidate["requests"] >= 100 and 0 < candidate["errors"] < 0.2 * candidate["requests"], candidate
+        assert split["rollbacks"] == 0 and candidate["weight"] == 50, f"rolled back within its error budget: {split}"
         predict.close()
 
 
