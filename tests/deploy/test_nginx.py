@@ -74,7 +74,10 @@ class Tls:
 
 @pytest.fixture(scope="module")
 def tls(tmp_path_factory: pytest.TempPathFactory) -> Tls:
-    import trustme
+    try:
+        import trustme
+    except ImportError:
+        pytest.fail("trustme is not installed; it is in pyproject's test extra: pip install -e '.[test]'")
 
     directory = tmp_path_factory.mktemp("tls")
     ca = trustme.CA()
@@ -323,11 +326,8 @@ def test_the_key_in_another_scheme_is_refused(proxy: Proxy) -> None:
 
 
 def test_plain_http_to_the_tls_port_is_not_served(proxy: Proxy) -> None:
-    try:
-        response = requests.post(f"http://127.0.0.1:{proxy.https_port}/v1/models/half:predict",
-                                 json={"instances": [1.0, 2.0]}, headers=bearer(TEST_KEY), timeout=TIMEOUT)
-    except requests.RequestException:
-        return
+    response = requests.post(f"http://127.0.0.1:{proxy.https_port}/v1/models/half:predict",
+                             json={"instances": [1.0, 2.0]}, headers=bearer(TEST_KEY), timeout=TIMEOUT)
     assert response.status_code == 400, response.text
     assert response.json() == {"error": "plain HTTP request sent to the HTTPS port: use https"}
 
