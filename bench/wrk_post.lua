@@ -10,6 +10,12 @@ wrk.method = "POST"
 wrk.body = f:read("*a")
 f:close()
 wrk.headers["Content-Type"] = "application/json"
+-- BENCH_HEADER="Name: value" adds one request header (bench/security.py sends Authorization with it)
+local extra = os.getenv("BENCH_HEADER")
+if extra ~= nil and extra ~= "" then
+  local name, value = extra:match("^([^:]+):%s*(.*)$")
+  wrk.headers[name] = value
+end
 
 function done(summary, latency, requests)
   local e = summary.errors

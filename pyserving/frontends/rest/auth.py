@@ -8,7 +8,6 @@ import math
 import re
 
 import orjson
-from starlette.datastructures import Headers
 from starlette.types import ASGIApp, Receive, Scope, Send
 
 from pyserving.errors import Code
@@ -52,9 +51,14 @@ class AuthMiddleware:
                                                                      self._metrics_path)
         if target is None:
             return await self._app(scope, receive, send)
-        headers = Headers(scope=scope)
+        authorization = api_key = None
+        for name, value in scope["headers"]:  # one pass, no Headers object: this runs on every request
+            if name == b"authorization" and authorization is None:
+                authorization = value.decode("latin-1")
+            elif name == b"x-api-key" and api_key is None:
+                api_key = value.decode("latin-1")
         try:
-            credential = credential_from(headers.get("authorization"), headers.get("x-api-key"))
+            credential = credential_from(authorization, api_key)
             principal = self._auth.check(credential, target[0], target[1])
         except AuthError as exc:
             return await _refuse(exc, send)

@@ -1,0 +1,97 @@
+"""Two commits of pyserving, interleaved: is a change within noise? The small model, REST (wrk) and gRPC (h2load),
+without and with batching, each commit's server measured in turn, `--rounds` times, medians compared.
+
+    python bench/ab_commits.py BASE NEW [--rounds 3] [--duration 5] [--concurrency 32] [--plot ab.png]
+
+Interleaving matters on a shared 2-core machine: a slow minute hits both commits instead of one. Each commit is
+exported with `git archive` (as bench/batching.py --commit does) and served with `pyserving serve`.
+"""
+
+from __future__ import annotations
+
+import argparse
+import statistics
+import sys
+import tempfile
+from pathlib import Path
+
+from batching import pyserving_source
+from security import h2load, setup, start, stop, wrk
+
+BATCHING_FILE = "max_batch_size { value: 64 } batch_timeout_micros { value: 1000 } " \
+                "max_enqueued_batches { value: 1000 } num_batch_threads { value: 2 }"
+
+
+def main() -> int:
+    p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    p.add_argument("base")
+    p.add_argument("new")
+    p.add_argument("--rounds", type=int, default=3)
+    p.add_argument("--duration", type=float, default=5.0)
+    p.add_argument("--warmup", type=float, default=1.0)
+    p.add_argument("--concurrency", type=int, default=32)
+    p.add_argument("--plot", type=Path)
+    p.add_argument("--scratch", type=Path, default=Path(tempfile.gettempdir()) / "pyserving-bench")
+    args = p.parse_args()
+    args.scratch.mkdir(parents=True, exist_ok=True)
+    model, _, _, body, frame = setup(args.scratch)
+    batching = args.scratch / "ab_batching.config"
+    batching.write_text(BATCHING_FILE)
+    sources = {}
+    for commit in (args.base, args.new):
+        src, described = pyserving_source(commit, args.scratch)
+        sources[commit] = Path(src)
+        print(f"{commit}: {described}")
+    results: dict[tuple[str, str, str], list[float]] = {}
+    for round_ in range(args.rounds):
+        for commit, src in sources.items():
+            for batch in ("no", "yes"):
+                extra = (f"--enable_batching=true", f"--batching_parameters_file={batching}") if batch == "yes" else ()
+                proc, rest, grpc_port = start(model, None, None, args.scratch / f"ab-{commit}.log", src=src,
+                                              extra=extra)
+                try:
+                    for protocol, run, url, payload in (
+                        ("REST", wrk, f"http://127.0.0.1:{rest}/v1/models/small:predict", body),
+                        ("gRPC", h2load, f"http://127.0.0.1:{grpc_port}/tensorflow.serving.PredictionService/Predict",
+                         frame),
+                    ):
+                        run(url, payload, "", args.concurrency, args.warmup)
+                        qps, _, _, errors = run(url, payload, "", args.concurrency, args.duration)
+                        if errors:
+                            print(f"  ! {errors} errors")
+                        results.setdefault((commit, protocol, batch), []).append(qps)
+                        print(f"  round {round_ + 1} {commit:>10s} {protocol} batching {batch}: {qps:8.1f} req/s",
+                              flush=True)
+                finally:
+                    stop(proc)
+    print(f"\nmedian QPS over {args.rounds} interleaved rounds (c={args.concurrency}, {args.duration:g} s points)")
+    print(f"{'proto':5s} {'batch':5s} {args.base:>12s} {args.new:>12s}  new/base  spread(base)  spread(new)")
+    for protocol in ("REST", "gRPC"):
+        for batch in ("no", "yes"):
+            a, b = results[(args.base, protocol, batch)], results[(args.new, protocol, batch)]
+            spread = lambda v: (max(v) - min(v)) / statistics.median(v)  # noqa: E731
+            print(f"{protocol:5s} {batch:5s} {statistics.median(a):12.1f} {statistics.median(b):12.1f}  "
+                  f"{statistics.median(b) / statistics.median(a):8.3f}  {spread(a):11.1%}  {spread(b):10.1%}")
+    if args.plot:
+        import matplotlib
+
+        matplotlib.use("Agg")
+        import matplotlib.pyplot as plt
+
+        labels = [f"{pr}\nbatch {b}" for pr in ("REST", "gRPC") for b in ("no", "yes")]
+        fig, ax = plt.subplots(figsize=(7, 4))
+        for i, commit in enumerate((args.base, args.new)):
+            values = [statistics.median(results[(commit, pr, b)]) for pr in ("REST", "gRPC") for b in ("no", "yes")]
+            ax.bar([j + i * 0.4 for j in range(4)], values, width=0.4, label=commit)
+        ax.set_xticks([j + 0.2 for j in range(4)], labels)
+        ax.set_ylabel("requests/s (median)")
+        ax.set_title(f"small model, c={args.concurrency}, {args.rounds} interleaved rounds")
+        ax.legend()
+        fig.tight_layout()
+        fig.savefig(args.plot, dpi=120)
+        print(f"plot written to {args.plot}")
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,18 @@
+#!/usr/bin/env bash
+# The README's test command: installs what the tests need on a fresh Debian machine (Prometheus's promtool for the
+# alert rules, nginx for deploy/nginx, wrk/h2load are bench-only), makes the venv, runs pytest.
+set -euo pipefail
+cd "$(dirname "$0")/.."
+missing=()
+command -v promtool >/dev/null 2>&1 || missing+=(prometheus)
+{ command -v nginx >/dev/null 2>&1 || test -x /usr/sbin/nginx; } || missing+=(nginx)
+if [ ${#missing[@]} -gt 0 ]; then
+  SUDO=""; [ "$(id -u)" -eq 0 ] || SUDO="sudo"
+  $SUDO apt-get update -qq
+  DEBIAN_FRONTEND=noninteractive $SUDO apt-get install -y -qq "${missing[@]}" >/dev/null
+fi
+PY=python3.11
+command -v "$PY" >/dev/null 2>&1 || PY=python3
+"$PY" -m venv .venv
+.venv/bin/pip install -q -e '.[test]'
+exec .venv/bin/python -m pytest -q "$@"
