@@ -16,7 +16,7 @@ import tempfile
 from pathlib import Path
 
 from batching import pyserving_source
-from security import h2load, setup, start, stop, wrk
+from security import cpu_s, h2load, setup, start, stop, wrk
 
 BATCHING_FILE = "max_batch_size { value: 64 } batch_timeout_micros { value: 1000 } " \
                 "max_enqueued_batches { value: 1000 } num_batch_threads { value: 2 }"
@@ -43,10 +43,11 @@ def main() -> int:
         sources[commit] = Path(src)
         print(f"{commit}: {described}")
     results: dict[tuple[str, str, str], list[float]] = {}
+    cpu: dict[tuple[str, str, str], list[float]] = {}
     for round_ in range(args.rounds):
         for commit, src in sources.items():
             for batch in ("no", "yes"):
-                extra = (f"--enable_batching=true", f"--batching_parameters_file={batching}") if batch == "yes" else ()
+                extra = ("--enable_batching=true", f"--batching_parameters_file={batching}") if batch == "yes" else ()
                 proc, rest, grpc_port = start(model, None, None, args.scratch / f"ab-{commit}.log", src=src,
                                               extra=extra)
                 try:
@@ -56,22 +57,28 @@ def main() -> int:
                          frame),
                     ):
                         run(url, payload, "", args.concurrency, args.warmup)
+                        cpu0 = cpu_s(proc.pid)
                         qps, _, _, errors = run(url, payload, "", args.concurrency, args.duration)
+                        cpu_us = (cpu_s(proc.pid) - cpu0) / (qps * args.duration) * 1e6
                         if errors:
                             print(f"  ! {errors} errors")
                         results.setdefault((commit, protocol, batch), []).append(qps)
-                        print(f"  round {round_ + 1} {commit:>10s} {protocol} batching {batch}: {qps:8.1f} req/s",
-                              flush=True)
+                        cpu.setdefault((commit, protocol, batch), []).append(cpu_us)
+                        print(f"  round {round_ + 1} {commit:>10s} {protocol} batching {batch}: {qps:8.1f} req/s, "
+                              f"server CPU {cpu_us:6.0f} us/request", flush=True)
                 finally:
                     stop(proc)
     print(f"\nmedian QPS over {args.rounds} interleaved rounds (c={args.concurrency}, {args.duration:g} s points)")
-    print(f"{'proto':5s} {'batch':5s} {args.base:>12s} {args.new:>12s}  new/base  spread(base)  spread(new)")
+    print("and the server's CPU time per request (steadier than QPS when the machine is shared)")
+    print(f"{'proto':5s} {'batch':5s} {'QPS ' + args.base:>14s} {'QPS ' + args.new:>14s}  new/base  "
+          f"{'CPU us ' + args.base:>16s} {'CPU us ' + args.new:>16s}  new/base")
     for protocol in ("REST", "gRPC"):
         for batch in ("no", "yes"):
-            a, b = results[(args.base, protocol, batch)], results[(args.new, protocol, batch)]
-            spread = lambda v: (max(v) - min(v)) / statistics.median(v)  # noqa: E731
-            print(f"{protocol:5s} {batch:5s} {statistics.median(a):12.1f} {statistics.median(b):12.1f}  "
-                  f"{statistics.median(b) / statistics.median(a):8.3f}  {spread(a):11.1%}  {spread(b):10.1%}")
+            key_a, key_b = (args.base, protocol, batch), (args.new, protocol, batch)
+            qa, qb = statistics.median(results[key_a]), statistics.median(results[key_b])
+            ca, cb = statistics.median(cpu[key_a]), statistics.median(cpu[key_b])
+            print(f"{protocol:5s} {batch:5s} {qa:14.1f} {qb:14.1f}  {qb / qa:8.3f}  {ca:16.0f} {cb:16.0f}  "
+                  f"{cb / ca:8.3f}")
     if args.plot:
         import matplotlib
 

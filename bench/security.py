@@ -1,9 +1,11 @@
 """What TLS and authentication cost per request: the small model served four ways in one run (plain, API-key auth,
 TLS, TLS + auth), REST driven by wrk and gRPC by h2load, both C load generators, at one concurrency.
 
-    python bench/security.py [--duration 8] [--warmup 2] [--concurrency 32] [--plot security.png]
+    python bench/security.py [--duration 8] [--warmup 2] [--concurrency 32] [--rounds 3] [--plot security.png]
 
-Ratios are against the plain server measured in the same run. Auth is an API key (SHA-256 + constant-time compare
+Ratios are against the plain server measured in the same run; the four servers are measured in turn, `--rounds`
+times, and medians reported, so a noisy minute hits every configuration. Besides QPS it reports the server's CPU
+time per request (from /proc), which a busy machine disturbs less. Auth is an API key (SHA-256 + constant-time compare
 per request); TLS is TF Serving's SSLConfig (--ssl_config_file) on both ports. Needs wrk and h2load (Debian:
 wrk, nghttp2-client), trustme, and matplotlib for --plot. Everything listens on 127.0.0.1 and stops by itself.
 """
@@ -17,6 +19,7 @@ import os
 import re
 import shutil
 import signal
+import statistics
 import struct
 import subprocess
 import sys
@@ -42,6 +45,7 @@ class Row:
     p50_ms: float
     p99_ms: float
     errors: int
+    cpu_us: float
 
 
 def free_port() -> int:
@@ -103,6 +107,13 @@ def start(model: Path, tls: Path | None, auth: Path | None, log: Path, *, src: P
     raise RuntimeError("server did not start in 120 s")
 
 
+def cpu_s(pid: int) -> float:
+    """CPU seconds the server process has used (all its threads)."""
+    with open(f"/proc/{pid}/stat") as f:
+        fields = f.read().rsplit(")", 1)[1].split()
+    return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
+
+
 def stop(proc: subprocess.Popen[bytes]) -> None:
     try:
         os.killpg(proc.pid, signal.SIGTERM)
@@ -139,6 +150,12 @@ def h2load(url: str, frame: Path, header: str, concurrency: int, seconds: float)
     return qps, mean_ms, float("nan"), failed + (done - ok)
 
 
+def _median(rows: list[Row]) -> Row:
+    med = lambda values: statistics.median(values)  # noqa: E731
+    return Row(rows[0].config, rows[0].protocol, med([r.qps for r in rows]), med([r.p50_ms for r in rows]),
+               med([r.p99_ms for r in rows]), sum(r.errors for r in rows), med([r.cpu_us for r in rows]))
+
+
 def _ms(text: str) -> float:
     value = float(re.match(r"[\d.]+", text).group(0))  # type: ignore[union-attr]
     return value / 1000 if text.endswith("us") else value * 1000 if text.endswith("s") and not text.endswith("ms") \
@@ -150,6 +167,7 @@ def main() -> int:
     p.add_argument("--duration", type=float, default=8.0)
     p.add_argument("--warmup", type=float, default=2.0)
     p.add_argument("--concurrency", type=int, default=32)
+    p.add_argument("--rounds", type=int, default=3, help="configurations measured in turn this many times; medians")
     p.add_argument("--plot", type=Path)
     p.add_argument("--scratch", type=Path, default=Path(tempfile.gettempdir()) / "pyserving-bench")
     args = p.parse_args()
@@ -161,7 +179,7 @@ def main() -> int:
     rows: list[Row] = []
     print(f"small model, c={args.concurrency}, {args.duration:g} s per point after {args.warmup:g} s warm-up; "
           f"{os.cpu_count()} cores")
-    for name, (tls, auth) in CONFIGS.items():
+    for name, (tls, auth) in [item for _ in range(args.rounds) for item in CONFIGS.items()]:
         proc, rest, grpc_port = start(model, ssl_config if tls else None, auth_config if auth else None,
                                       args.scratch / f"security-{name}.log")
         try:
@@ -171,17 +189,23 @@ def main() -> int:
             grpc_url = f"{scheme}://127.0.0.1:{grpc_port}/tensorflow.serving.PredictionService/Predict"
             for protocol, run, url, payload in (("REST", wrk, rest_url, body), ("gRPC", h2load, grpc_url, frame)):
                 run(url, payload, header, args.concurrency, args.warmup)
+                cpu0 = cpu_s(proc.pid)
                 qps, p50, p99, errors = run(url, payload, header, args.concurrency, args.duration)
-                rows.append(Row(name, protocol, qps, p50, p99, errors))
+                cpu_us = (cpu_s(proc.pid) - cpu0) / (qps * args.duration) * 1e6
+                rows.append(Row(name, protocol, qps, p50, p99, errors, cpu_us))
                 print(f"  {name:9s} {protocol:5s} {qps:9.1f} req/s  p50 {p50:7.2f} ms  p99 {p99:7.2f} ms  "
-                      f"errors {errors}", flush=True)
+                      f"errors {errors}  server CPU {cpu_us:5.0f} us/request", flush=True)
         finally:
             stop(proc)
-    base = {r.protocol: r.qps for r in rows if r.config == "plain"}
-    print("\nconfig    proto      QPS   p50 ms   p99 ms  errors  x plain")
+    rows = [_median([r for r in rows if (r.config, r.protocol) == key])
+            for key in dict.fromkeys((r.config, r.protocol) for r in rows)]
+    print(f"\nmedians of {args.rounds} interleaved rounds")
+    base = {r.protocol: r for r in rows if r.config == "plain"}
+    print("\nconfig    proto      QPS   p50 ms   p99 ms  errors  QPS x plain  CPU us/req  CPU x plain")
     for r in rows:
+        b = base[r.protocol]
         print(f"{r.config:9s} {r.protocol:5s} {r.qps:8.1f} {r.p50_ms:8.2f} {r.p99_ms:8.2f} {r.errors:7d}  "
-              f"{r.qps / base[r.protocol]:.3f}")
+              f"{r.qps / b.qps:11.3f}  {r.cpu_us:10.0f}  {r.cpu_us / b.cpu_us:11.3f}")
     print("(gRPC latency is h2load's mean time per request; h2load prints no percentiles)")
     if args.plot:
         import matplotlib
