@@ -16,7 +16,7 @@ import tempfile
 from pathlib import Path
 
 from batching import pyserving_source
-from security import cpu_s, h2load, setup, start, stop, wrk
+from security import bar_plot, cpu_s, h2load, setup, start, stop, wrk
 
 BATCHING_FILE = "max_batch_size { value: 64 } batch_timeout_micros { value: 1000 } " \
                 "max_enqueued_batches { value: 1000 } num_batch_threads { value: 2 }"
@@ -80,23 +80,11 @@ def main() -> int:
             print(f"{protocol:5s} {batch:5s} {qa:14.1f} {qb:14.1f}  {qb / qa:8.3f}  {ca:16.0f} {cb:16.0f}  "
                   f"{cb / ca:8.3f}")
     if args.plot:
-        import matplotlib
-
-        matplotlib.use("Agg")
-        import matplotlib.pyplot as plt
-
-        labels = [f"{pr}\nbatch {b}" for pr in ("REST", "gRPC") for b in ("no", "yes")]
-        fig, ax = plt.subplots(figsize=(7, 4))
-        for i, commit in enumerate((args.base, args.new)):
-            values = [statistics.median(results[(commit, pr, b)]) for pr in ("REST", "gRPC") for b in ("no", "yes")]
-            ax.bar([j + i * 0.4 for j in range(4)], values, width=0.4, label=commit)
-        ax.set_xticks([j + 0.2 for j in range(4)], labels)
-        ax.set_ylabel("requests/s (median)")
-        ax.set_title(f"small model, c={args.concurrency}, {args.rounds} interleaved rounds")
-        ax.legend()
-        fig.tight_layout()
-        fig.savefig(args.plot, dpi=120)
-        print(f"plot written to {args.plot}")
+        cells = [(pr, b) for pr in ("REST", "gRPC") for b in ("no", "yes")]
+        bar_plot(args.plot, [f"{pr}\nbatch {b}" for pr, b in cells],
+                 {commit: [statistics.median(results[(commit, pr, b)]) for pr, b in cells]
+                  for commit in (args.base, args.new)},
+                 "requests/s (median)", f"small model, c={args.concurrency}, {args.rounds} interleaved rounds")
     return 0
 
 

@@ -150,6 +150,26 @@ def h2load(url: str, frame: Path, header: str, concurrency: int, seconds: float)
     return qps, mean_ms, float("nan"), failed + (done - ok)
 
 
+def bar_plot(path: Path, groups: list[str], series: dict[str, list[float]], ylabel: str, title: str) -> None:
+    """Grouped bars: one group per label in `groups`, one bar per series."""
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    fig, ax = plt.subplots(figsize=(7, 4))
+    width = 0.8 / len(series)
+    for i, (label, values) in enumerate(series.items()):
+        ax.bar([j + i * width for j in range(len(groups))], values, width=width, label=label)
+    ax.set_xticks([j + 0.4 - width / 2 for j in range(len(groups))], groups)
+    ax.set_ylabel(ylabel)
+    ax.set_title(title)
+    ax.legend()
+    fig.tight_layout()
+    fig.savefig(path, dpi=120)
+    print(f"plot written to {path}")
+
+
 def _median(rows: list[Row]) -> Row:
     med = lambda values: statistics.median(values)  # noqa: E731
     return Row(rows[0].config, rows[0].protocol, med([r.qps for r in rows]), med([r.p50_ms for r in rows]),
@@ -208,23 +228,10 @@ def main() -> int:
               f"{r.qps / b.qps:11.3f}  {r.cpu_us:10.0f}  {r.cpu_us / b.cpu_us:11.3f}")
     print("(gRPC latency is h2load's mean time per request; h2load prints no percentiles)")
     if args.plot:
-        import matplotlib
-
-        matplotlib.use("Agg")
-        import matplotlib.pyplot as plt
-
-        fig, ax = plt.subplots(figsize=(7, 4))
         names = list(CONFIGS)
-        for i, protocol in enumerate(("REST", "gRPC")):
-            values = [next(r.qps for r in rows if r.config == n and r.protocol == protocol) for n in names]
-            ax.bar([j + i * 0.4 for j in range(len(names))], values, width=0.4, label=protocol)
-        ax.set_xticks([j + 0.2 for j in range(len(names))], names)
-        ax.set_ylabel("requests/s")
-        ax.set_title(f"small model, c={args.concurrency}: cost of TLS and API-key auth")
-        ax.legend()
-        fig.tight_layout()
-        fig.savefig(args.plot, dpi=120)
-        print(f"plot written to {args.plot}")
+        bar_plot(args.plot, names, {protocol: [next(r.qps for r in rows if (r.config, r.protocol) == (n, protocol))
+                                               for n in names] for protocol in ("REST", "gRPC")},
+                 "requests/s (median)", f"small model, c={args.concurrency}: cost of TLS and API-key auth")
     return 0
 
 

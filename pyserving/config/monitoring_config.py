@@ -11,10 +11,10 @@ from __future__ import annotations
 
 import functools
 
-from google.protobuf import descriptor_pb2, text_format
+from google.protobuf import text_format
 from google.protobuf.message import Message
 
-from pyserving.config.textproto import ConfigError, build_file, message_class, read_config_file
+from pyserving.config.textproto import ConfigError, define_schema, message_class, read_config_file
 
 DEFAULT_PATH = "/monitoring/prometheus/metrics"
 _PACKAGE = "pyserving.config.monitoring"
@@ -22,19 +22,10 @@ _PACKAGE = "pyserving.config.monitoring"
 
 @functools.cache
 def _schema() -> type[Message]:
-    file = descriptor_pb2.FileDescriptorProto(
-        name="pyserving/config/monitoring_config.proto", package=_PACKAGE, syntax="proto3"
-    )
-    prometheus = file.message_type.add(name="PrometheusConfig")
-    prometheus.field.add(name="enable", number=1, type=descriptor_pb2.FieldDescriptorProto.TYPE_BOOL,
-                         label=descriptor_pb2.FieldDescriptorProto.LABEL_OPTIONAL)
-    prometheus.field.add(name="path", number=2, type=descriptor_pb2.FieldDescriptorProto.TYPE_STRING,
-                         label=descriptor_pb2.FieldDescriptorProto.LABEL_OPTIONAL)
-    config = file.message_type.add(name="MonitoringConfig")
-    config.field.add(name="prometheus_config", number=1, type=descriptor_pb2.FieldDescriptorProto.TYPE_MESSAGE,
-                     label=descriptor_pb2.FieldDescriptorProto.LABEL_OPTIONAL,
-                     type_name=f".{_PACKAGE}.PrometheusConfig")
-    build_file(file)
+    define_schema("pyserving/config/monitoring_config.proto", _PACKAGE, {
+        "PrometheusConfig": [("enable", 1, "bool", False), ("path", 2, "string", False)],
+        "MonitoringConfig": [("prometheus_config", 1, "PrometheusConfig", False)],
+    })
     return message_class(f"{_PACKAGE}.MonitoringConfig")
 
 
