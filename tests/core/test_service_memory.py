@@ -122,3 +122,30 @@ def test_identical_split_keeps_its_state_and_a_changed_one_starts_fresh() -> Non
     assert controllers.get("m") is first and first.weights[2] == 0.0
     current["m"] = TrafficSplit(arms=((1, 50), (2, 50)))
     assert controllers.get("m") is not first
+
+
+def test_promotion_without_a_rollback_guard_still_promotes(tmp_path: Path) -> None:
+    """A split with `promote` but no `rollback` block advances its candidate (a mutant that skipped the check when
+    there is no guard survived every other test)."""
+    from pyserving.options import Promotion
+
+    split = TrafficSplit(arms=((1, 80), (2, 20)), promotion=Promotion(step_percent=10, interval_s=0.1))
+    config = ModelConfig("m", str(model_dir(tmp_path, {1: 10.0, 2: 20.0})), platform="memory",
+                         version_policy=VersionPolicy("all"), traffic_split=split)
+    _, service, control, _ = planes(config)
+
+    async def main() -> dict[str, float]:
+        await control.load_initial()
+        loop = asyncio.get_running_loop()
+        deadline = loop.time() + 1.5
+        while loop.time() < deadline:
+            await service.predict(predict(ServableRequest("m")))
+            await asyncio.sleep(0.002)
+        controller = service.traffic.get("m")
+        assert controller is not None
+        weights = {str(arm): w for arm, w in controller.weights.items()}
+        await control.stop()
+        return weights
+
+    weights = asyncio.run(main())
+    assert weights["2"] > 20 and weights["1"] + weights["2"] == 100, weights
