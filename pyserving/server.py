@@ -138,7 +138,7 @@ class Server:
         if opts.grpc_port or opts.grpc_socket_path:
             self._grpc = GrpcListener(
                 PredictionServicer(self.service, tensor_content=opts.enable_serialization_as_tensor_content,
-                                   observer=self.observer),
+                                   observer=self.observer, max_decoded_bytes=opts.max_request_bytes or None),
                 ModelServicer(self.service, self.control, self.observer),
                 host=opts.host, port=opts.grpc_port, socket_path=opts.grpc_socket_path,
                 options=[("grpc.max_receive_message_length",

@@ -189,7 +189,12 @@ def parse_model_server_config(text: str, *, source: str = "<model config>") -> t
 
     Raises ConfigError naming `source`, the line and the field of the first problem, and what to write instead.
     """
-    parsed = TextProto.parse(text, model_server_config_schemas(), source=source, hint=_HINT)
+    try:
+        parsed = TextProto.parse(text, model_server_config_schemas(), source=source, hint=_HINT)
+    except ConfigError as exc:
+        # TF Serving's wording first: users' scripts grep for it; ours (file, line, fix) follows.
+        raise ConfigError(f"Error parsing text-format tensorflow.serving.ModelServerConfig: {exc.message}",
+                          source=exc.source, line=exc.line, column=exc.column, field=exc.field) from None
     message = parsed.message
     if message.HasField("custom_model_config"):
         raise parsed.error(
@@ -215,8 +220,15 @@ def parse_model_server_config(text: str, *, source: str = "<model config>") -> t
 
 
 def load_model_config_file(path: str) -> tuple[ModelConfig, ...]:
-    """Read and parse `path` (as given to --model_config_file); errors name the path."""
-    return parse_model_server_config(read_config_file(path, what="--model_config_file"), source=path)
+    """Read and parse `path` (as given to --model_config_file); errors name the path.
+
+    An empty file is refused rather than read as "no models": that is what an editor or a `>` redirect leaves
+    for a moment mid-write, and polling it must not unload everything. `model_config_list {}` says "no models"."""
+    text = read_config_file(path, what="--model_config_file")
+    if not text.strip():
+        raise ConfigError("the file is empty (a write in progress?); the configuration in force keeps serving. To "
+                          "serve no models, write: model_config_list {}", source=path)
+    return parse_model_server_config(text, source=path)
 
 
 class _Model:

@@ -49,6 +49,17 @@ def _tensor_spec(info: Any) -> TensorSpec:
     return TensorSpec(dtype=DType(info.dtype - 100 if ref else info.dtype), shape=shape, tensor_name=info.name, ref=ref)
 
 
+def _as_array(value: Any) -> np.ndarray:
+    """Session fetches of scalar strings come back as Python bytes; every output is an ndarray (strings as object
+    arrays of bytes), so the codecs see one shape of data."""
+    if isinstance(value, np.ndarray):
+        return value
+    array = np.empty((), dtype=object) if isinstance(value, bytes) else np.asarray(value)
+    if isinstance(value, bytes):
+        array[()] = value
+    return array
+
+
 class TensorFlowServable:
     """A SavedModel loaded into its own Session. Thread-safe: Session.run releases the GIL and runs concurrently."""
 
@@ -129,7 +140,7 @@ class TensorFlowServable:
             values = fn(*(inputs[k] for k in input_keys))
         except BaseException as exc:
             raise _serving_error(exc) from exc
-        return dict(zip(outs, values))
+        return {key: _as_array(value) for key, value in zip(outs, values)}
 
     def unload(self) -> None:
         self._callables.clear()

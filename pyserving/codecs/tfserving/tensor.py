@@ -2,11 +2,13 @@
 
 from __future__ import annotations
 
+import math
+
 import numpy as np
 
 from pyserving.codecs.tfserving.protos.tensor_pb2 import TensorProto
 from pyserving.dtypes import DType
-from pyserving.errors import Code, ServingError
+from pyserving.errors import Code, RequestTooLarge, ServingError
 
 # TF Serving answers with typed *_val fields unless --enable_serialization_as_tensor_content.
 _VAL_FIELD = {
@@ -39,13 +41,24 @@ def _typed_values(proto: TensorProto, dtype: DType) -> np.ndarray:
     return np.fromiter(getattr(proto, _VAL_FIELD[dtype]), dtype=dtype.numpy)
 
 
-def _decode(proto: TensorProto) -> np.ndarray:
+_STRING_ELEMENT_BYTES = 8  # an object array's pointer per element, before the strings themselves
+
+
+def _decode(proto: TensorProto, alias: str, max_bytes: int | None) -> np.ndarray:
     try:
         dtype = DType(proto.dtype)
     except ValueError:
         raise TypeError(f"Unsupported tensor type: {proto.dtype}") from None
     shape = [d.size for d in proto.tensor_shape.dim]
-    count = int(np.prod(shape, dtype=np.int64))
+    if any(d < 0 for d in shape):
+        raise ValueError(f"negative dimension in shape {shape}")
+    count = math.prod(shape)  # Python ints: huge dims must not overflow into a small, "acceptable" number
+    if max_bytes is not None:
+        itemsize = _STRING_ELEMENT_BYTES if dtype == DType.DT_STRING else _itemsize(dtype)
+        decoded = count * itemsize + (sum(map(len, proto.string_val)) if dtype == DType.DT_STRING else 0)
+        if decoded > max_bytes:
+            raise RequestTooLarge(f"Input {alias} (shape {shape}, {dtype.name}) decodes to {decoded} bytes, which",
+                                  max_bytes)
     if dtype == DType.DT_STRING:
         if proto.tensor_content:
             raise TypeError("DT_STRING tensors must be sent in string_val, not tensor_content")
@@ -79,10 +92,21 @@ def _fill(values: np.ndarray, shape: list[int], count: int, dtype: object) -> np
     return values.reshape(shape)
 
 
-def to_ndarray(alias: str, proto: TensorProto) -> np.ndarray:
-    """Decode a request tensor as tf.make_ndarray would (tensor_content, typed values padded with the last one)."""
+def _itemsize(dtype: DType) -> int:
     try:
-        return _decode(proto)
+        return dtype.numpy.itemsize
+    except TypeError:
+        return 2  # bfloat16 (and types refused later anyway)
+
+
+def to_ndarray(alias: str, proto: TensorProto, *, max_bytes: int | None = None) -> np.ndarray:
+    """Decode a request tensor as tf.make_ndarray would (tensor_content, typed values padded with the last one).
+    With `max_bytes`, a tensor that would decode to more (a one-value float_val with huge dims, say) is refused
+    before anything is allocated."""
+    try:
+        return _decode(proto, alias, max_bytes)
+    except ServingError:
+        raise
     except Exception as exc:
         raise ServingError(Code.INVALID_ARGUMENT, f"tensor parsing error: {alias} ({exc})") from None
 

@@ -115,15 +115,19 @@ class PredictionServicer:
     """One coroutine per PredictionService method, named as TF Serving names them."""
 
     def __init__(
-        self, service: InferenceService, *, tensor_content: bool = False, observer: RequestObserver | None = None
+        self, service: InferenceService, *, tensor_content: bool = False, observer: RequestObserver | None = None,
+        max_decoded_bytes: int | None = None,
     ) -> None:
+        """`max_decoded_bytes` bounds each input tensor as decoded (--max_request_bytes), not only on the wire."""
         self._service = service
+        self._max_decoded_bytes = max_decoded_bytes
         self._tensor_content = tensor_content
         self._observer = observer or RequestObserver(None)
 
     async def Predict(self, request: predict_pb2.PredictRequest, context: grpc.aio.ServicerContext) -> predict_pb2.PredictResponse:
         async def call(info: RequestInfo) -> predict_pb2.PredictResponse:
-            inputs = {alias: to_ndarray(alias, proto) for alias, proto in request.inputs.items()}
+            limit = self._max_decoded_bytes
+            inputs = {alias: to_ndarray(alias, proto, max_bytes=limit) for alias, proto in request.inputs.items()}
             info.inputs = inputs
             result = await self._service.predict(PredictRequest(
                 model=servable_request(request),

@@ -430,6 +430,8 @@ def _jsonable(name: str, tensor: np.ndarray) -> Any:
         flat = [fn(b) for b in tensor.reshape(-1)]
         return np.array(flat + [None], dtype=object)[:-1].reshape(tensor.shape).tolist() if tensor.ndim else flat[0]
     if kind in "fiub":
+        if tensor.ndim == 0:  # orjson writes no 0-d arrays; str() keeps float32's shortest form ("0.1")
+            return float(str(tensor[()])) if kind == "f" else tensor.item()
         return tensor
     raise _invalid(f"Failed to write JSON value for tensor type: {DType.from_numpy(tensor.dtype).short_name}")
 
