@@ -126,6 +126,8 @@ class LifecycleOptions:
     allow_version_labels_for_unavailable_models: bool = False
     model_config_file: str = ""
     model_config_file_poll_wait_seconds: float = 0.0
+    allowed_base_paths: tuple[str, ...] = ()
+    """--model_base_path_prefix: base paths must lie under one of these directories (empty: anywhere)."""
 
 
 @dataclass(frozen=True, slots=True)

@@ -145,3 +145,31 @@ def test_every_output_dtype_and_rank_encodes_or_is_a_clear_error(dtype: type, ra
             assert exc.code == Code.INVALID_ARGUMENT
             continue
         json.loads(body)
+
+
+def test_base_paths_outside_the_allowed_roots_are_refused(tmp_path: Path) -> None:
+    from tensorflow_serving.apis import model_management_pb2, model_service_pb2_grpc
+
+    from pyserving.errors import StartupError
+
+    root = tmp_path / "models"
+    write_model(str(root / "m" / "1"), {"signatures": SIGNATURES})
+    write_model(str(tmp_path / "elsewhere" / "1"), {"signatures": SIGNATURES})
+    lifecycle = LifecycleOptions(allowed_base_paths=(str(root),))
+    served = ModelConfig("m", str(root / "m"), platform="memory")
+    with pytest.raises(StartupError, match="outside the directories"):
+        with run_server(ServerOptions(models=(ModelConfig("x", str(root / ".." / "elsewhere"), platform="memory"),),
+                                      lifecycle=lifecycle)):
+            pass
+    with run_server(ServerOptions(models=(served,), lifecycle=lifecycle)) as server, server.channel() as channel:
+        request = model_management_pb2.ReloadConfigRequest()
+        for name, base in (("m", str(root / "m")), ("x", "/root")):
+            request.config.model_config_list.config.add(name=name, base_path=base, model_platform="memory")
+        response = model_service_pb2_grpc.ModelServiceStub(channel).HandleReloadConfigRequest(request,
+                                                                                             timeout=TIMEOUT)
+        assert response.status.error_code == Code.PERMISSION_DENIED
+        assert "--model_base_path_prefix" in response.status.error_message
+        listed = requests.get(f"{server.rest_url}/v1/models", timeout=TIMEOUT).json()["models"]
+        assert [m["name"] for m in listed] == ["m"]
+        assert requests.post(f"{server.rest_url}/v1/models/m:predict", json={"instances": [1.0]},
+                             timeout=TIMEOUT).status_code == 200

@@ -86,6 +86,8 @@ FLAGS: tuple[Flag, ...] = (
     # pyserving's own
     Flag("host", str, "0.0.0.0", "address both ports bind to (pyserving; TF Serving binds all interfaces)"),
     Flag("auth_config_file", str, "", "API keys and JWT issuers with per-model scopes (pyserving; re-read on change)"),
+    Flag("model_base_path_prefix", str, "", "comma-separated directories model base paths must lie under "
+         "(pyserving; refuses configs and reloads pointing elsewhere)"),
     Flag("max_request_bytes", int, 0, "largest REST body (also once gunzipped) or gRPC message; 0: no extra limit"),
     Flag("cors_allowed_origins", str, "", "with --rest_api_enable_cors_support: comma-separated allowed origins "
          "(default: any, as TF Serving's *)"),
@@ -289,6 +291,8 @@ def server_options(values: dict[str, Any], warnings: list[str] | None = None) ->
             allow_version_labels_for_unavailable_models=v["allow_version_labels_for_unavailable_models"],
             model_config_file=os.path.abspath(v["model_config_file"]) if v["model_config_file"] else "",
             model_config_file_poll_wait_seconds=float(v["model_config_file_poll_wait_seconds"]),
+            allowed_base_paths=tuple(p.strip() if "://" in p else os.path.abspath(p.strip())
+                                     for p in v["model_base_path_prefix"].split(",") if p.strip()),
         ),
         enable_grpc_healthcheck_service=v["enable_grpc_healthcheck_service"],
         batching=batching,

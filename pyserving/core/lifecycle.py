@@ -8,6 +8,7 @@ them. Requests keep flowing through the manager's leases meanwhile.
 from __future__ import annotations
 
 import logging
+import os
 import time
 from collections.abc import Sequence
 
@@ -105,8 +106,25 @@ class ModelLifecycle:
                     f"under {model.base_path} (versions found: {found}). Export it first, or give it weight 0.",
                 )
 
+    def _check_base_paths(self, models: Sequence[ModelConfig]) -> None:
+        """With --model_base_path_prefix, a model may only be served from under an allowed root (a config or an
+        RPC reload must not point the server at arbitrary directories)."""
+        roots = self.options.allowed_base_paths
+        if not roots:
+            return
+        for model in models:
+            if not any(_is_under(model.base_path, root) for root in roots):
+                raise ServingError(
+                    Code.PERMISSION_DENIED,
+                    f"The base_path of model {model.name} is outside the directories this server may serve from "
+                    f"(--model_base_path_prefix={','.join(roots)}). Move the model under one of them, or add its "
+                    "directory to the flag.",
+                )
+
     def check(self, models: Sequence[ModelConfig]) -> None:
-        """Refuse a configuration whose labels or traffic splits point nowhere (raises ServingError)."""
+        """Refuse a configuration whose labels or traffic splits point nowhere, or whose base paths are outside
+        the allowed roots (raises ServingError)."""
+        self._check_base_paths(models)
         self._check_labels(models)
 
     def reload(self, models: Sequence[ModelConfig]) -> None:
@@ -122,6 +140,7 @@ class ModelLifecycle:
                     f"Cannot change the model_platform of model {model.name} from {before.platform} to "
                     f"{model.platform} in a reload; give the new platform's model another name.",
                 )
+        self._check_base_paths(models)
         self._check_labels(models)
         self.models = tuple(models)
         self.manager.set_models(self.models)
@@ -132,3 +151,11 @@ class ModelLifecycle:
         if failed:
             details = "; ".join(f"{name}: {why}" for name, why in sorted(failed.items()))
             raise ServingError(Code.UNKNOWN, f"{len(failed)} model(s) did not become available: {details}")
+
+
+def _is_under(path: str, root: str) -> bool:
+    """Whether `path` is `root` or inside it, after resolving symlinks and `..` (URIs compare as text)."""
+    if "://" in path or "://" in root:
+        return path.rstrip("/") == root.rstrip("/") or path.startswith(root.rstrip("/") + "/")
+    path, root = os.path.realpath(path), os.path.realpath(root)
+    return os.path.commonpath([path, root]) == root
