@@ -14,7 +14,6 @@ import os
 import signal
 from collections.abc import Sequence
 from concurrent.futures import ThreadPoolExecutor
-from typing import Protocol
 
 from starlette.middleware.cors import CORSMiddleware
 from starlette.types import ASGIApp
@@ -49,12 +48,6 @@ __all__ = ["Server", "StartupError", "serve"]
 
 log = logging.getLogger("pyserving.server")
 _LOOPBACK = ("127.0.0.1", "localhost", "::1")
-
-
-class _Listener(Protocol):
-    port: int | None
-
-    async def start(self) -> None: ...
 
 
 class Server:
@@ -101,9 +94,8 @@ class Server:
             self.authenticator = Authenticator(load_auth_config_file(options.auth_config_file))
             self._auth_watcher = AuthConfigWatcher(options.auth_config_file, load_auth_config_file,
                                                    self.authenticator, options.auth_poll_seconds)
-        self._listeners: list[_Listener] = []
         self._grpc: GrpcListener | None = None
-        self._rest: list[RestListener] = []
+        self._rest: RestListener | None = None
         self._metrics_listener: RestListener | None = None
         self._stopped = asyncio.Event()
         self.grpc_port: int | None = None
@@ -147,7 +139,6 @@ class Server:
                          *opts.grpc_channel_arguments],
                 health=opts.enable_grpc_healthcheck_service, tls=opts.tls, authenticator=auth,
             )
-            self._listeners.append(self._grpc)
         # TF Serving's CORS is a fixed `*`; a list of origins goes to starlette's CORS middleware instead.
         cors = CORS_HEADERS if opts.rest_api_enable_cors_support and not opts.cors_allowed_origins else {}
         metrics = metrics_app(self.metrics.registry)
@@ -167,11 +158,10 @@ class Server:
             if opts.cors_allowed_origins:
                 app = CORSMiddleware(app, allow_origins=list(opts.cors_allowed_origins), allow_methods=["GET", "POST"],
                                      allow_headers=["Content-Type", "Authorization", "X-API-Key"])
-            self._rest.append(RestListener(
+            self._rest = RestListener(
                 app, host=opts.host, port=opts.rest_api_port, what="REST", flag="--rest_api_port",
                 grace_s=opts.shutdown_grace_s, announce="Exporting HTTP/REST API at %s:%s", ssl_context=ssl_context,
-            ))
-        self._listeners.extend(self._rest)
+            )
         if opts.metrics_port:
             # Like prometheus_client's own server (and TF Serving's users' scrape configs): metrics on any path.
             metrics_only: ASGIApp = RestRouter(fallback=metrics)
@@ -181,7 +171,6 @@ class Server:
                 metrics_only, host=opts.host, port=opts.metrics_port, what="metrics",
                 flag="--metrics_port", announce="Exporting Prometheus metrics at %s:%s/metrics", ssl_context=ssl_context,
             )
-            self._listeners.append(self._metrics_listener)
 
     async def start(self) -> None:
         self._loop = asyncio.get_running_loop()
@@ -194,18 +183,17 @@ class Server:
         gc.collect()
         gc.freeze()
         self._build_listeners()
-        for listener in self._listeners:
-            await listener.start()
+        for listener in (self._grpc, self._rest, self._metrics_listener):
+            if listener is not None:
+                await listener.start()
         if self._auth_watcher is not None:
             self._auth_watcher.start()
         elif self.options.host not in _LOOPBACK:
             log.warning("No --auth_config_file: anyone who can reach %s may call every model and reload the "
                         "configuration. Give an --auth_config_file (API keys or JWT) or bind --host=127.0.0.1.",
                         self.options.host)
-        if self._grpc is not None:
-            self.grpc_port = self._grpc.port
-        if self.options.rest_api_port:
-            self.rest_port = self._rest[0].port
+        self.grpc_port = self._grpc.port if self._grpc is not None else None
+        self.rest_port = self._rest.port if self._rest is not None else None
         lifecycle = self.options.lifecycle
         self.control.start_polling(lifecycle.file_system_poll_wait_seconds,
                                    lifecycle.model_config_file_poll_wait_seconds)
@@ -222,7 +210,7 @@ class Server:
         if self._stopped.is_set():
             return
         grace = self.options.shutdown_grace_s
-        waits = [asyncio.ensure_future(r.stop()) for r in self._rest]
+        waits = [asyncio.ensure_future(self._rest.stop())] if self._rest is not None else []
         if self._grpc is not None:
             waits.append(asyncio.ensure_future(self._grpc.stop(grace)))
         if waits:

@@ -167,14 +167,20 @@ class ControlPlane:
     def models(self) -> list[ModelInfo]:
         """Every served model with its versions, labels and traffic split state (pyserving's GET /v1/models)."""
         out = []
-        for name in self._manager.model_names():
-            try:
-                statuses = self._manager.status(name)
-            except ServingError:
-                statuses = []
+        for name, statuses in self._statuses():
             controller = self._traffic.get(name)
             out.append(ModelInfo(name, statuses, self._manager.labels(name),
                                  controller.describe() if controller else None))
+        return out
+
+    def _statuses(self) -> list[tuple[str, list[VersionStatus]]]:
+        """Every model with its versions' statuses (none for a model removed meanwhile)."""
+        out = []
+        for name in self._manager.model_names():
+            try:
+                out.append((name, self._manager.status(name)))
+            except ServingError:
+                out.append((name, []))
         return out
 
     def unready_models(self) -> dict[str, str]:
@@ -182,13 +188,7 @@ class ControlPlane:
         return self._manager.unavailable_models()
 
     def gauges(self) -> GaugeValues:
-        states = []
-        for name in self._manager.model_names():
-            try:
-                statuses = self._manager.status(name)
-            except ServingError:
-                continue
-            states.extend((name, s.version, s.state.name) for s in statuses)
+        states = [(name, s.version, s.state.name) for name, statuses in self._statuses() for s in statuses]
         queues = [(sid.name, sid.version, b.queue_length) for sid, b in self._manager.batchers()]
         weights = [(name, str(arm), weight) for name, c in self._traffic.items() for arm, weight in c.weights.items()]
         return GaugeValues(states, queues, weights)

@@ -17,8 +17,7 @@ thread records loads, worker threads record batches.
 from __future__ import annotations
 
 from collections.abc import Callable, Iterator, Sequence
-from dataclasses import dataclass
-from typing import Any
+from typing import Any, Protocol
 
 from prometheus_client import (
     GCCollector,
@@ -78,16 +77,15 @@ class _Refresher(Collector):
         return iter(())
 
 
-@dataclass(frozen=True, slots=True)
-class Gauges:
-    """Gauges read from live state before each scrape, as plain values (core.control.GaugeValues has this
-    shape; observability imports nothing from core)."""
+class Gauges(Protocol):
+    """Gauges read from live state before each scrape, as plain values (core.control.GaugeValues has this shape;
+    observability imports nothing from core)."""
 
-    states: Sequence[tuple[str, int, str]] = ()
+    states: Sequence[tuple[str, int, str]]
     """(model, version, state name) for every version."""
-    queue_lengths: Sequence[tuple[str, int, int]] = ()
+    queue_lengths: Sequence[tuple[str, int, int]]
     """(model, version, requests waiting) for every batched version."""
-    canary_weights: Sequence[tuple[str, str, float]] = ()
+    canary_weights: Sequence[tuple[str, str, float]]
     """(model, arm, weight now) for every traffic split's arm."""
 
 

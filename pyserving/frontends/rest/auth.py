@@ -5,17 +5,15 @@ request never reaches a handler (or the model). TF Serving's error shape: {"erro
 from __future__ import annotations
 
 import math
-import re
 
 import orjson
 from starlette.types import ASGIApp, Receive, Scope, Send
 
 from pyserving.errors import Code
+from pyserving.frontends.rest.tfserving_v1 import GET_PATH, POST_PATH
 from pyserving.security.auth import ANY, METADATA, METRICS, PREDICT, AuthError, Authenticator, credential_from, \
     current_principal
 
-_POST = re.compile(r"/v1/models/([^/:]+)(?:/(?:versions|labels)/[^/:]+)?:(?:classify|regress|predict)", re.I)
-_GET = re.compile(r"/v1/models(?:/([^/:]+))?(?:/.*)?", re.I)
 _PUBLIC_PATHS = frozenset(("/healthz", "/readyz"))
 _STATUS = {Code.UNAUTHENTICATED: 401, Code.PERMISSION_DENIED: 403, Code.RESOURCE_EXHAUSTED: 429}
 
@@ -26,11 +24,11 @@ def _target(method: str, path: str, metrics_path: str) -> tuple[str | None, str]
         return None
     if metrics_path and path == metrics_path:
         return None, METRICS
-    if method == "POST" and (m := _POST.fullmatch(path)):
+    if method == "POST" and (m := POST_PATH.fullmatch(path)):
         return m.group(1), PREDICT
-    if method == "GET" and (m := _GET.fullmatch(path)):
+    if method == "GET" and (m := GET_PATH.fullmatch(path)):
         return m.group(1), METADATA
-    return None, ANY  # an unknown path: any caller may learn it is a 400 / 404
+    return None, ANY  # a path TF Serving's API does not match: any caller may learn it is a 400 / 404
 
 
 class AuthMiddleware:

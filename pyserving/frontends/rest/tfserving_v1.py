@@ -27,8 +27,9 @@ from pyserving.frontends.rest.errors import HTTP_STATUS
 from pyserving.observability.requests import RequestInfo, RequestObserver, new_request_id
 from pyserving.security.auth import current_principal
 
-_POST = re.compile(r"/v1/models/([^/:]+)(?:(?:/versions/(\d+))|(?:/labels/([^/:]+)))?:(classify|regress|predict)", re.I)
-_GET = re.compile(r"/v1/models(?:/([^/:]+))?(?:(?:/versions/(\d+))|(?:/labels/([^/:]+)))?(?:/(metadata))?", re.I)
+POST_PATH = re.compile(r"/v1/models/([^/:]+)(?:(?:/versions/(\d+))|(?:/labels/([^/:]+)))?:(classify|regress|predict)", re.I)
+GET_PATH = re.compile(r"/v1/models(?:/([^/:]+))?(?:(?:/versions/(\d+))|(?:/labels/([^/:]+)))?(?:/(metadata))?", re.I)
+"""TF Serving's own request patterns (group 1 is the model name); the auth middleware reads them too."""
 _ORIGIN = re.compile(r"https?://.*", re.I)
 
 _JSON = "application/json"
@@ -104,9 +105,9 @@ class TfServingV1:
         code = Code.OK
         self._observer.start(info)
         try:
-            if method == "POST" and (m := _POST.fullmatch(path)):
+            if method == "POST" and (m := POST_PATH.fullmatch(path)):
                 return await self._post(request, m, info)
-            if method == "GET" and (m := _GET.fullmatch(path)):
+            if method == "GET" and (m := GET_PATH.fullmatch(path)):
                 return self._get(m, info)
             raise ServingError(Code.INVALID_ARGUMENT, f"Malformed request: {method} {path}")
         except ServingError as exc:
