@@ -128,6 +128,9 @@ class LifecycleOptions:
     model_config_file_poll_wait_seconds: float = 0.0
     allowed_base_paths: tuple[str, ...] = ()
     """--model_base_path_prefix: base paths must lie under one of these directories (empty: anywhere)."""
+    absolute_paths_in_errors: bool = False
+    """Load errors that clients see (model status) name files by absolute path; by default relative to the
+    model's base path (the log always has the whole path)."""
 
 
 @dataclass(frozen=True, slots=True)
@@ -181,6 +184,24 @@ class AuthPolicy:
 
 
 @dataclass(frozen=True, slots=True)
+class HttpLimits:
+    """What one HTTP client may hold of a REST listener (and, where gRPC has the same knob, of the gRPC one).
+
+    Timeouts follow nginx's meaning: the head must arrive whole within `header_timeout_s` of its first byte (or
+    of the connection opening), and a body may pause at most `body_timeout_s` between two reads."""
+
+    header_timeout_s: float = 10.0
+    body_timeout_s: float = 30.0
+    keepalive_timeout_s: float = 75.0
+    """Idle time before a kept-alive connection is closed; longer than a proxy's (nginx: 60 s) so that the proxy,
+    not us, closes first and never reuses a connection we are closing."""
+    max_connections: int = 4096
+    max_header_count: int = 100
+    max_header_bytes: int = 64 << 10
+    """Request line plus headers."""
+
+
+@dataclass(frozen=True, slots=True)
 class ServerOptions:
     """Everything `pyserving serve` needs. Ports follow TF Serving: 0 disables that front end."""
 
@@ -214,7 +235,9 @@ class ServerOptions:
     auth_config_file: str = ""
     """--auth_config_file: API keys and JWT issuers with per-model scopes, re-read when it changes."""
     auth_poll_seconds: float = 1.0
-    max_request_bytes: int = 0
-    """Largest REST body (after gunzip) or gRPC message accepted; 0: gRPC's 2 GiB, REST's 100 MiB once unzipped."""
+    max_request_bytes: int = 256 << 20
+    """Largest REST body (also once gunzipped, and as decoded JSON), gRPC message or decoded input tensor.
+    0: TF Serving's limits (gRPC 2 GiB, REST 100 MiB once unzipped)."""
+    http: HttpLimits = field(default_factory=HttpLimits)
     cors_allowed_origins: tuple[str, ...] = ()
     """With CORS on: origins allowed (empty: any, TF Serving's `*`)."""

@@ -136,6 +136,9 @@ class Server:
                 options=[("grpc.max_receive_message_length",
                           min(opts.grpc_max_message_bytes, opts.max_request_bytes or opts.grpc_max_message_bytes)),
                          ("grpc.max_send_message_length", opts.grpc_max_message_bytes),
+                         ("grpc.max_metadata_size", opts.http.max_header_bytes),
+                         *([("grpc.max_connection_idle_ms", int(opts.http.keepalive_timeout_s * 1000))]
+                           if opts.http.keepalive_timeout_s else []),
                          *opts.grpc_channel_arguments],
                 health=opts.enable_grpc_healthcheck_service, tls=opts.tls, authenticator=auth,
             )
@@ -161,6 +164,7 @@ class Server:
             self._rest = RestListener(
                 app, host=opts.host, port=opts.rest_api_port, what="REST", flag="--rest_api_port",
                 grace_s=opts.shutdown_grace_s, announce="Exporting HTTP/REST API at %s:%s", ssl_context=ssl_context,
+                limits=opts.http,
             )
         if opts.metrics_port:
             # Like prometheus_client's own server (and TF Serving's users' scrape configs): metrics on any path.
@@ -170,6 +174,7 @@ class Server:
             self._metrics_listener = RestListener(
                 metrics_only, host=opts.host, port=opts.metrics_port, what="metrics",
                 flag="--metrics_port", announce="Exporting Prometheus metrics at %s:%s/metrics", ssl_context=ssl_context,
+                limits=opts.http,
             )
 
     async def start(self) -> None:

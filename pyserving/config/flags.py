@@ -13,7 +13,7 @@ from collections.abc import Sequence
 from dataclasses import dataclass
 from typing import Any
 
-from pyserving.options import LifecycleOptions, ModelConfig, RuntimeOptions, ServerOptions
+from pyserving.options import HttpLimits, LifecycleOptions, ModelConfig, RuntimeOptions, ServerOptions
 
 
 class FlagError(ValueError):
@@ -88,7 +88,18 @@ FLAGS: tuple[Flag, ...] = (
     Flag("auth_config_file", str, "", "API keys and JWT issuers with per-model scopes (pyserving; re-read on change)"),
     Flag("model_base_path_prefix", str, "", "comma-separated directories model base paths must lie under "
          "(pyserving; refuses configs and reloads pointing elsewhere)"),
-    Flag("max_request_bytes", int, 0, "largest REST body (also once gunzipped) or gRPC message; 0: no extra limit"),
+    Flag("max_request_bytes", int, 256 << 20, "largest REST body (also gunzipped and as decoded JSON), gRPC "
+         "message or decoded input tensor; 0: TF Serving's limits"),
+    Flag("http_header_timeout_s", float, 10.0, "a request's line and headers must arrive within this (0: no limit)"),
+    Flag("http_body_timeout_s", float, 30.0, "longest pause while a request body arrives (0: no limit)"),
+    Flag("http_keepalive_timeout_s", float, 75.0, "idle kept-alive connections (REST) and gRPC connections close "
+         "after this"),
+    Flag("absolute_paths_in_errors", bool, False, "model status errors name files by absolute path (default: "
+         "relative to the model's base path)"),
+    Flag("max_connections", int, 4096, "open connections per REST listener; more get 503 and are closed"),
+    Flag("max_header_count", int, 100, "headers per REST request (431 beyond)"),
+    Flag("max_header_bytes", int, 64 << 10, "bytes of a REST request's line and headers (431 beyond); gRPC "
+         "metadata too"),
     Flag("cors_allowed_origins", str, "", "with --rest_api_enable_cors_support: comma-separated allowed origins "
          "(default: any, as TF Serving's *)"),
 )
@@ -257,7 +268,10 @@ def server_options(values: dict[str, Any], warnings: list[str] | None = None) ->
             load_auth_config_file(auth_file)  # refuse a broken file at start-up; reloads keep the last good one
         except ValueError as exc:
             raise FlagError(f"--auth_config_file={v['auth_config_file']}: {exc}") from None
-    _non_negative(v, "max_request_bytes")
+    _non_negative(v, "max_request_bytes", "http_header_timeout_s", "http_body_timeout_s", "http_keepalive_timeout_s")
+    for name in ("max_connections", "max_header_count", "max_header_bytes"):
+        if v[name] < 1:
+            raise FlagError(f"--{name}={v[name]}: must be 1 or more")
     origins = tuple(o.strip() for o in v["cors_allowed_origins"].split(",") if o.strip())
     if origins and not v["rest_api_enable_cors_support"]:
         raise FlagError("--cors_allowed_origins needs --rest_api_enable_cors_support=true.")
@@ -265,6 +279,11 @@ def server_options(values: dict[str, Any], warnings: list[str] | None = None) ->
         tls=tls,
         auth_config_file=auth_file,
         max_request_bytes=v["max_request_bytes"],
+        http=HttpLimits(
+            header_timeout_s=v["http_header_timeout_s"], body_timeout_s=v["http_body_timeout_s"],
+            keepalive_timeout_s=v["http_keepalive_timeout_s"], max_connections=v["max_connections"],
+            max_header_count=v["max_header_count"], max_header_bytes=v["max_header_bytes"],
+        ),
         cors_allowed_origins=origins,
         models=models,
         monitoring_path=monitoring_path,
@@ -291,6 +310,7 @@ def server_options(values: dict[str, Any], warnings: list[str] | None = None) ->
             allow_version_labels_for_unavailable_models=v["allow_version_labels_for_unavailable_models"],
             model_config_file=os.path.abspath(v["model_config_file"]) if v["model_config_file"] else "",
             model_config_file_poll_wait_seconds=float(v["model_config_file_poll_wait_seconds"]),
+            absolute_paths_in_errors=v["absolute_paths_in_errors"],
             allowed_base_paths=tuple(p.strip() if "://" in p else os.path.abspath(p.strip())
                                      for p in v["model_base_path_prefix"].split(",") if p.strip()),
         ),

@@ -13,6 +13,8 @@ import uvicorn
 from starlette.types import ASGIApp
 
 from pyserving.errors import StartupError
+from pyserving.frontends.rest.protocol import LimitedHttpToolsProtocol
+from pyserving.options import HttpLimits
 
 log = logging.getLogger("pyserving.server")  # operators grep these lines by TF Serving's texts
 
@@ -30,6 +32,7 @@ class RestListener:
     def __init__(
         self, app: ASGIApp, *, host: str, port: int, what: str, flag: str, grace_s: float = 0,
         announce: str = "Exporting HTTP at %s:%s", ssl_context: ssl.SSLContext | None = None,
+        limits: HttpLimits | None = None,
     ) -> None:
         """`what` and `flag` name the listener in errors ("REST", "--rest_api_port"); `announce` is the log line
         (with host and port) once it listens."""
@@ -41,6 +44,7 @@ class RestListener:
         self._grace_s = grace_s
         self._announce = announce
         self._ssl = ssl_context
+        self._limits = limits or HttpLimits()
         self._server: _UvicornServer | None = None
         self._task: asyncio.Task[None] | None = None
         self.port: int | None = None
@@ -49,9 +53,11 @@ class RestListener:
         config = uvicorn.Config(
             self._app, host=self._host, port=self._requested_port, log_level="warning", lifespan="off",
             access_log=False, timeout_graceful_shutdown=int(self._grace_s) or None,
-            # httptools parses HTTP in C (h11, the pure-Python fallback, cost ~15% of a small predict); nothing
-            # is proxied in front of us unless the user says so, so skip the X-Forwarded-* rewriting.
-            http="httptools", proxy_headers=False,
+            # httptools parses HTTP in C (h11, the pure-Python fallback, cost ~15% of a small predict), wrapped
+            # with the limits uvicorn lacks; nothing is proxied in front of us unless the user says so, so skip
+            # the X-Forwarded-* rewriting.
+            http=LimitedHttpToolsProtocol.with_limits(self._limits), proxy_headers=False,
+            timeout_keep_alive=self._limits.keepalive_timeout_s,  # type: ignore[arg-type]  # a float works
             ssl_context_factory=(lambda _config, _default: self._ssl) if self._ssl is not None else None,
         )
         server = self._server = _UvicornServer(config)

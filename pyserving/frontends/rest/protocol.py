@@ -1,0 +1,170 @@
+"""uvicorn's httptools protocol with the limits it lacks: a slow or greedy client holds a bounded share of us.
+
+uvicorn times out only idle kept-alive connections. A client that opens a connection and trickles its head, or
+announces a body and never sends it, or sends 100,000 headers, is held (and buffered) for as long as it likes. The
+parser callbacks are the one place that sees every byte before the ASGI app does, so the limits live here.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import time
+from collections.abc import Callable
+from http import HTTPStatus
+from typing import Any, ClassVar
+
+import orjson
+from uvicorn.protocols.http.httptools_impl import HttpToolsProtocol
+
+from pyserving.options import HttpLimits
+
+log = logging.getLogger("pyserving.rest")
+_WARN_EVERY_S = 10.0
+
+
+class LimitedHttpToolsProtocol(HttpToolsProtocol):
+    """Refuses, in TF Serving's error shape, what goes over `limits`: 503 past the connection cap, 431 for a head
+    too big or with too many headers, 408 for a head or body that stalls; then closes the connection."""
+
+    limits: ClassVar[HttpLimits] = HttpLimits()
+    _last_warning: ClassVar[dict[str, float]] = {}
+
+    def __init__(self, *args: Any, **kwargs: Any) -> None:
+        super().__init__(*args, **kwargs)
+        self._timer: asyncio.TimerHandle | None = None
+        self._refused = False
+        self._awaiting_head = True
+        self._head_bytes = 0
+        self._header_count = 0
+
+    @classmethod
+    def with_limits(cls, limits: HttpLimits) -> type[LimitedHttpToolsProtocol]:
+        """A protocol class for uvicorn's `http=` setting (uvicorn instantiates it per connection)."""
+        return type("LimitedHttpToolsProtocol", (cls,), {"limits": limits, "_last_warning": {}})
+
+    # --- connection ---------------------------------------------------------------------------------------------
+
+    def connection_made(self, transport: asyncio.Transport) -> None:  # type: ignore[override]
+        super().connection_made(transport)
+        if len(self.connections) > self.limits.max_connections:
+            self._warn("connections", "Refusing a connection: %d are open (--max_connections=%d).",
+                       len(self.connections) - 1, self.limits.max_connections)
+            self._refuse(HTTPStatus.SERVICE_UNAVAILABLE,
+                         f"The server already holds its limit of {self.limits.max_connections} connections "
+                         "(--max_connections). Retry later, reuse connections, or raise the limit.")
+            return
+        self._arm(self.limits.header_timeout_s, self._head_timed_out)
+
+    def connection_lost(self, exc: Exception | None) -> None:
+        self._disarm()
+        super().connection_lost(exc)
+
+    def data_received(self, data: bytes) -> None:
+        if self._refused:
+            return
+        self._head_bytes += len(data)
+        super().data_received(data)
+        # A head is counted as it arrives, before httptools has buffered a whole (maybe endless) header line.
+        if self._awaiting_head and not self._refused and self._head_bytes > self.limits.max_header_bytes:
+            self._too_large_head(f"over {self.limits.max_header_bytes} bytes", "--max_header_bytes")
+
+    # --- parser callbacks ---------------------------------------------------------------------------------------
+
+    def on_message_begin(self) -> None:
+        super().on_message_begin()
+        self._header_count = 0
+        self._arm(self.limits.header_timeout_s, self._head_timed_out)
+
+    def on_url(self, url: bytes) -> None:
+        if not self._refused:
+            super().on_url(url)
+
+    def on_header(self, name: bytes, value: bytes) -> None:
+        if self._refused:
+            return
+        self._header_count += 1
+        if self._header_count > self.limits.max_header_count:
+            self._too_large_head(f"more than {self.limits.max_header_count} headers", "--max_header_count")
+            return
+        super().on_header(name, value)
+
+    def on_headers_complete(self) -> None:
+        if self._refused:
+            return
+        self._awaiting_head = False
+        self._head_bytes = 0
+        self._arm(self.limits.body_timeout_s, self._body_timed_out)
+        super().on_headers_complete()
+
+    def on_body(self, body: bytes) -> None:
+        if self._refused:
+            return
+        self._arm(self.limits.body_timeout_s, self._body_timed_out)
+        super().on_body(body)
+
+    def on_message_complete(self) -> None:
+        if self._refused:
+            return
+        self._disarm()
+        self._awaiting_head = True
+        self._head_bytes = 0
+        super().on_message_complete()
+
+    # --- limits -------------------------------------------------------------------------------------------------
+
+    def _arm(self, seconds: float, handler: Callable[[], None]) -> None:
+        self._disarm()
+        if seconds > 0:
+            self._timer = self.loop.call_later(seconds, handler)
+
+    def _disarm(self) -> None:
+        if self._timer is not None:
+            self._timer.cancel()
+            self._timer = None
+
+    def _head_timed_out(self) -> None:
+        self._timer = None
+        if self._head_bytes == 0 and self.cycle is None:
+            self.transport.close()  # a connection that never said anything: nobody to answer
+            return
+        self._refuse(HTTPStatus.REQUEST_TIMEOUT,
+                     f"The request head did not arrive within {self.limits.header_timeout_s:g} s "
+                     "(--http_header_timeout_s).")
+
+    def _body_timed_out(self) -> None:
+        self._timer = None
+        if self.flow.read_paused:
+            # The app, not the client, is behind: reading is paused until it takes what is buffered.
+            self._arm(self.limits.body_timeout_s, self._body_timed_out)
+            return
+        log.debug("Closing a connection whose request body stalled for %g s", self.limits.body_timeout_s)
+        self._refuse(HTTPStatus.REQUEST_TIMEOUT,
+                     f"The request body stalled for {self.limits.body_timeout_s:g} s (--http_body_timeout_s). "
+                     "Send the whole body the Content-Length announces.")
+
+    def _too_large_head(self, what: str, flag: str) -> None:
+        self._warn("head", "Refusing a request head with %s (%s).", what, flag)
+        self._refuse(HTTPStatus.REQUEST_HEADER_FIELDS_TOO_LARGE,
+                     f"The request head has {what} ({flag}). Send fewer or smaller headers, or raise the limit.")
+
+    def _refuse(self, status: HTTPStatus, message: str) -> None:
+        """Answer `status` unless a response is already under way, then close."""
+        self._refused = True
+        self._disarm()
+        if self.transport.is_closing():
+            return
+        if self.cycle is None or not self.cycle.response_started:
+            body = orjson.dumps({"error": message})
+            self.transport.write(
+                b"HTTP/1.1 %d %s\r\ncontent-type: application/json\r\ncontent-length: %d\r\nconnection: close\r\n\r\n"
+                % (status.value, status.phrase.encode(), len(body)) + body
+            )
+        self.transport.close()
+
+    def _warn(self, kind: str, message: str, *args: object) -> None:
+        """At most one line per kind every 10 s: a flood must not turn into a flood of log lines."""
+        now = time.monotonic()
+        if now - self._last_warning.get(kind, -_WARN_EVERY_S) >= _WARN_EVERY_S:
+            self._last_warning[kind] = now
+            log.warning(message, *args)
