@@ -50,9 +50,9 @@ class RequestTooLarge(ServingError):
 
     http_status = 413
 
-    def __init__(self, what: str, limit: int) -> None:
-        super().__init__(Code.RESOURCE_EXHAUSTED, f"{what} is larger than the server's limit of {limit} bytes "
-                         "(--max_request_bytes). Send smaller requests, or raise the limit.")
+    def __init__(self, what: str, limit: int, *, message: str = "") -> None:
+        super().__init__(Code.RESOURCE_EXHAUSTED, message or f"{what} is larger than the server's limit of {limit} "
+                         "bytes (--max_request_bytes). Send smaller requests, or raise the limit.")
 
 
 class SignatureNotFoundError(ServingError):

@@ -6,14 +6,17 @@ behaviour is part of the API: anything under /v1 that does not match is a 400 "M
 
 from __future__ import annotations
 
+import asyncio
 import gzip
+import logging
 import re
 import zlib
 from collections.abc import Awaitable, Callable, Mapping
-from typing import Any
+from concurrent.futures import ThreadPoolExecutor
+from typing import Any, TypeVar
 
 import orjson
-from starlette.requests import Request
+from starlette.requests import ClientDisconnect, Request
 from starlette.responses import Response
 
 from pyserving.codecs.tfserving.signatures import signature_def_map_json
@@ -24,6 +27,7 @@ from pyserving.core.states import VersionStatus
 from pyserving.errors import Code, RequestTooLarge, ServingError, SignatureNotFoundError
 from pyserving.frontends.rest import json_codec
 from pyserving.frontends.rest.errors import HTTP_STATUS
+from pyserving.malloc import BIG_REQUEST_BYTES, release_free_memory_soon
 from pyserving.observability.requests import RequestInfo, RequestObserver, new_request_id
 from pyserving.security.auth import current_principal
 
@@ -41,6 +45,16 @@ CORS_HEADERS = {
     "Access-Control-Allow-Headers": "Content-Type",
 }
 _MAX_GUNZIPPED_BYTES = 100 << 20
+_VALUE_BYTES, _STRING_BYTES = 8, 56
+"""What the decoder spends per JSON value (a float64 of a number array) and more per string (a Python object):
+a body may decode to no more than --max_request_bytes by this count, so a gzip bomb or a body of a million tiny
+strings is refused before it is parsed, not after it took gigabytes."""
+_OFF_LOOP_BYTES = 1 << 20
+"""Bodies from this size decode in a thread, so the event loop keeps serving small requests meanwhile. One thread:
+big bodies decode one at a time (each may take a few times its size), and memory freed by a thread stays in that
+thread's malloc arena, so more threads would each keep a big body's worth."""
+log = logging.getLogger("pyserving.rest")
+_T = TypeVar("_T")
 
 
 def _version_status_json(statuses: list[VersionStatus]) -> dict[str, Any]:
@@ -85,6 +99,7 @@ class TfServingV1:
         self._observer = observer or RequestObserver(None)
         self._max_body = max_request_bytes or None
         self._max_unzipped = max_request_bytes or _MAX_GUNZIPPED_BYTES
+        self._decoder = ThreadPoolExecutor(1, thread_name_prefix="rest-decode")
 
     def _json(self, body: bytes, status: int = 200) -> Response:
         return Response(body, status_code=status, media_type=_JSON, headers=self._extra_headers)
@@ -114,6 +129,11 @@ class TfServingV1:
             code = exc.code
             self._observer.failed(info, exc.version, exc.signature)
             return self._error(exc)
+        except ClientDisconnect:
+            # Nobody is left to answer; a client going away is routine, not a server error worth a traceback.
+            log.debug("Client went away before sending the whole body of %s %s", method, path)
+            code = Code.CANCELLED
+            return Response(b"", status_code=400)
         except Exception:
             code = Code.INTERNAL
             raise
@@ -194,15 +214,41 @@ class TfServingV1:
                 raise ServingError(Code.INVALID_ARGUMENT, f"Failed to gunzip the request body: {exc}") from None
         return body
 
+    async def _off_loop(self, fn: Callable[..., _T], *args: Any) -> _T:
+        return await asyncio.get_running_loop().run_in_executor(self._decoder, fn, *args)
+
+    def _check_decoded_size(self, body: bytes) -> None:
+        """Refuse a document that would decode to more than the limit before the decoder builds it. Every value but
+        the last of its container is followed by a comma, each container opens with a bracket, each string has
+        two quotes. A body that small cannot exceed the limit, so most are never counted."""
+        limit = self._max_body
+        if limit is None or len(body) * (_VALUE_BYTES + _STRING_BYTES) <= limit:
+            return
+        values = body.count(b",") + body.count(b"[") + body.count(b"{")
+        decoded = values * _VALUE_BYTES + body.count(b'"') // 2 * _STRING_BYTES
+        if decoded > limit:
+            raise RequestTooLarge("", limit, message=(
+                f"The request body would decode to about {decoded} bytes ({values} JSON values), more than the "
+                f"server's limit of {limit} bytes (--max_request_bytes). Send smaller requests, or raise the limit."))
+
     async def _post(self, request: Request, m: re.Match[str], info: RequestInfo) -> Response:
         name, version, label, verb = m.groups()
         verb = verb.lower()
         info.api, info.model = verb, name
         target = self._servable_request(name, version, label)
-        doc = json_codec.parse_body(await self._body(request))
-        sig_name = json_codec.signature_name(doc)
-        handler: Callable[..., Awaitable[tuple[bytes, ServableId]]] = getattr(self, f"_{verb}")
-        body, servable = await handler(target, sig_name, doc, _headers(request), info)
+        raw = await self._body(request)
+        big = len(raw) >= BIG_REQUEST_BYTES
+        try:
+            self._check_decoded_size(raw)
+            off_loop = len(raw) >= _OFF_LOOP_BYTES
+            doc = await self._off_loop(json_codec.parse_body, raw) if off_loop else json_codec.parse_body(raw)
+            del raw
+            sig_name = json_codec.signature_name(doc)
+            handler: Callable[..., Awaitable[tuple[bytes, ServableId]]] = getattr(self, f"_{verb}")
+            body, servable = await handler(target, sig_name, doc, _headers(request), info, off_loop)
+        finally:
+            if big:
+                release_free_memory_soon()
         # TF Serving's body has no room for the version that answered; canary users need it (see ARCHITECTURE).
         return Response(body, media_type=_JSON, headers={
             **self._extra_headers, VERSION_HEADER: str(servable.version), "X-Request-Id": info.request_id,
@@ -210,7 +256,7 @@ class TfServingV1:
 
     async def _predict(
         self, target: ServableRequest, sig_name: str, doc: dict[str, Any], headers: Mapping[str, str],
-        info: RequestInfo,
+        info: RequestInfo, off_loop: bool,
     ) -> tuple[bytes, ServableId]:
         row_format = "instances" in doc
         try:
@@ -218,7 +264,10 @@ class TfServingV1:
             # the request to that same servable.
             route, sig = self._service.signature(target, sig_name, headers)
             info.version, info.signature = route.servable.version, sig.name
-            inputs, _ = json_codec.predict_inputs(doc, sig)
+            if off_loop:
+                inputs, _ = await self._off_loop(json_codec.predict_inputs, doc, sig)
+            else:
+                inputs, _ = json_codec.predict_inputs(doc, sig)
             info.inputs = inputs
             result = await self._service.predict(PredictRequest(
                 model=target, inputs=inputs, signature_name=sig_name, timeout_s=self._timeout_s, headers=headers,
@@ -233,27 +282,32 @@ class TfServingV1:
         info.version, info.signature, info.outputs = result.servable.version, result.signature_name, result.outputs
         return json_codec.encode_predict(result.outputs, row_format), result.servable
 
-    def _examples(
+    async def _examples(
         self, target: ServableRequest, sig_name: str, doc: dict[str, Any], headers: Mapping[str, str],
-        info: RequestInfo, method: str,
+        info: RequestInfo, method: str, off_loop: bool,
     ) -> ExamplesRequest:
-        examples = json_codec.examples_from_json(doc, method)
+        if off_loop:
+            examples = await self._off_loop(json_codec.examples_from_json, doc, method)
+        else:
+            examples = json_codec.examples_from_json(doc, method)
         info.examples = examples
         return ExamplesRequest(model=target, examples=examples, signature_name=sig_name, timeout_s=self._timeout_s,
                                headers=headers)
 
     async def _classify(
         self, target: ServableRequest, sig_name: str, doc: dict[str, Any], headers: Mapping[str, str],
-        info: RequestInfo,
+        info: RequestInfo, off_loop: bool,
     ) -> tuple[bytes, ServableId]:
-        result = await self._service.classify(self._examples(target, sig_name, doc, headers, info, "classify"))
+        request = await self._examples(target, sig_name, doc, headers, info, "classify", off_loop)
+        result = await self._service.classify(request)
         info.version, info.signature, info.results = result.servable.version, result.signature_name, result.classes
         return json_codec.encode_classify(result.classes), result.servable
 
     async def _regress(
         self, target: ServableRequest, sig_name: str, doc: dict[str, Any], headers: Mapping[str, str],
-        info: RequestInfo,
+        info: RequestInfo, off_loop: bool,
     ) -> tuple[bytes, ServableId]:
-        result = await self._service.regress(self._examples(target, sig_name, doc, headers, info, "regress"))
+        request = await self._examples(target, sig_name, doc, headers, info, "regress", off_loop)
+        result = await self._service.regress(request)
         info.version, info.signature, info.results = result.servable.version, result.signature_name, result.values
         return json_codec.encode_regress(result.values), result.servable
