@@ -155,7 +155,8 @@ def parse_auth_config(text: str, *, source: str = "<auth config>", base_dir: str
 
 
 def load_auth_config_file(path: str) -> AuthPolicy:
-    text = read_config_file(path, what="--auth_config_file")
+    text = read_config_file(path, what="--auth_config_file", if_empty=(
+        "An auth config names at least one api_key or jwt issuer; to turn auth off, drop --auth_config_file."))
     return parse_auth_config(text, source=path, base_dir=os.path.dirname(os.path.abspath(path)))
 
 

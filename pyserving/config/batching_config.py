@@ -212,7 +212,11 @@ def batching_for_version(
                     "keep one of them",
                     source=path,
                 )
-            return load_batching_parameters_file(path)
+            # Re-read at every version load, maybe mid-write: a blank file fails the load (it is retried) rather
+            # than quietly batching with defaults.
+            text = read_config_file(path, what=PER_VERSION_FILE, if_empty=(
+                "For TF Serving's defaults write a comment line, e.g. # defaults"))
+            return parse_batching_parameters(text, source=path)
         return model.batching
     if model.batching is not None:
         return model.batching

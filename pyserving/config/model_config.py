@@ -224,10 +224,8 @@ def load_model_config_file(path: str) -> tuple[ModelConfig, ...]:
 
     An empty file is refused rather than read as "no models": that is what an editor or a `>` redirect leaves
     for a moment mid-write, and polling it must not unload everything. `model_config_list {}` says "no models"."""
-    text = read_config_file(path, what="--model_config_file")
-    if not text.strip():
-        raise ConfigError("the file is empty (a write in progress?); the configuration in force keeps serving. To "
-                          "serve no models, write: model_config_list {}", source=path)
+    text = read_config_file(path, what="--model_config_file",
+                            if_empty="To serve no models, write: model_config_list {}")
     return parse_model_server_config(text, source=path)
 
 

@@ -213,11 +213,15 @@ def message_class(full_name: str) -> type[Message]:
     return message_factory.GetMessageClass(descriptor_pool.Default().FindMessageTypeByName(full_name))
 
 
-def read_config_file(path: str, *, what: str) -> str:
-    """The text of a config file, or a ConfigError that names it and says why it could not be read."""
+def read_config_file(path: str, *, what: str, if_empty: str = "") -> str:
+    """The text of a config file, or a ConfigError that names it and says why it could not be read.
+
+    With `if_empty` (what to write instead), a blank file is refused rather than read as an empty message: that
+    is what an editor or a `>` redirect leaves for a moment mid-write, and a file that is re-read while serving
+    must not turn that moment into "no models" or "no credentials"."""
     try:
         with open(path, encoding="utf-8") as f:
-            return f.read()
+            text = f.read()
     except FileNotFoundError:
         raise ConfigError(f"cannot read {what}: no such file", source=path) from None
     except IsADirectoryError:
@@ -228,6 +232,10 @@ def read_config_file(path: str, *, what: str) -> str:
                           "a text proto, not a binary one", source=path) from None
     except OSError as e:
         raise ConfigError(f"cannot read {what}: {e.strerror}", source=path) from None
+    if if_empty and not text.strip():
+        raise ConfigError(f"the file is empty (a write in progress?); the configuration in force keeps serving. "
+                          f"{if_empty}", source=path)
+    return text
 
 
 _SCALARS = {
