@@ -3,6 +3,7 @@ file caught empty mid-write, TF Serving's parse-error wording, and rank-0 string
 
 from __future__ import annotations
 
+import hashlib
 import json
 import logging
 import time
@@ -18,6 +19,7 @@ from tensorflow_serving.apis import predict_pb2, prediction_service_pb2_grpc
 from conftest import run_server
 from pyserving.codecs.tfserving.protos.tensor_pb2 import TensorProto
 from pyserving.codecs.tfserving.tensor import to_ndarray
+from pyserving.config.batching_config import batching_for_version
 from pyserving.config.model_config import parse_model_server_config
 from pyserving.config.textproto import ConfigError
 from pyserving.errors import Code, ServingError
@@ -173,3 +175,48 @@ def test_base_paths_outside_the_allowed_roots_are_refused(tmp_path: Path) -> Non
         assert [m["name"] for m in listed] == ["m"]
         assert requests.post(f"{server.rest_url}/v1/models/m:predict", json={"instances": [1.0]},
                              timeout=TIMEOUT).status_code == 200
+
+
+def test_an_auth_file_caught_empty_keeps_its_keys(tmp_path: Path, caplog: pytest.LogCaptureFixture) -> None:
+    write_model(str(tmp_path / "m" / "1"), {"signatures": SIGNATURES})
+    auth = tmp_path / "auth.config"
+    key, other = "k" * 32, "o" * 32
+
+    def policy(secret: str) -> str:
+        return f'api_key {{ name: "a" sha256: "{hashlib.sha256(secret.encode()).hexdigest()}" scope: "*:predict" }}'
+
+    auth.write_text(policy(key))
+    options = ServerOptions(models=(ModelConfig("m", str(tmp_path / "m"), platform="memory"),),
+                            auth_config_file=str(auth), auth_poll_seconds=0.1)
+
+    def status(server: object, secret: str) -> int:
+        return requests.post(f"{server.rest_url}/v1/models/m:predict", json={"instances": [1.0]},  # type: ignore[attr-defined]
+                             headers={"X-API-Key": secret}, timeout=TIMEOUT).status_code
+
+    with caplog.at_level(logging.ERROR), run_server(options) as server:
+        assert status(server, key) == 200
+        auth.write_text("")  # mid-write: must not become "no keys at all"
+        deadline = time.monotonic() + 10
+        while not any("is empty" in r.getMessage() for r in caplog.records):
+            assert time.monotonic() < deadline, "the empty auth file was not noticed"
+            time.sleep(0.05)
+        assert status(server, key) == 200
+        auth.write_text(policy(other))  # the finished write takes effect
+        deadline = time.monotonic() + 10
+        while status(server, other) != 200:
+            assert time.monotonic() < deadline, "the new auth file was not applied"
+            time.sleep(0.05)
+        assert status(server, key) in (401, 403)
+
+
+def test_a_version_batching_file_caught_empty_fails_the_load_not_batches_with_defaults(tmp_path: Path) -> None:
+    version = tmp_path / "m" / "1"
+    version.mkdir(parents=True)
+    (version / "batching_params.pbtxt").write_text("")
+    with pytest.raises(ConfigError) as err:
+        batching_for_version(ModelConfig("m", str(tmp_path / "m")), str(version), global_options=None,
+                             per_model_files=True)
+    assert "write in progress" in str(err.value)
+    (version / "batching_params.pbtxt").write_text("# TF Serving's defaults\n")
+    assert batching_for_version(ModelConfig("m", str(tmp_path / "m")), str(version), global_options=None,
+                                per_model_files=True) is not None

@@ -14,6 +14,7 @@ from __future__ import annotations
 
 import dataclasses
 import logging
+import os
 import threading
 import time
 from collections.abc import Callable, Mapping, Sequence
@@ -270,20 +271,29 @@ class ModelManager:
             except Exception:  # metrics must never fail a load
                 log.exception("Recording the load of %s failed", version.id)
 
-    def _fail(self, version: _Version, error: ServingError) -> None:
+    def _shown(self, error: ServingError, version_path: str) -> ServingError:
+        """The error as clients see it in the model's status: paths relative to the model's base path, so that
+        a status call does not tell a stranger how the server's disks are laid out."""
+        base = os.path.dirname(os.path.abspath(version_path)).rstrip("/") + "/"
+        if self._lifecycle.absolute_paths_in_errors or base not in error.message:
+            return error
+        return ServingError(error.code, error.message.replace(base, ""))
+
+    def _fail(self, version: _Version, cause: ServingError) -> None:
         retries = self._lifecycle.max_num_load_retries
+        error = self._shown(cause, version.path)
         with self._lock:
             if version.attempts <= retries and version.id.version in self._models[version.id.name].aspired:
                 version.retry_at = time.monotonic() + max(self._lifecycle.load_retry_interval_s, 0.0)
                 version.error = error
                 log.warning(
                     "Loading servable version %s failed (attempt %d of %d), retrying in %.1f s: %s",
-                    version.id, version.attempts, retries + 1, self._lifecycle.load_retry_interval_s, error.message,
+                    version.id, version.attempts, retries + 1, self._lifecycle.load_retry_interval_s, cause.message,
                 )
                 return
             version.state = ServableState.END
             version.error = error
-        log.error("Loading servable version %s from %s failed: %s", version.id, version.path, error.message)
+        log.error("Loading servable version %s from %s failed: %s", version.id, version.path, cause.message)
 
     def _unload(self, version: _Version) -> None:
         model = self._models[version.id.name]

@@ -95,6 +95,13 @@ class MemoryServable:
         if self._delay_s:
             time.sleep(self._delay_s)
         sig = self.signatures[signature]
+        for i, (alias, spec) in enumerate(sig.inputs.items()):
+            array = inputs.get(alias)
+            if array is not None and (array.dtype.kind == "O") != (spec.dtype == DType.DT_STRING):
+                sent = "string" if array.dtype.kind == "O" else DType.from_numpy(array.dtype).short_name
+                # TF's words when a Session is fed the wrong type
+                raise ServingError(Code.INVALID_ARGUMENT,
+                                   f"Expects arg[{i}] to be {spec.dtype.short_name} but {sent} is provided")
         first = inputs[next(iter(sig.inputs))] if sig.inputs else np.zeros(0, np.float32)
         if self._fail_above is not None and first.size and np.any(first >= self._fail_above):
             raise ServingError(Code.INVALID_ARGUMENT, f"memory model refuses inputs >= {self._fail_above}")

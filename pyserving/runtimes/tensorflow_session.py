@@ -9,7 +9,9 @@ model whose signature declares shape [1] accepts any batch, as the C++ Session i
 
 from __future__ import annotations
 
+import logging
 import os
+import re
 import threading
 from collections.abc import Mapping, Sequence
 from typing import Any
@@ -22,10 +24,26 @@ from pyserving.options import RuntimeOptions
 from pyserving.runtimes.base import RunFn, Signature, TensorSpec
 from pyserving.runtimes.tensorflow import SAVED_MODEL_FILES
 
+log = logging.getLogger("pyserving.runtimes")
+
 os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
 
 import tensorflow as tf  # noqa: E402  (after the log-level default)
 from tensorflow.core.protobuf import config_pb2  # noqa: E402
+
+
+_GRAPH_DETAIL = re.compile(r"\n\s*\[\[\{\{|\n\nErrors may have originated from")
+
+
+def _client_error(exc: BaseException) -> ServingError:
+    """A run's error as the client sees it: TF's first line(s), without the graph's node names and the input
+    operations it traces them to (internals of the model, logged at debug level)."""
+    error = _serving_error(exc)
+    cut = _GRAPH_DETAIL.search(error.message)
+    if cut is None:
+        return error
+    log.debug("Run failed: %s", error.message)
+    return ServingError(error.code, error.message[: cut.start()].rstrip())
 
 
 def _serving_error(exc: BaseException) -> ServingError:
@@ -139,7 +157,7 @@ class TensorFlowServable:
             fn = self._callable(signature, input_keys, outs)
             values = fn(*(inputs[k] for k in input_keys))
         except BaseException as exc:
-            raise _serving_error(exc) from exc
+            raise _client_error(exc) from exc
         return {key: _as_array(value) for key, value in zip(outs, values)}
 
     def unload(self) -> None:

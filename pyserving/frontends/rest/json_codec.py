@@ -72,6 +72,20 @@ def _json_type(value: Any) -> str:
     return "Number"
 
 
+_MAX_DEPTH = 1024
+"""orjson's nesting limit (it recurses): deeper documents are refused at once, in bounded time and memory, where
+TF Serving's rapidjson would parse them (and the tensor code then rejects any input nested that deep)."""
+
+
+def _nested_too_deep(body: bytes, offset: int) -> bool:
+    """Whether a parse error at `offset` is the nesting limit: the depth there, counted over the bytes before it
+    (string contents may miscount: this only picks the message)."""
+    if offset < _MAX_DEPTH:
+        return False
+    head = body[:offset]
+    return head.count(b"[") + head.count(b"{") - head.count(b"]") - head.count(b"}") >= _MAX_DEPTH
+
+
 def parse_body(body: bytes) -> dict[str, Any]:
     """The request document; it must be a JSON object."""
     try:
@@ -82,6 +96,9 @@ def parse_body(body: bytes) -> dict[str, Any]:
                 raise _invalid("JSON Parse error: The document is empty") from None
             # rapidjson reports a whitespace-only document where its whitespace ends
             raise _invalid(f"JSON Parse error: The document is empty. at offset: {len(body)}") from None
+        if _nested_too_deep(body, exc.offset):
+            raise _invalid(f"JSON Parse error: arrays and objects nested deeper than {_MAX_DEPTH} levels at offset: "
+                           f"{exc.offset}. Flatten the request.") from None
         raise _invalid(f"JSON Parse error: {exc.reason} at offset: {exc.offset}") from None
     if not isinstance(doc, dict):
         raise _invalid(f"JSON Value: {_show(doc)} Is not object")
@@ -250,14 +267,9 @@ def to_tensor(value: Any, spec: TensorSpec) -> np.ndarray:
             arr = arr.astype(np.float64)  # integers beyond int64 next to other numbers; JSON-wise still numbers
             kind = "f"
         if kind in "fiu":
-            try:
-                with np.errstate(over="raise"):
-                    return arr.astype(dtype.numpy, copy=False)
-            except FloatingPointError:
-                big = _first_bad(value, lambda v: abs(float(v)) <= float(np.finfo(dtype.numpy).max))
-                raise _invalid(
-                    f"Cannot convert JSON value: {big} to {dtype.short_name} without loss of precision."
-                ) from None
+            # TF Serving narrows with a C cast (rapidjson's GetFloat): a number beyond the dtype's range is +/-inf.
+            with np.errstate(over="ignore"):
+                return arr.astype(dtype.numpy, copy=False)
         raise _type_error(_first_bad(value, _is_number), dtype)
     if dtype == DType.DT_BOOL:
         if kind == "b":

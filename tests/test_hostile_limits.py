@@ -1,0 +1,415 @@
+"""The hostile-input table, row by row, against a real `pyserving serve` process: each hostile request gets a clear
+refusal (TF Serving's error shape, the right status or gRPC code, the limit's flag named), and the server's
+resident memory stays bounded while it is refused (peak RSS from /proc, reset before each case) and comes back
+after big requests.
+
+The server serves a numpy-only "memory" model so that its base RSS (~75 MB) is small next to the bounds.
+"""
+
+from __future__ import annotations
+
+import gzip
+import json
+import signal
+import socket
+import subprocess
+import sys
+import threading
+import time
+from collections.abc import Callable, Iterator
+from dataclasses import dataclass
+from pathlib import Path
+
+import grpc
+import numpy as np
+import pytest
+import requests
+from tensorflow_serving.apis import predict_pb2, prediction_service_pb2_grpc
+
+from conftest import GRPC_OPTIONS, free_port
+from pyserving.runtimes.memory import write_model
+
+MIB = 1 << 20
+LIMIT = 16 * MIB
+TIMEOUT = 60
+SIGNATURES = {"serving_default": {"inputs": {"x": {"dtype": "DT_FLOAT", "shape": [-1]}},
+                                  "outputs": {"y": {"dtype": "DT_FLOAT", "shape": [-1]}}}}
+
+
+@dataclass
+class Served:
+    proc: subprocess.Popen[bytes]
+    rest_port: int
+    grpc_port: int
+    stderr: Path
+
+    @property
+    def url(self) -> str:
+        return f"http://127.0.0.1:{self.rest_port}"
+
+    def status(self, field: str) -> int:
+        """A /proc/PID/status figure in bytes (VmRSS: resident now; VmHWM: the peak since the last reset)."""
+        for line in Path(f"/proc/{self.proc.pid}/status").read_text().splitlines():
+            if line.startswith(field + ":"):
+                return int(line.split()[1]) * 1024
+        raise AssertionError(f"no {field} in /proc/{self.proc.pid}/status")
+
+    def peak_over_base(self, action: Callable[[], object]) -> int:
+        """Bytes the server's RSS rose above where it was, at its peak, while `action` ran."""
+        Path(f"/proc/{self.proc.pid}/clear_refs").write_text("5")  # resets VmHWM to the current RSS
+        base = self.status("VmRSS")
+        action()
+        return self.status("VmHWM") - base
+
+    def stub(self) -> prediction_service_pb2_grpc.PredictionServiceStub:
+        channel = grpc.insecure_channel(f"127.0.0.1:{self.grpc_port}", options=GRPC_OPTIONS)
+        return prediction_service_pb2_grpc.PredictionServiceStub(channel)
+
+    def small_predict(self) -> None:
+        r = requests.post(f"{self.url}/v1/models/m:predict", json={"instances": [1.0, 2.0]}, timeout=TIMEOUT)
+        assert r.status_code == 200 and r.json() == {"predictions": [1.0, 2.0]}, r.text
+
+
+def _serve(tmp: Path, *flags: str) -> Iterator[Served]:
+    write_model(str(tmp / "m" / "1"), {"signatures": SIGNATURES, "function": "identity"})
+    config = tmp / "models.config"
+    config.write_text(f'model_config_list {{ config {{ name: "m" base_path: "{tmp / "m"}" model_platform: "memory" }} }}\n')
+    rest_port, grpc_port = free_port(), free_port()
+    stderr = tmp / "stderr.log"
+    with open(stderr, "wb") as err:
+        proc = subprocess.Popen(
+            [sys.executable, "-m", "pyserving", "serve", f"--port={grpc_port}", f"--rest_api_port={rest_port}",
+             "--host=127.0.0.1", f"--model_config_file={config}", *flags],
+            stdout=subprocess.DEVNULL, stderr=err,
+        )
+    served = Served(proc, rest_port, grpc_port, stderr)
+    try:
+        deadline = time.monotonic() + 60
+        while True:
+            try:
+                if requests.get(f"{served.url}/v1/models/m", timeout=2).status_code == 200:
+                    break
+            except requests.ConnectionError:
+                pass
+            assert proc.poll() is None, stderr.read_text()[-3000:]
+            assert time.monotonic() < deadline, "the server did not come up in 60 s"
+            time.sleep(0.1)
+        yield served
+    finally:
+        proc.send_signal(signal.SIGTERM)
+        try:
+            proc.wait(30)
+        except subprocess.TimeoutExpired:
+            proc.kill()
+            proc.wait(10)
+
+
+@pytest.fixture(scope="module")
+def limited(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Served]:
+    """Small limits, so that every case fits a test's time and memory."""
+    yield from _serve(tmp_path_factory.mktemp("limited"), f"--max_request_bytes={LIMIT}",
+                      "--http_header_timeout_s=1", "--http_body_timeout_s=1", "--max_connections=40")
+
+
+@pytest.fixture(scope="module")
+def defaults(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Served]:
+    yield from _serve(tmp_path_factory.mktemp("defaults"))
+
+
+def _grpc_request(dtype: int, dims: list[int], **values: object) -> predict_pb2.PredictRequest:
+    request = predict_pb2.PredictRequest()
+    request.model_spec.name = "m"
+    tensor = request.inputs["x"]
+    tensor.dtype = dtype
+    for d in dims:
+        tensor.tensor_shape.dim.add(size=d)
+    for field, value in values.items():
+        if isinstance(value, bytes):
+            setattr(tensor, field, value)
+        else:
+            getattr(tensor, field).extend(value)  # type: ignore[arg-type]
+    return request
+
+
+def _grpc_refusal(served: Served, request: predict_pb2.PredictRequest) -> grpc.RpcError:
+    with pytest.raises(grpc.RpcError) as err:
+        served.stub().Predict(request, timeout=TIMEOUT)
+    return err.value
+
+
+# --- gRPC: bounded by what a request decodes to ---------------------------------------------------------------
+
+@pytest.mark.parametrize(("dtype", "dims", "values"), [
+    (1, [2**28], {"float_val": [1.0]}),           # 1 GiB of float32 from one value
+    (1, [2**26], {}),                              # no value at all: zeros
+    (7, [2**30], {"string_val": [b"x"]}),          # a billion copies of one string
+], ids=["one-float", "no-value", "one-string"])
+def test_grpc_few_bytes_that_decode_to_gigabytes_are_refused_before_allocating(
+    limited: Served, dtype: int, dims: list[int], values: dict[str, list[object]]
+) -> None:
+    errors: list[grpc.RpcError] = []
+    peak = limited.peak_over_base(lambda: errors.append(_grpc_refusal(limited, _grpc_request(dtype, dims, **values))))
+    assert errors[0].code() == grpc.StatusCode.RESOURCE_EXHAUSTED
+    assert "Input x" in errors[0].details() and "--max_request_bytes" in errors[0].details()
+    assert peak < 2 * LIMIT, f"RSS rose {peak / MIB:.0f} MiB"
+    limited.small_predict()
+
+
+def test_grpc_message_over_the_limit_is_refused_unread(limited: Served) -> None:
+    request = _grpc_request(1, [16 * MIB], tensor_content=np.ones(16 * MIB, np.float32).tobytes())  # 64 MiB
+    errors: list[grpc.RpcError] = []
+    peak = limited.peak_over_base(lambda: errors.append(_grpc_refusal(limited, request)))
+    assert errors[0].code() == grpc.StatusCode.RESOURCE_EXHAUSTED, errors[0].details()
+    assert peak < 2 * LIMIT, f"RSS rose {peak / MIB:.0f} MiB"
+
+
+def test_grpc_big_strings_are_refused_and_their_memory_comes_back(limited: Served) -> None:
+    request = _grpc_request(7, [10], string_val=[b"s" * (3 * MIB // 2)] * 10)  # 15 MiB: under the limit
+
+    def refused() -> None:
+        error = _grpc_refusal(limited, request)
+        assert error.code() == grpc.StatusCode.INVALID_ARGUMENT, error.details()  # strings for a float input
+
+    base = limited.status("VmRSS")
+    peak = limited.peak_over_base(refused)
+    # gRPC's receive buffer, the parsed message and the decoded strings: measured ~5.5x the message.
+    assert peak < 7 * LIMIT, f"RSS rose {peak / MIB:.0f} MiB"
+    # gRPC's buffers settle at a few messages' worth (measured over 40 requests: 80-120 MB, not growing).
+    _does_not_keep_growing(limited, refused, base, 10 * LIMIT)
+
+
+def _does_not_keep_growing(served: Served, action: Callable[[], object], base: int, bound: int) -> None:
+    """Ten more big requests leave RSS under base + bound: what a request took comes back (the server collects
+    and trims after big requests) instead of ~a request's worth sticking each time (before: +40 MB a request)."""
+    for _ in range(10):
+        action()
+    deadline = time.monotonic() + 10
+    while (grown := served.status("VmRSS") - base) > bound:
+        assert time.monotonic() < deadline, f"RSS stayed {grown / MIB:.0f} MiB above base after 10 more requests"
+        time.sleep(0.2)
+
+
+# --- REST: bodies, gzip, JSON -----------------------------------------------------------------------------------
+
+def _numbers_body(size: int) -> bytes:
+    row = b"[" + b",".join([b"1.2345678"] * 64) + b"]"
+    rows = max(size // (len(row) + 1), 1)
+    return b'{"inputs": {"x": [' + b",".join([row] * rows) + b"]}}"
+
+
+def test_rest_big_json_is_served_and_its_memory_comes_back(limited: Served) -> None:
+    body = _numbers_body(LIMIT - MIB)
+
+    def served() -> None:
+        r = requests.post(f"{limited.url}/v1/models/m:predict", data=body, timeout=TIMEOUT)
+        assert r.status_code == 200, r.text[:300]
+
+    base = limited.status("VmRSS")
+    peak = limited.peak_over_base(served)
+    # The body, its float64 and float32 arrays, the answer's JSON: a few times the body, never tens of times.
+    assert peak < 6 * LIMIT, f"RSS rose {peak / MIB:.0f} MiB for a {len(body) / MIB:.0f} MiB body"
+    _does_not_keep_growing(limited, served, base, 4 * LIMIT)
+
+
+def test_rest_body_over_the_limit_is_413(limited: Served) -> None:
+    r = requests.post(f"{limited.url}/v1/models/m:predict", data=b" " * (LIMIT + 1), timeout=TIMEOUT)
+    assert r.status_code == 413 and "--max_request_bytes" in r.json()["error"]
+
+
+def test_rest_gzip_bomb_is_refused_with_default_limits(defaults: Served) -> None:
+    inflated = b'{"instances": [' + b"0," * (44 * MIB) + b"0]}"  # 88 MiB of zeros: 46M JSON values
+    bomb = gzip.compress(inflated, 9)
+    assert len(bomb) < 200 << 10
+    responses: list[requests.Response] = []
+    peak = defaults.peak_over_base(lambda: responses.append(requests.post(
+        f"{defaults.url}/v1/models/m:predict", data=bomb, headers={"Content-Encoding": "gzip"}, timeout=TIMEOUT)))
+    assert responses[0].status_code == 413, responses[0].text
+    assert "JSON values" in responses[0].json()["error"] and "--max_request_bytes" in responses[0].json()["error"]
+    assert peak < 2 * len(inflated), f"RSS rose {peak / MIB:.0f} MiB"
+    defaults.small_predict()
+
+
+def test_rest_deep_nesting_is_a_clear_400_in_bounded_memory(limited: Served) -> None:
+    body = b'{"instances": ' + b"[" * 100_000 + b"]" * 100_000 + b"}"
+    responses: list[requests.Response] = []
+    peak = limited.peak_over_base(lambda: responses.append(requests.post(
+        f"{limited.url}/v1/models/m:predict", data=body, timeout=TIMEOUT)))
+    assert responses[0].status_code == 400
+    assert "nested deeper than 1024 levels" in responses[0].json()["error"]
+    assert peak < 8 * MIB
+
+
+def test_small_predicts_complete_while_a_big_body_decodes(limited: Served) -> None:
+    body = _numbers_body(LIMIT - MIB)
+    head = (f"POST /v1/models/m:predict HTTP/1.1\r\nHost: x\r\nContent-Type: application/json\r\n"
+            f"Content-Length: {len(body)}\r\n\r\n").encode()
+    finished: list[str] = []
+    with socket.create_connection(("127.0.0.1", limited.rest_port), timeout=TIMEOUT) as big:
+        big.sendall(head + body)  # all sent: the server now reads, decodes, runs, encodes it
+
+        def read_big() -> None:
+            finished.append("big " + big.recv(12).decode())
+
+        reader = threading.Thread(target=read_big)
+        reader.start()
+        with requests.Session() as session:
+            for _ in range(3):
+                r = session.post(f"{limited.url}/v1/models/m:predict", json={"instances": [1.0]}, timeout=TIMEOUT)
+                assert r.status_code == 200
+                finished.append("small")
+        reader.join(TIMEOUT)
+    assert finished[-1] == "big HTTP/1.1 200", finished
+
+
+# --- HTTP: slow, idle, greedy clients ----------------------------------------------------------------------------
+
+def _answer(sock: socket.socket, timeout_s: float = 10) -> tuple[int, bytes]:
+    """The status and body of what the server wrote before closing (0 if it closed without a word)."""
+    sock.settimeout(timeout_s)
+    data = b""
+    while True:
+        try:
+            chunk = sock.recv(65536)
+        except ConnectionResetError:
+            break
+        if not chunk:
+            break
+        data += chunk
+    if not data:
+        return 0, b""
+    status = int(data.split(b" ", 2)[1])
+    return status, data.split(b"\r\n\r\n", 1)[1]
+
+
+def test_a_body_announced_and_never_sent_is_dropped_after_the_body_timeout(limited: Served) -> None:
+    socks = [socket.create_connection(("127.0.0.1", limited.rest_port)) for _ in range(30)]
+    started = time.monotonic()
+    for s in socks:
+        s.sendall(b"POST /v1/models/m:predict HTTP/1.1\r\nHost: x\r\nContent-Length: 1000\r\n\r\n{\"instances\"")
+    limited.small_predict()  # others are served meanwhile
+    answers = [_answer(s) for s in socks]
+    for s in socks:
+        s.close()
+    assert time.monotonic() - started < 8
+    assert {status for status, _ in answers} == {408}, answers[:3]
+    assert b"--http_body_timeout_s" in answers[0][1]
+    assert "Traceback" not in limited.stderr.read_text()
+
+
+def test_a_head_trickled_slowly_is_dropped_after_the_header_timeout(limited: Served) -> None:
+    with socket.create_connection(("127.0.0.1", limited.rest_port)) as s:
+        s.sendall(b"POST /v1/models/m:predict HTTP/1.1\r\nHost: x\r\n")
+        started = time.monotonic()
+        status, body = _answer(s)
+    assert status == 408 and b"--http_header_timeout_s" in body
+    assert time.monotonic() - started < 5
+
+
+def test_a_silent_connection_is_closed_after_the_header_timeout(limited: Served) -> None:
+    with socket.create_connection(("127.0.0.1", limited.rest_port)) as s:
+        started = time.monotonic()
+        assert _answer(s) == (0, b"")
+    assert time.monotonic() - started < 5
+
+
+def test_connections_over_the_cap_get_503_and_the_server_recovers(limited: Served) -> None:
+    socks = [socket.create_connection(("127.0.0.1", limited.rest_port)) for _ in range(40)]
+    try:
+        time.sleep(0.2)  # all accepted: the cap (40) is reached
+        with socket.create_connection(("127.0.0.1", limited.rest_port)) as extra:
+            status, body = _answer(extra)
+        assert status == 503 and b"--max_connections" in body
+    finally:
+        for s in socks:
+            s.close()
+    time.sleep(0.3)
+    limited.small_predict()
+
+
+def test_a_hundred_thousand_headers_get_431(limited: Served) -> None:
+    head = b"GET /v1/models/m HTTP/1.1\r\nHost: x\r\n" + b"".join(b"X-H%d: v\r\n" % i for i in range(100_000))
+    with socket.create_connection(("127.0.0.1", limited.rest_port)) as s:
+        try:
+            s.sendall(head + b"\r\n")
+        except (BrokenPipeError, ConnectionResetError):
+            pass  # refused before it was all sent
+        status, body = _answer(s)
+    assert status == 431 and b"--max_header_count" in body, (status, body)
+    limited.small_predict()
+
+
+def test_one_endless_header_line_gets_431(limited: Served) -> None:
+    with socket.create_connection(("127.0.0.1", limited.rest_port)) as s:
+        try:
+            s.sendall(b"GET /v1/models/m HTTP/1.1\r\nX-Big: " + b"v" * (8 * MIB))
+        except (BrokenPipeError, ConnectionResetError):
+            pass
+        status, body = _answer(s)
+    assert status == 431 and b"--max_header_bytes" in body, (status, body)
+
+
+def test_a_client_leaving_mid_body_is_no_traceback(limited: Served) -> None:
+    for _ in range(5):
+        with socket.create_connection(("127.0.0.1", limited.rest_port)) as s:
+            s.sendall(b"POST /v1/models/m:predict HTTP/1.1\r\nHost: x\r\nContent-Length: 100000\r\n\r\n[1,2")
+            time.sleep(0.05)
+    limited.small_predict()
+    log = limited.stderr.read_text()
+    assert "Traceback" not in log and "Exception" not in log, log[-2000:]
+
+
+# --- answers ---------------------------------------------------------------------------------------------------
+
+def test_floats_beyond_float32_become_infinity_as_in_tf_serving(limited: Served) -> None:
+    r = requests.post(f"{limited.url}/v1/models/m:predict", data=b'{"instances": [1.79769e+308, -1e39, 1]}',
+                      timeout=TIMEOUT)
+    assert r.status_code == 200, r.text
+    assert json.loads(r.content) == {"predictions": [float("inf"), float("-inf"), 1.0]}  # TF Serving's tokens
+
+
+def test_status_errors_name_files_relative_to_the_base_path(tmp_path: Path) -> None:
+    (tmp_path / "m" / "1").mkdir(parents=True)
+    (tmp_path / "m" / "1" / "model.json").write_text("{not json")
+    write_model(str(tmp_path / "m" / "2"), {"signatures": SIGNATURES})
+    served = _serve_models(tmp_path)
+    try:
+        s = next(served)
+        status = requests.get(f"{s.url}/v1/models/m/versions/1", timeout=TIMEOUT)
+        message = json.dumps(status.json())
+        assert str(tmp_path) not in message and "1/model.json" in message, message
+        assert str(tmp_path) in s.stderr.read_text()  # the operator's log keeps the whole path
+    finally:
+        served.close()
+
+
+def _serve_models(tmp: Path) -> Iterator[Served]:
+    """Like _serve over an existing model directory with every version served (version 1 may be broken)."""
+    config = tmp / "models.config"
+    config.write_text(f'model_config_list {{ config {{ name: "m" base_path: "{tmp / "m"}" model_platform: "memory" '
+                      "model_version_policy { all {} } } }\n")
+    rest_port = free_port()
+    stderr = tmp / "stderr.log"
+    with open(stderr, "wb") as err:
+        proc = subprocess.Popen(
+            [sys.executable, "-m", "pyserving", "serve", f"--port={free_port()}", f"--rest_api_port={rest_port}",
+             "--host=127.0.0.1", f"--model_config_file={config}", "--max_num_load_retries=0"],
+            stdout=subprocess.DEVNULL, stderr=err,
+        )
+    served = Served(proc, rest_port, 0, stderr)
+    try:
+        deadline = time.monotonic() + 60
+        while "failed" not in stderr.read_text() or not _up(served):
+            assert proc.poll() is None, stderr.read_text()[-3000:]
+            assert time.monotonic() < deadline, "the server did not come up in 60 s"
+            time.sleep(0.1)
+        yield served
+    finally:
+        proc.send_signal(signal.SIGTERM)
+        proc.wait(30)
+
+
+def _up(served: Served) -> bool:
+    try:
+        return requests.get(f"{served.url}/v1/models/m/versions/2", timeout=2).status_code == 200
+    except requests.ConnectionError:
+        return False
