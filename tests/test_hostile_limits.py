@@ -413,3 +413,10 @@ def _up(served: Served) -> bool:
         return requests.get(f"{served.url}/v1/models/m/versions/2", timeout=2).status_code == 200
     except requests.ConnectionError:
         return False
+
+
+def test_a_gzip_body_cut_short_is_a_gunzip_error(limited: Served) -> None:
+    whole = gzip.compress(b'{"instances": [1.0, 2.0]}')
+    r = requests.post(f"{limited.url}/v1/models/m:predict", data=whole[: len(whole) // 2],
+                      headers={"Content-Encoding": "gzip"}, timeout=TIMEOUT)
+    assert r.status_code == 400 and "Failed to gunzip the request body" in r.json()["error"], r.text

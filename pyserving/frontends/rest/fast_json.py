@@ -26,6 +26,8 @@ import orjson
 # short rows (images) break even near 128 KiB and win 2-3x at megabytes, int arrays win from ~40 KiB, but
 # float arrays with long rows (>= ~10) stay ~25% slower up to megabytes.
 MIN_FAST_BYTES = 128 << 10
+_MAX_DEPTH = 1024  # orjson's nesting limit
+_DEEP = b"[" * _MAX_DEPTH
 
 # glibc returns freed heap above its trim threshold to the OS, so a process that never freed a big block pays a
 # page fault per 4 KiB of every decode's temporaries (+40% in a VM). Freeing one 16 MiB block raises the dynamic
@@ -94,8 +96,8 @@ def loads(body: bytes) -> Any:
     if not body.strip(_WS):
         raise JsonParseError("The document is empty.", 0)
     # A decoded user string could equal a placeholder ("\x00" + index) only if the body has a "\u0000" escape.
-    if len(body) < MIN_FAST_BYTES or (b"\\" in body and b"\\u0000" in body):
-        return _plain(body)
+    if len(body) < MIN_FAST_BYTES or (b"\\" in body and b"\\u0000" in body) or _DEEP in body:
+        return _plain(body)  # (a run of 1024 '[' is past orjson's limit: it refuses that in microseconds)
     try:
         spans = _fast_spans(body)
     except _Fallback:
@@ -146,8 +148,8 @@ def _fast_spans(body: bytes) -> list[tuple[int, int, np.ndarray]]:
     bi = np.flatnonzero(T != 44)
     B, opening = S[bi], T[bi] == 91
     depth = np.cumsum(np.where(opening, np.int32(1), np.int32(-1)))
-    if not B.size or depth[-1] != 0 or depth.min() < 0:
-        return []
+    if not B.size or depth[-1] != 0 or depth.min() < 0 or depth.max() > _MAX_DEPTH:
+        return []  # (too deep: orjson refuses it in microseconds; looking for spans took seconds per 1M levels)
     spans, parents, level = [], None, 1
     while True:  # outermost first; look inside big arrays that did not qualify (ragged, or holding objects)
         o, c = B[opening & (depth == level)], B[~opening & (depth == level - 1)]

@@ -210,6 +210,8 @@ class TfServingV1:
                         Code.INVALID_ARGUMENT,
                         f"Request body is larger than {_MAX_GUNZIPPED_BYTES} bytes once uncompressed.",
                     )
+                if not decompressor.eof:
+                    raise zlib.error("the body ends before its compressed data does (cut short in transfer?)")
             except (zlib.error, gzip.BadGzipFile) as exc:
                 raise ServingError(Code.INVALID_ARGUMENT, f"Failed to gunzip the request body: {exc}") from None
         return body
