@@ -42,6 +42,7 @@ def _typed_values(proto: TensorProto, dtype: DType) -> np.ndarray:
 
 
 _STRING_ELEMENT_BYTES = 8  # an object array's pointer per element, before the strings themselves
+_STRING_OBJECT_BYTES = 40  # a Python bytes object's header, per string sent (fill-ins repeat one object)
 
 
 def _decode(proto: TensorProto, alias: str, max_bytes: int | None) -> np.ndarray:
@@ -55,7 +56,9 @@ def _decode(proto: TensorProto, alias: str, max_bytes: int | None) -> np.ndarray
     count = math.prod(shape)  # Python ints: huge dims must not overflow into a small, "acceptable" number
     if max_bytes is not None:
         itemsize = _STRING_ELEMENT_BYTES if dtype == DType.DT_STRING else _itemsize(dtype)
-        decoded = count * itemsize + (sum(map(len, proto.string_val)) if dtype == DType.DT_STRING else 0)
+        decoded = count * itemsize
+        if dtype == DType.DT_STRING:
+            decoded += len(proto.string_val) * _STRING_OBJECT_BYTES + sum(map(len, proto.string_val))
         if decoded > max_bytes:
             raise RequestTooLarge(f"Input {alias} (shape {shape}, {dtype.name}) decodes to {decoded} bytes, which",
                                   max_bytes)
