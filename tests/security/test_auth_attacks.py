@@ -220,6 +220,8 @@ def test_valid_credentials_predict_over_rest_and_grpc(secured: Secured, keys: Ke
 def test_health_is_public_and_metadata_needs_its_scope(secured: Secured) -> None:
     assert requests.get(f"{secured.rest}/healthz", timeout=TIMEOUT).status_code == 200
     assert requests.get(f"{secured.rest}/readyz", timeout=TIMEOUT).status_code == 200
+    assert requests.get(f"{secured.rest}/v1/openapi.json", timeout=TIMEOUT).status_code == 200
+    assert requests.post(f"{secured.rest}/v1/openapi.json", timeout=TIMEOUT).status_code == 401  # only GET is the document
     assert rest_call(secured, "metadata", bearer(META_KEY)).status_code == 200
     listing = requests.get(f"{secured.rest}/v1/models", headers=bearer(META_KEY), timeout=TIMEOUT)
     assert listing.status_code == 403  # listing every model needs *:metadata

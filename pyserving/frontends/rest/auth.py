@@ -10,6 +10,7 @@ import orjson
 from starlette.types import ASGIApp, Receive, Scope, Send
 
 from pyserving.errors import Code
+from pyserving.frontends.rest.openapi import OPENAPI_PATH
 from pyserving.frontends.rest.tfserving_v1 import GET_PATH, POST_PATH
 from pyserving.security.auth import ANY, METADATA, METRICS, PREDICT, AuthError, Authenticator, credential_from, \
     current_principal
@@ -21,6 +22,10 @@ _STATUS = {Code.UNAUTHENTICATED: 401, Code.PERMISSION_DENIED: 403, Code.RESOURCE
 def _target(method: str, path: str, metrics_path: str) -> tuple[str | None, str] | None:
     """(model, action) a request needs, or None for a public endpoint."""
     if path in _PUBLIC_PATHS or method == "OPTIONS":  # CORS preflights carry no credentials
+        return None
+    if path == OPENAPI_PATH and method == "GET":
+        # The same document for every server, naming no model, key or setting; clients read it to learn how to
+        # authenticate. Public like the probes (other methods on it are TF Serving's 400, for callers only).
         return None
     if metrics_path and path == metrics_path:
         return None, METRICS
