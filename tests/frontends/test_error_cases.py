@@ -318,6 +318,11 @@ REST_CASES = [
     Rest("version-overflow", "GET", f"{M}/default/versions/99999999999999999999",
          message="Failed to convert version: 99999999999999999999 to numeric.", exact=True),
     Rest("list-models-slash", "GET", f"{M}/", message=f"Malformed request: GET {M}/", exact=True),
+    # RE2's \d is ASCII: an Arabic-Indic "123" is no version (Python's \d took it, and int() read it as 123)
+    Rest("non-ascii-digits-version", "GET", f"{M}/default/versions/\u0661\u0662\u0663",
+         message="Malformed request: GET "),
+    Rest("non-ascii-digits-version-predict", "POST", f"{M}/default/versions/\u0661\u0662\u0663:predict",
+         {"instances": [1.0]}, message="Malformed request: POST "),
 ]
 
 

@@ -27,9 +27,10 @@ from pyserving.frontends.rest.errors import HTTP_STATUS
 from pyserving.observability.requests import RequestInfo, RequestObserver, new_request_id
 from pyserving.security.auth import current_principal
 
-POST_PATH = re.compile(r"/v1/models/([^/:]+)(?:(?:/versions/(\d+))|(?:/labels/([^/:]+)))?:(classify|regress|predict)", re.I)
-GET_PATH = re.compile(r"/v1/models(?:/([^/:]+))?(?:(?:/versions/(\d+))|(?:/labels/([^/:]+)))?(?:/(metadata))?", re.I)
-"""TF Serving's own request patterns (group 1 is the model name); the auth middleware reads them too."""
+POST_PATH = re.compile(r"/v1/models/([^/:]+)(?:(?:/versions/([0-9]+))|(?:/labels/([^/:]+)))?:(classify|regress|predict)", re.I)
+GET_PATH = re.compile(r"/v1/models(?:/([^/:]+))?(?:(?:/versions/([0-9]+))|(?:/labels/([^/:]+)))?(?:/(metadata))?", re.I)
+r"""TF Serving's own request patterns (group 1 is the model name); the auth middleware reads them too. Its `\d` is
+RE2's, ASCII only: Python's would take any Unicode digit (and int() reads "٣" as 3)."""
 _ORIGIN = re.compile(r"https?://.*", re.I)
 
 _JSON = "application/json"
