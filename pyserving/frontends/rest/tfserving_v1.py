@@ -10,11 +10,13 @@ import gzip
 import re
 import zlib
 from collections.abc import Awaitable, Callable, Mapping
-from typing import Any
+from typing import Any, overload
+from urllib.parse import unquote
 
 import orjson
 from starlette.requests import Request
 from starlette.responses import Response
+from starlette.types import Scope
 
 from pyserving.codecs.tfserving.signatures import signature_def_map_json
 from pyserving.core.control import ControlPlane
@@ -42,6 +44,27 @@ CORS_HEADERS = {
     "Access-Control-Allow-Headers": "Content-Type",
 }
 _MAX_GUNZIPPED_BYTES = 100 << 20
+
+
+def request_path(scope: Scope) -> str:
+    """The path TF Serving matches its patterns against: as sent, still percent-encoded. It decodes the model name
+    and label only once they matched (ParseModelInfo), so an encoded "/" or ":" is part of a name and an encoded
+    digit is no version digit."""
+    raw = scope.get("raw_path")
+    return raw.decode("latin-1") if raw else scope["path"]
+
+
+@overload
+def decode_part(part: str) -> str: ...
+
+
+@overload
+def decode_part(part: None) -> None: ...
+
+
+def decode_part(part: str | None) -> str | None:
+    """A matched model name or version label, percent-decoded (TF Serving: curl_easy_unescape)."""
+    return unquote(part) if part and "%" in part else part
 
 
 def _version_status_json(statuses: list[VersionStatus]) -> dict[str, Any]:
@@ -96,7 +119,7 @@ class TfServingV1:
 
     async def handle(self, request: Request) -> Response:
         """Any request whose path is under /v1/."""
-        path, method = request.scope["path"], request.method  # (request.url builds a whole URL object)
+        path, method = request_path(request.scope), request.method  # (request.url builds a whole URL object)
         if method == "OPTIONS":
             if _ORIGIN.fullmatch(request.headers.get("origin", "")):
                 return Response(b"", status_code=200, headers=self._extra_headers)
@@ -145,6 +168,7 @@ class TfServingV1:
 
     def _get(self, m: re.Match[str], info: RequestInfo) -> Response:
         name, version, label, metadata = m.groups()
+        name, label = decode_part(name), decode_part(label)
         info.api, info.model = ("metadata" if metadata else "status"), name or ""
         if name is None and version is None and label is None and metadata is None:
             return self._list_models()
@@ -197,7 +221,7 @@ class TfServingV1:
 
     async def _post(self, request: Request, m: re.Match[str], info: RequestInfo) -> Response:
         name, version, label, verb = m.groups()
-        verb = verb.lower()
+        name, label, verb = decode_part(name), decode_part(label), verb.lower()
         info.api, info.model = verb, name
         target = self._servable_request(name, version, label)
         doc = json_codec.parse_body(await self._body(request))
