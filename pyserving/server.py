@@ -33,6 +33,7 @@ from pyserving.frontends.grpc.prediction_service import PredictionServicer
 from pyserving.frontends.grpc.server import GrpcListener
 from pyserving.frontends.rest.auth import AuthMiddleware
 from pyserving.frontends.rest.app import V1_PATH, HealthEndpoints, RestRouter, metrics_app
+from pyserving.frontends.rest.openapi import OpenApiEndpoint
 from pyserving.frontends.rest.server import RestListener
 from pyserving.frontends.rest.tfserving_v1 import CORS_HEADERS, TfServingV1
 from pyserving.observability.gpu import add_gpu_metrics
@@ -152,7 +153,7 @@ class Server:
             v1 = TfServingV1(self.service, self.control, timeout_ms=opts.rest_api_timeout_ms, cors_headers=cors,
                              observer=self.observer, max_request_bytes=opts.max_request_bytes)
             health = HealthEndpoints(self.control, cors)
-            exact = health.routes()
+            exact = {**health.routes(), **OpenApiEndpoint(cors).routes()}
             if opts.monitoring_path:
                 exact[opts.monitoring_path] = metrics
             app: ASGIApp = RestRouter(exact=exact, patterns=[(V1_PATH, v1.handle)])

@@ -318,6 +318,21 @@ REST_CASES = [
     Rest("version-overflow", "GET", f"{M}/default/versions/99999999999999999999",
          message="Failed to convert version: 99999999999999999999 to numeric.", exact=True),
     Rest("list-models-slash", "GET", f"{M}/", message=f"Malformed request: GET {M}/", exact=True),
+    # RE2's \d is ASCII: an Arabic-Indic "123" is no version (Python's \d took it, and int() read it as 123)
+    Rest("non-ascii-digits-version", "GET", f"{M}/default/versions/\u0661\u0662\u0663",
+         message=f"Malformed request: GET {M}/default/versions/%D9%A1%D9%A2%D9%A3", exact=True),
+    Rest("non-ascii-digits-version-predict", "POST", f"{M}/default/versions/\u0661\u0662\u0663:predict",
+         {"instances": [1.0]}, message=f"Malformed request: POST {M}/default/versions/%D9%A1%D9%A2%D9%A3:predict",
+         exact=True),
+    # TF Serving matches the path as sent and decodes the name and label after: encoded "/" and ":" are theirs
+    Rest("encoded-slash-in-name", "POST", f"{M}/a%2Fb:predict", {"instances": [1.0]}, 404,
+         "Servable not found for request: Latest(a/b)", exact=True),
+    Rest("encoded-slash-in-name-status", "GET", f"{M}/a%2Fb", status=404,
+         message="Could not find any versions of model a/b", exact=True),
+    Rest("encoded-colon-in-label", "GET", f"{M}/default/labels/a%3Ab/metadata",
+         message="Unrecognized servable version label: a:b", exact=True),
+    Rest("encoded-verb", "POST", f"{M}/default%3Apredict", {"instances": [1.0]},
+         message=f"Malformed request: POST {M}/default%3Apredict", exact=True),
 ]
 
 

@@ -220,10 +220,19 @@ def test_valid_credentials_predict_over_rest_and_grpc(secured: Secured, keys: Ke
 def test_health_is_public_and_metadata_needs_its_scope(secured: Secured) -> None:
     assert requests.get(f"{secured.rest}/healthz", timeout=TIMEOUT).status_code == 200
     assert requests.get(f"{secured.rest}/readyz", timeout=TIMEOUT).status_code == 200
+    assert requests.get(f"{secured.rest}/v1/openapi.json", timeout=TIMEOUT).status_code == 200
+    assert requests.post(f"{secured.rest}/v1/openapi.json", timeout=TIMEOUT).status_code == 401  # only GET is the document
     assert rest_call(secured, "metadata", bearer(META_KEY)).status_code == 200
     listing = requests.get(f"{secured.rest}/v1/models", headers=bearer(META_KEY), timeout=TIMEOUT)
     assert listing.status_code == 403  # listing every model needs *:metadata
     assert requests.get(f"{secured.rest}/v1/models", headers=bearer(ADMIN_KEY), timeout=TIMEOUT).status_code == 200
+
+
+def test_the_model_checked_is_the_model_served(secured: Secured) -> None:
+    # The name is decoded after matching (TF Serving's order): "m%2Fx" is model "m/x", not a path that matches no
+    # model and so needs no model's scope.
+    refused = rest_call(secured, "predict", bearer(PREDICT_KEY), model="m%2Fx")
+    assert refused.status_code == 403 and 'model "m/x"' in refused.json()["error"]
 
 
 def test_rate_limit_answers_429_then_recovers(secured: Secured) -> None:

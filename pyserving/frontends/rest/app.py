@@ -1,7 +1,8 @@
 """The REST app: a small ASGI router in front of the API modules.
 
-`/v1/...` goes to TF Serving's handlers (`tfserving_v1`); `/healthz` and `/readyz` answer for probes; the
-metrics path (when configured) serves Prometheus; anything else is TF Serving's HTML 404. Further APIs (`/v2`)
+Exact GET paths come first: `/healthz` and `/readyz` answer for probes, `/v1/openapi.json` serves the API's OpenAPI
+document, and the metrics path (when configured) serves Prometheus. Then the rest of `/v1/...` goes to TF Serving's
+handlers (`tfserving_v1`); anything else is TF Serving's HTML 404. Further APIs (`/v2`)
 are more patterns, and anything that must see every request (auth) wraps the router as ASGI middleware before
 the listener serves it.
 """
@@ -63,8 +64,12 @@ class HealthEndpoints:
 
 
 class RestRouter:
-    """Path patterns first (TF Serving's /v1 is one), then exact GET paths, then `fallback` (TF Serving's HTML 404
-    unless given)."""
+    """Exact GET paths first, then path patterns (TF Serving's /v1 is one), then `fallback` (TF Serving's HTML 404
+    unless given).
+
+    Exact paths win as in TF Serving's HTTP server (evhttp_server.cc looks up registered URIs before it asks the
+    dispatchers), so an exact path under /v1 (the OpenAPI document, a --monitoring_config_file path) is served
+    rather than answered "Malformed request"."""
 
     def __init__(
         self,
@@ -81,12 +86,12 @@ class RestRouter:
         if scope["type"] != "http":
             return  # lifespan is off; websockets are not served
         path = scope["path"]
-        for pattern, app in self._patterns:
-            if pattern.fullmatch(path):
-                return await app(scope, receive, send)
         app = self._exact.get(path)
         if app is not None and scope["method"] == "GET":
             return await app(scope, receive, send)
+        for pattern, handler in self._patterns:
+            if pattern.fullmatch(path):
+                return await handler(scope, receive, send)
         await self._fallback(scope, receive, send)
 
 

@@ -10,7 +10,8 @@ import orjson
 from starlette.types import ASGIApp, Receive, Scope, Send
 
 from pyserving.errors import Code
-from pyserving.frontends.rest.tfserving_v1 import GET_PATH, POST_PATH
+from pyserving.frontends.rest.openapi import OPENAPI_PATH
+from pyserving.frontends.rest.tfserving_v1 import GET_PATH, POST_PATH, decode_part, request_path
 from pyserving.security.auth import ANY, METADATA, METRICS, PREDICT, AuthError, Authenticator, credential_from, \
     current_principal
 
@@ -18,16 +19,22 @@ _PUBLIC_PATHS = frozenset(("/healthz", "/readyz"))
 _STATUS = {Code.UNAUTHENTICATED: 401, Code.PERMISSION_DENIED: 403, Code.RESOURCE_EXHAUSTED: 429}
 
 
-def _target(method: str, path: str, metrics_path: str) -> tuple[str | None, str] | None:
-    """(model, action) a request needs, or None for a public endpoint."""
+def _target(method: str, path: str, v1_path: str, metrics_path: str) -> tuple[str | None, str] | None:
+    """(model, action) a request needs, or None for a public endpoint. `path` is decoded, as the router looks up
+    exact paths; `v1_path` is as sent, as TF Serving's handler matches it, so the model checked here is the one
+    the handler will serve."""
     if path in _PUBLIC_PATHS or method == "OPTIONS":  # CORS preflights carry no credentials
+        return None
+    if path == OPENAPI_PATH and method == "GET":
+        # The same document for every server, naming no model, key or setting; clients read it to learn how to
+        # authenticate. Public like the probes (other methods on it are TF Serving's 400, for callers only).
         return None
     if metrics_path and path == metrics_path:
         return None, METRICS
-    if method == "POST" and (m := POST_PATH.fullmatch(path)):
-        return m.group(1), PREDICT
-    if method == "GET" and (m := GET_PATH.fullmatch(path)):
-        return m.group(1), METADATA
+    if method == "POST" and (m := POST_PATH.fullmatch(v1_path)):
+        return decode_part(m.group(1)), PREDICT
+    if method == "GET" and (m := GET_PATH.fullmatch(v1_path)):
+        return decode_part(m.group(1)), METADATA
     return None, ANY  # a path TF Serving's API does not match: any caller may learn it is a 400 / 404
 
 
@@ -46,7 +53,7 @@ class AuthMiddleware:
         if scope["type"] != "http":
             return await self._app(scope, receive, send)
         target = (None, METRICS) if self._metrics_only else _target(scope["method"], scope["path"],
-                                                                     self._metrics_path)
+                                                                     request_path(scope), self._metrics_path)
         if target is None:
             return await self._app(scope, receive, send)
         authorization = api_key = None

@@ -13,11 +13,13 @@ import re
 import zlib
 from collections.abc import Awaitable, Callable, Mapping
 from concurrent.futures import ThreadPoolExecutor
-from typing import Any, TypeVar
+from typing import Any, TypeVar, overload
+from urllib.parse import unquote
 
 import orjson
 from starlette.requests import ClientDisconnect, Request
 from starlette.responses import Response
+from starlette.types import Scope
 
 from pyserving.codecs.tfserving.signatures import signature_def_map_json
 from pyserving.core.control import ControlPlane
@@ -31,9 +33,10 @@ from pyserving.malloc import BIG_REQUEST_BYTES, release_free_memory_soon
 from pyserving.observability.requests import RequestInfo, RequestObserver, new_request_id
 from pyserving.security.auth import current_principal
 
-POST_PATH = re.compile(r"/v1/models/([^/:]+)(?:(?:/versions/(\d+))|(?:/labels/([^/:]+)))?:(classify|regress|predict)", re.I)
-GET_PATH = re.compile(r"/v1/models(?:/([^/:]+))?(?:(?:/versions/(\d+))|(?:/labels/([^/:]+)))?(?:/(metadata))?", re.I)
-"""TF Serving's own request patterns (group 1 is the model name); the auth middleware reads them too."""
+POST_PATH = re.compile(r"/v1/models/([^/:]+)(?:(?:/versions/([0-9]+))|(?:/labels/([^/:]+)))?:(classify|regress|predict)", re.I)
+GET_PATH = re.compile(r"/v1/models(?:/([^/:]+))?(?:(?:/versions/([0-9]+))|(?:/labels/([^/:]+)))?(?:/(metadata))?", re.I)
+r"""TF Serving's own request patterns (group 1 is the model name); the auth middleware reads them too. Its `\d` is
+RE2's, ASCII only: Python's would take any Unicode digit (and int() reads "٣" as 3)."""
 _ORIGIN = re.compile(r"https?://.*", re.I)
 
 _JSON = "application/json"
@@ -55,6 +58,27 @@ big bodies decode one at a time (each may take a few times its size), and memory
 thread's malloc arena, so more threads would each keep a big body's worth."""
 log = logging.getLogger("pyserving.rest")
 _T = TypeVar("_T")
+
+
+def request_path(scope: Scope) -> str:
+    """The path TF Serving matches its patterns against: as sent, still percent-encoded. It decodes the model name
+    and label only once they matched (ParseModelInfo), so an encoded "/" or ":" is part of a name and an encoded
+    digit is no version digit."""
+    raw = scope.get("raw_path")
+    return raw.decode("latin-1") if raw else scope["path"]
+
+
+@overload
+def decode_part(part: str) -> str: ...
+
+
+@overload
+def decode_part(part: None) -> None: ...
+
+
+def decode_part(part: str | None) -> str | None:
+    """A matched model name or version label, percent-decoded (TF Serving: curl_easy_unescape)."""
+    return unquote(part) if part and "%" in part else part
 
 
 def _version_status_json(statuses: list[VersionStatus]) -> dict[str, Any]:
@@ -110,7 +134,7 @@ class TfServingV1:
 
     async def handle(self, request: Request) -> Response:
         """Any request whose path is under /v1/."""
-        path, method = request.scope["path"], request.method  # (request.url builds a whole URL object)
+        path, method = request_path(request.scope), request.method  # (request.url builds a whole URL object)
         if method == "OPTIONS":
             if _ORIGIN.fullmatch(request.headers.get("origin", "")):
                 return Response(b"", status_code=200, headers=self._extra_headers)
@@ -164,6 +188,7 @@ class TfServingV1:
 
     def _get(self, m: re.Match[str], info: RequestInfo) -> Response:
         name, version, label, metadata = m.groups()
+        name, label = decode_part(name), decode_part(label)
         info.api, info.model = ("metadata" if metadata else "status"), name or ""
         if name is None and version is None and label is None and metadata is None:
             return self._list_models()
@@ -235,7 +260,7 @@ class TfServingV1:
 
     async def _post(self, request: Request, m: re.Match[str], info: RequestInfo) -> Response:
         name, version, label, verb = m.groups()
-        verb = verb.lower()
+        name, label, verb = decode_part(name), decode_part(label), verb.lower()
         info.api, info.model = verb, name
         target = self._servable_request(name, version, label)
         raw = await self._body(request)
