@@ -206,8 +206,9 @@ def test_rest_big_json_is_served_and_its_memory_comes_back(limited: Served) -> N
 
     base = limited.status("VmRSS")
     peak = limited.peak_over_base(served)
-    # The body, its float64 and float32 arrays, the answer's JSON: a few times the body, never tens of times.
-    assert peak < 6 * LIMIT, f"RSS rose {peak / MIB:.0f} MiB for a {len(body) / MIB:.0f} MiB body"
+    # The body (read in chunks, then joined), its float64 and float32 arrays, the answer's arrays and JSON: measured
+    # 5-6x the body, never tens of times.
+    assert peak < 8 * LIMIT, f"RSS rose {peak / MIB:.0f} MiB for a {len(body) / MIB:.0f} MiB body"
     _does_not_keep_growing(limited, served, base, 4 * LIMIT)
 
 
