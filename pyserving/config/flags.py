@@ -93,7 +93,7 @@ FLAGS: tuple[Flag, ...] = (
     Flag("http_header_timeout_s", float, 10.0, "a request's line and headers must arrive within this (0: no limit)"),
     Flag("http_body_timeout_s", float, 30.0, "longest pause while a request body arrives (0: no limit)"),
     Flag("http_keepalive_timeout_s", float, 75.0, "idle kept-alive connections (REST) and gRPC connections close "
-         "after this"),
+         "after this (0: no limit)"),
     Flag("absolute_paths_in_errors", bool, False, "model status errors name files by absolute path (default: "
          "relative to the model's base path)"),
     Flag("max_connections", int, 4096, "open connections per REST listener; more get 503 and are closed"),

@@ -57,7 +57,8 @@ class RestListener:
             # with the limits uvicorn lacks; nothing is proxied in front of us unless the user says so, so skip
             # the X-Forwarded-* rewriting.
             http=LimitedHttpToolsProtocol.with_limits(self._limits), proxy_headers=False,
-            timeout_keep_alive=self._limits.keepalive_timeout_s,  # type: ignore[arg-type]  # a float works
+            # (0: no limit; uvicorn would read 0 as "close at once")
+            timeout_keep_alive=self._limits.keepalive_timeout_s or 10**9,  # type: ignore[arg-type]  # floats work
             ssl_context_factory=(lambda _config, _default: self._ssl) if self._ssl is not None else None,
         )
         server = self._server = _UvicornServer(config)
