@@ -74,6 +74,7 @@ class Server:
         self.manager = ModelManager(
             options.models, options.runtime, get_runtime, options.lifecycle,
             attach_batcher=batchers, on_load=self._observe_load,
+            on_forget=lambda sid, path: self.metrics.forget_version(sid.name, sid.version, path),
         )
         self.service = InferenceService(
             self.manager, self._executor, method_name_check=options.enable_signature_method_name_check,

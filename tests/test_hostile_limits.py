@@ -421,3 +421,55 @@ def test_a_gzip_body_cut_short_is_a_gunzip_error(limited: Served) -> None:
     r = requests.post(f"{limited.url}/v1/models/m:predict", data=whole[: len(whole) // 2],
                       headers={"Content-Encoding": "gzip"}, timeout=TIMEOUT)
     assert r.status_code == 400 and "Failed to gunzip the request body" in r.json()["error"], r.text
+
+
+# --- reloads ---------------------------------------------------------------------------------------------------
+
+def test_two_hundred_version_swaps_leave_memory_and_metrics_flat(tmp_path: Path) -> None:
+    from tensorflow_serving.apis import model_management_pb2, model_service_pb2_grpc
+
+    write_model(str(tmp_path / "m" / "1"), {"signatures": SIGNATURES, "function": "identity"})
+    monitoring = tmp_path / "monitoring.config"
+    monitoring.write_text('prometheus_config { enable: true path: "/metrics" }\n')
+    served = _serve(tmp_path, f"--monitoring_config_file={monitoring}")
+    s = next(served)
+    try:
+        models = model_service_pb2_grpc.ModelServiceStub(
+            grpc.insecure_channel(f"127.0.0.1:{s.grpc_port}", options=GRPC_OPTIONS))
+        stub = s.stub()
+
+        def swap_to(version: int) -> None:
+            write_model(str(tmp_path / "m" / str(version)), {"signatures": SIGNATURES, "function": "identity"})
+            request = model_management_pb2.ReloadConfigRequest()
+            config = request.config.model_config_list.config.add(name="m", base_path=str(tmp_path / "m"),
+                                                                 model_platform="memory")
+            config.model_version_policy.specific.versions.append(version)
+            assert models.HandleReloadConfigRequest(request, timeout=TIMEOUT).status.error_code == 0
+            deadline = time.monotonic() + 30
+            while requests.get(f"{s.url}/v1/models/m/versions/{version}", timeout=TIMEOUT).status_code != 200:
+                assert time.monotonic() < deadline, f"version {version} did not load"
+                time.sleep(0.01)
+            r = requests.post(f"{s.url}/v1/models/m/versions/{version}:predict", json={"instances": [1.0]},
+                              timeout=TIMEOUT)
+            assert r.status_code == 200, r.text
+            grpc_request = _grpc_request(1, [1], float_val=[1.0])
+            grpc_request.model_spec.version.value = version
+            stub.Predict(grpc_request, timeout=TIMEOUT)
+
+        def series() -> int:
+            text = requests.get(f"{s.url}/metrics", timeout=TIMEOUT).text
+            return sum(1 for line in text.splitlines() if line and not line.startswith("#")
+                       and not line.startswith(("process_", "python_")))
+
+        for version in range(2, 52):  # warm-up: caches, arenas, the first of everything
+            swap_to(version)
+        warm_rss, warm_series = s.status("VmRSS"), series()
+        for version in range(52, 252):
+            swap_to(version)
+        grown = s.status("VmRSS") - warm_rss
+        assert grown < 5 * MIB, f"RSS grew {grown / MIB:.1f} MiB over 200 swaps"
+        assert series() <= warm_series, "metric series of versions long gone are still exported"
+        listed = requests.get(f"{s.url}/v1/models/m", timeout=TIMEOUT).json()["model_version_status"]
+        assert len(listed) <= 4, listed  # the serving version and the last few that ended
+    finally:
+        served.close()

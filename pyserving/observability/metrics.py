@@ -222,6 +222,25 @@ class Metrics:
 
     # The service's events (core.service.ServiceEvents), as they happen.
 
+    def forget_version(self, model: str, version: int, path: str) -> None:
+        """Drop a version's series once the server no longer knows the version, so that a server swapping
+        versions for months does not export (and keep) every version it ever served."""
+        v = str(version)
+        # (called from the lifecycle's thread while the event loop adds keys: list() copies atomically)
+        for key in [k for k in list(self._request_children) if k[0] == model and k[1] == v]:
+            self._request_children.pop(key, None)
+            self.request_count.remove(*key)
+            self.request_latency.remove(*key)
+        for metric in (self.load_time, self.load_failures, self.batch_size, self.batch_queueing,
+                       self.canary_rollbacks):
+            try:
+                metric.remove(model, v)
+            except KeyError:  # never observed for this version
+                pass
+        for status in ("success", "fail"):
+            self._tfs.load_attempts.pop((path, status), None)
+        self._tfs.load_latency.pop(path, None)
+
     def on_runtime(self, model: str, api: str, seconds: float) -> None:
         self.observe_runtime(model=model, api=api, seconds=seconds)
 
