@@ -112,6 +112,13 @@ class RuntimeOptions:
     """0: replay each warm-up record once (TF Serving's default)."""
     defer_warmup: bool = False
     """Set by the manager: it warms the version up itself, through the version's batcher when it has one."""
+    session_config: str = ""
+    """--tensorflow_session_config_file's text (a tensorflow.ConfigProto); the flags below override its fields."""
+    gpu_memory_fraction: float = 0.0
+    """--per_process_gpu_memory_fraction (the article: --tensorflow_gpu_memory_fraction); 0: TensorFlow's default."""
+    gpu_allow_growth: bool = False
+    gpu_visible_devices: str = ""
+    """Comma-separated GPU indices TensorFlow may use (gpu_options.visible_device_list); "": all."""
 
 
 @dataclass(frozen=True, slots=True)

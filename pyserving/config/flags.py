@@ -56,9 +56,14 @@ FLAGS: tuple[Flag, ...] = (
     Flag("tensorflow_session_parallelism", int, 0, "intra- and inter-op threads of each model (0: TensorFlow picks)"),
     Flag("tensorflow_intra_op_parallelism", int, 0, "intra-op threads of each model (0: TensorFlow picks)"),
     Flag("tensorflow_inter_op_parallelism", int, 0, "inter-op threads of each model (0: TensorFlow picks)"),
-    Flag("tensorflow_session_config_file", str, "", "tensorflow.ConfigProto text proto", False),
-    Flag("per_process_gpu_memory_fraction", float, 0.0, "fraction of GPU memory each process may take", False),
-    Flag("tensorflow_gpu_memory_fraction", float, 0.0, "the article's spelling of --per_process_gpu_memory_fraction", False),
+    Flag("tensorflow_session_config_file", str, "", "tensorflow.ConfigProto text proto; flags override its fields"),
+    Flag("per_process_gpu_memory_fraction", float, 0.0, "fraction of GPU memory each process may take (0: "
+         "TensorFlow's default, all of it)"),
+    Flag("tensorflow_gpu_memory_fraction", float, 0.0, "the article's spelling of --per_process_gpu_memory_fraction"),
+    Flag("gpu_allow_growth", bool, False, "allocate GPU memory as needed instead of up front (pyserving; TF "
+         "Serving: TF_FORCE_GPU_ALLOW_GROWTH=true)"),
+    Flag("gpu_visible_devices", str, "", "comma-separated GPU indices TensorFlow may use, e.g. 0,2 (pyserving; "
+         "gpu_options.visible_device_list)"),
     Flag("enable_model_warmup", bool, True, "replay assets.extra/tf_serving_warmup_requests before serving"),
     Flag("num_request_iterations_for_warmup", int, 0, "replays of each warm-up record"),
     Flag("monitoring_config_file", str, "", "MonitoringConfig text proto (Prometheus)"),
@@ -177,6 +182,18 @@ def _non_negative(values: dict[str, Any], *names: str) -> None:
             raise FlagError(f"--{name}={values[name]}: must be 0 or more")
 
 
+def _gpu_memory_fraction(v: dict[str, Any]) -> float:
+    """TF Serving's flag or the article's spelling of it (which real TF Serving does not know); both: must agree."""
+    real, article = v["per_process_gpu_memory_fraction"], v["tensorflow_gpu_memory_fraction"]
+    for name, value in (("per_process_gpu_memory_fraction", real), ("tensorflow_gpu_memory_fraction", article)):
+        if not 0 <= value <= 1:
+            raise FlagError(f"--{name}={value}: give a fraction between 0 and 1, e.g. 0.8")
+    if real and article and real != article:
+        raise FlagError(f"--per_process_gpu_memory_fraction={real} and --tensorflow_gpu_memory_fraction={article} "
+                        "disagree; they are the same setting, give one.")
+    return real or article
+
+
 def server_options(values: dict[str, Any], warnings: list[str] | None = None) -> ServerOptions:
     """Validate flag values together and build ServerOptions; notes for the user are appended to `warnings`."""
     v = {f.name: f.default for f in FLAGS} | values
@@ -228,6 +245,20 @@ def server_options(values: dict[str, Any], warnings: list[str] | None = None) ->
             "--tensorflow_session_parallelism is ignored because --tensorflow_intra_op_parallelism and "
             "--tensorflow_inter_op_parallelism are both set."
         )
+    gpu_fraction = _gpu_memory_fraction(v)
+    devices = v["gpu_visible_devices"].replace(" ", "")
+    if devices and not all(d.isdigit() for d in devices.split(",")):
+        raise FlagError(f"--gpu_visible_devices={v['gpu_visible_devices']}: give GPU indices, e.g. 0 or 0,1")
+    session_config = ""
+    if v["tensorflow_session_config_file"]:
+        from pyserving.config.textproto import read_config_file
+
+        try:
+            # Parsed by the TensorFlow runtime (its ConfigProto), so that a server of other models never imports it.
+            session_config = read_config_file(v["tensorflow_session_config_file"],
+                                              what="--tensorflow_session_config_file")
+        except ValueError as exc:
+            raise FlagError(f"--tensorflow_session_config_file: {exc}") from None
     tags = tuple(t.strip() for t in v["saved_model_tags"].split(",") if t.strip())
     if not tags:
         raise FlagError("--saved_model_tags is empty: give the tag set to load, e.g. --saved_model_tags=serve")
@@ -301,6 +332,10 @@ def server_options(values: dict[str, Any], warnings: list[str] | None = None) ->
             inter_op_parallelism=inter or session,
             enable_model_warmup=v["enable_model_warmup"],
             num_request_iterations_for_warmup=v["num_request_iterations_for_warmup"],
+            session_config=session_config,
+            gpu_memory_fraction=gpu_fraction,
+            gpu_allow_growth=v["gpu_allow_growth"],
+            gpu_visible_devices=devices,
         ),
         lifecycle=LifecycleOptions(
             file_system_poll_wait_seconds=float(v["file_system_poll_wait_seconds"]),

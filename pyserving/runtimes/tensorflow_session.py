@@ -29,6 +29,7 @@ log = logging.getLogger("pyserving.runtimes")
 os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
 
 import tensorflow as tf  # noqa: E402  (after the log-level default)
+from google.protobuf import text_format  # noqa: E402
 from tensorflow.core.protobuf import config_pb2  # noqa: E402
 
 
@@ -78,6 +79,48 @@ def _as_array(value: Any) -> np.ndarray:
     return array
 
 
+def session_config(options: RuntimeOptions) -> config_pb2.ConfigProto:
+    """--tensorflow_session_config_file with the flags on top (TF Serving's order: flags override the file)."""
+    config = config_pb2.ConfigProto(allow_soft_placement=True)
+    if options.session_config:
+        try:
+            text_format.Parse(options.session_config, config)
+        except text_format.ParseError as exc:
+            raise ServingError(Code.INVALID_ARGUMENT, f"--tensorflow_session_config_file is not a tensorflow."
+                               f"ConfigProto text proto: {exc}") from None
+    if options.intra_op_parallelism:
+        config.intra_op_parallelism_threads = options.intra_op_parallelism
+    if options.inter_op_parallelism:
+        config.inter_op_parallelism_threads = options.inter_op_parallelism
+    gpu = config.gpu_options
+    if options.gpu_memory_fraction:
+        gpu.per_process_gpu_memory_fraction = options.gpu_memory_fraction
+    if options.gpu_allow_growth:
+        gpu.allow_growth = True
+    if options.gpu_visible_devices:
+        gpu.visible_device_list = options.gpu_visible_devices
+    _report_gpu_settings(gpu)
+    return config
+
+
+_gpu_reported: set[str] = set()
+
+
+def _report_gpu_settings(gpu: config_pb2.GPUOptions) -> None:
+    """Once per settings (not per model): GPU settings on a machine whose TensorFlow sees no GPU do not apply; say
+    so, never fail."""
+    settings = text_format.MessageToString(gpu, as_one_line=True)
+    if not settings or settings in _gpu_reported:
+        return
+    _gpu_reported.add(settings)
+    gpus = tf.config.list_physical_devices("GPU")
+    if gpus:
+        log.info("GPU options for TensorFlow sessions: %s (%d GPU(s) visible)", settings, len(gpus))
+    else:
+        log.warning("GPU options (%s) do not apply: TensorFlow sees no GPU on this machine; models run on the CPU.",
+                    settings)
+
+
 class TensorFlowServable:
     """A SavedModel loaded into its own Session. Thread-safe: Session.run releases the GIL and runs concurrently."""
 
@@ -88,11 +131,7 @@ class TensorFlowServable:
                 f"Could not find SavedModel .pb or .pbtxt at supplied export directory path: {path}. "
                 "Check that the directory exists and holds a SavedModel (saved_model.pb and variables/).",
             )
-        config = config_pb2.ConfigProto(
-            intra_op_parallelism_threads=options.intra_op_parallelism,
-            inter_op_parallelism_threads=options.inter_op_parallelism,
-            allow_soft_placement=True,
-        )
+        config = session_config(options)
         self._graph = tf.Graph()
         self._session = tf.compat.v1.Session(graph=self._graph, config=config)
         try:

@@ -55,7 +55,7 @@ def test_article_only_flags_are_accepted() -> None:
          "--verbosity=INFO", "--log_dir=/tmp/x"]
     )
     assert values["metrics_port"] == 8502
-    assert len(warnings) == 1 and "--tensorflow_gpu_memory_fraction" in warnings[0]  # GPU controls: not yet
+    assert warnings == []  # --tensorflow_gpu_memory_fraction is TF Serving's --per_process_gpu_memory_fraction
 
 
 def test_defaults_follow_tf_serving_except_rest_port() -> None:
