@@ -4,15 +4,20 @@ from __future__ import annotations
 
 import asyncio
 import os
+import signal
 import socket
+import subprocess
+import sys
 import threading
-from collections.abc import Iterator
+import time
+from collections.abc import Callable, Iterator
 from contextlib import contextmanager
 from dataclasses import dataclass, replace
 from pathlib import Path
 
 import grpc
 import pytest
+import requests
 
 from pyserving.options import ModelConfig, ServerOptions
 from pyserving.server import Server
@@ -76,6 +81,36 @@ def run_server(options: ServerOptions) -> Iterator[RunningServer]:
         asyncio.run_coroutine_threadsafe(server.stop(), loop).result(30)
         thread.join(30)
         loop.close()
+
+
+@contextmanager
+def serve_subprocess(
+    flags: list[str], stderr: Path, ready: Callable[[], bool], timeout_s: float = 120,
+) -> Iterator[subprocess.Popen[bytes]]:
+    """`pyserving serve FLAGS` as its own process (stderr to a file), once `ready()` holds; SIGTERM (then SIGKILL)
+    when the block ends. `ready` may raise requests.ConnectionError while the server is still starting."""
+    with open(stderr, "wb") as err:
+        proc = subprocess.Popen([sys.executable, "-m", "pyserving", "serve", *flags], stdout=subprocess.DEVNULL,
+                                stderr=err, env={**os.environ, "PYTHONUNBUFFERED": "1"})
+    try:
+        deadline = time.monotonic() + timeout_s
+        while True:
+            try:
+                if ready():
+                    break
+            except requests.ConnectionError:
+                pass
+            assert proc.poll() is None, stderr.read_text()[-3000:]
+            assert time.monotonic() < deadline, f"the server did not come up in {timeout_s:g} s"
+            time.sleep(0.1)
+        yield proc
+    finally:
+        proc.send_signal(signal.SIGTERM)
+        try:
+            proc.wait(30)
+        except subprocess.TimeoutExpired:
+            proc.kill()
+            proc.wait(10)
 
 
 def model_options(name: str, base_path: Path | str, **kw: object) -> ServerOptions:

@@ -10,10 +10,8 @@ from __future__ import annotations
 
 import gzip
 import json
-import signal
 import socket
 import subprocess
-import sys
 import threading
 import time
 from collections.abc import Callable, Iterator
@@ -26,7 +24,7 @@ import pytest
 import requests
 from tensorflow_serving.apis import predict_pb2, prediction_service_pb2_grpc
 
-from conftest import GRPC_OPTIONS, free_port
+from conftest import GRPC_OPTIONS, free_port, serve_subprocess
 from pyserving.runtimes.memory import write_model
 
 MIB = 1 << 20
@@ -75,33 +73,11 @@ def _serve(tmp: Path, *flags: str) -> Iterator[Served]:
     config = tmp / "models.config"
     config.write_text(f'model_config_list {{ config {{ name: "m" base_path: "{tmp / "m"}" model_platform: "memory" }} }}\n')
     rest_port, grpc_port = free_port(), free_port()
-    stderr = tmp / "stderr.log"
-    with open(stderr, "wb") as err:
-        proc = subprocess.Popen(
-            [sys.executable, "-m", "pyserving", "serve", f"--port={grpc_port}", f"--rest_api_port={rest_port}",
-             "--host=127.0.0.1", f"--model_config_file={config}", *flags],
-            stdout=subprocess.DEVNULL, stderr=err,
-        )
-    served = Served(proc, rest_port, grpc_port, stderr)
-    try:
-        deadline = time.monotonic() + 60
-        while True:
-            try:
-                if requests.get(f"{served.url}/v1/models/m", timeout=2).status_code == 200:
-                    break
-            except requests.ConnectionError:
-                pass
-            assert proc.poll() is None, stderr.read_text()[-3000:]
-            assert time.monotonic() < deadline, "the server did not come up in 60 s"
-            time.sleep(0.1)
-        yield served
-    finally:
-        proc.send_signal(signal.SIGTERM)
-        try:
-            proc.wait(30)
-        except subprocess.TimeoutExpired:
-            proc.kill()
-            proc.wait(10)
+    argv = [f"--port={grpc_port}", f"--rest_api_port={rest_port}", "--host=127.0.0.1", f"--model_config_file={config}",
+            *flags]
+    ready = lambda: requests.get(f"http://127.0.0.1:{rest_port}/v1/models/m", timeout=2).status_code == 200  # noqa: E731
+    with serve_subprocess(argv, tmp / "stderr.log", ready, timeout_s=60) as proc:
+        yield Served(proc, rest_port, grpc_port, tmp / "stderr.log")
 
 
 @pytest.fixture(scope="module")
@@ -388,25 +364,13 @@ def _serve_models(tmp: Path) -> Iterator[Served]:
     config = tmp / "models.config"
     config.write_text(f'model_config_list {{ config {{ name: "m" base_path: "{tmp / "m"}" model_platform: "memory" '
                       "model_version_policy { all {} } } }\n")
-    rest_port = free_port()
-    stderr = tmp / "stderr.log"
-    with open(stderr, "wb") as err:
-        proc = subprocess.Popen(
-            [sys.executable, "-m", "pyserving", "serve", f"--port={free_port()}", f"--rest_api_port={rest_port}",
-             "--host=127.0.0.1", f"--model_config_file={config}", "--max_num_load_retries=0"],
-            stdout=subprocess.DEVNULL, stderr=err,
-        )
-    served = Served(proc, rest_port, 0, stderr)
-    try:
-        deadline = time.monotonic() + 60
-        while "failed" not in stderr.read_text() or not _up(served):
-            assert proc.poll() is None, stderr.read_text()[-3000:]
-            assert time.monotonic() < deadline, "the server did not come up in 60 s"
-            time.sleep(0.1)
+    rest_port, stderr = free_port(), tmp / "stderr.log"
+    served = Served(None, rest_port, 0, stderr)  # type: ignore[arg-type]  # (its process is set below)
+    argv = [f"--port={free_port()}", f"--rest_api_port={rest_port}", "--host=127.0.0.1",
+            f"--model_config_file={config}", "--max_num_load_retries=0"]
+    with serve_subprocess(argv, stderr, lambda: "failed" in stderr.read_text() and _up(served), timeout_s=60) as proc:
+        served.proc = proc
         yield served
-    finally:
-        proc.send_signal(signal.SIGTERM)
-        proc.wait(30)
 
 
 def _up(served: Served) -> bool:

@@ -4,11 +4,7 @@ scraped over HTTP; its listening sockets read from /proc."""
 
 from __future__ import annotations
 
-import os
-import signal
 import subprocess
-import sys
-import time
 from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
@@ -16,10 +12,9 @@ from pathlib import Path
 import pytest
 import requests
 
-from conftest import free_port
+from conftest import free_port, serve_subprocess
 from safety_net_kit import listening_tcp_ports, metric_value
 
-ENV = {**os.environ, "PYTHONUNBUFFERED": "1"}
 MONITORING_PATH = "/monitoring/prometheus/metrics"
 
 
@@ -47,35 +42,13 @@ def cli_server(testdata: Path, tmp_path_factory: pytest.TempPathFactory) -> Iter
     monitoring.write_text(f'prometheus_config {{ enable: true path: "{MONITORING_PATH}" }}\n')
     rest_port, metrics_port = free_port(), free_port()
     stderr = tmp / "stderr.log"
-    with open(stderr, "wb") as err:
-        proc = subprocess.Popen(
-            [sys.executable, "-m", "pyserving", "serve", "--port=0", f"--rest_api_port={rest_port}",
-             "--host=127.0.0.1", "--model_name=half",
+    flags = ["--port=0", f"--rest_api_port={rest_port}", "--host=127.0.0.1", "--model_name=half",
              f"--model_base_path={testdata / 'saved_model_half_plus_two_cpu'}",
              f"--monitoring_config_file={monitoring}", "--enable_metrics=true", f"--metrics_port={metrics_port}",
-             "--file_system_poll_wait_seconds=0"],
-            stdout=subprocess.DEVNULL, stderr=err, env=ENV,
-        )
-    server = CliServer(proc, rest_port, metrics_port, stderr)
-    try:
-        deadline = time.monotonic() + 120
-        while True:
-            try:
-                if requests.get(f"{server.rest_url}/v1/models/half", timeout=2).status_code == 200:
-                    break
-            except requests.ConnectionError:
-                pass
-            assert proc.poll() is None, stderr.read_text()[-3000:]
-            assert time.monotonic() < deadline, "the CLI server did not come up in 120 s"
-            time.sleep(0.2)
-        yield server
-    finally:
-        proc.send_signal(signal.SIGTERM)
-        try:
-            proc.wait(30)
-        except subprocess.TimeoutExpired:
-            proc.kill()
-            proc.wait(10)
+             "--file_system_poll_wait_seconds=0"]
+    ready = lambda: requests.get(f"http://127.0.0.1:{rest_port}/v1/models/half", timeout=2).status_code == 200  # noqa: E731
+    with serve_subprocess(flags, stderr, ready) as proc:
+        yield CliServer(proc, rest_port, metrics_port, stderr)
 
 
 def test_monitoring_config_file_serves_prometheus_on_the_rest_port(cli_server: CliServer) -> None:
