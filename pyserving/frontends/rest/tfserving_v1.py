@@ -307,6 +307,8 @@ class TfServingV1:
             reworded.version = exc.version
             raise reworded from None
         info.version, info.signature, info.outputs = result.servable.version, result.signature_name, result.outputs
+        if off_loop or sum(t.nbytes for t in result.outputs.values()) >= _OFF_LOOP_BYTES:
+            return await self._off_loop(json_codec.encode_predict, result.outputs, row_format), result.servable
         return json_codec.encode_predict(result.outputs, row_format), result.servable
 
     async def _examples(
