@@ -291,9 +291,7 @@ def test_gpu_overlay_asks_for_one_gpu_on_a_gpu_node(tmp_path: Path) -> None:
     assert any("gpu" in key for key in spec["nodeSelector"])
     assert any(t["key"] == "nvidia.com/gpu" and t["effect"] == "NoSchedule" for t in spec["tolerations"])
     values, warnings = parse_flags([a for a in spec["containers"][0]["args"] if "gpu" in a])
-    assert 0 < values["per_process_gpu_memory_fraction"] <= 1
-    # Accepted but not implemented in pyserving yet: the overlay's comment says so, and so does the server.
-    assert any("per_process_gpu_memory_fraction" in w for w in warnings)
+    assert 0 < values["per_process_gpu_memory_fraction"] <= 1 and warnings == []
     assert {"name": "TF_FORCE_GPU_ALLOW_GROWTH", "value": "true"} in spec["containers"][0]["env"]
 
 
