@@ -2,10 +2,12 @@
 
 from __future__ import annotations
 
+import gc
 import os
 import shutil
 import threading
 import time
+import weakref
 from pathlib import Path
 
 import grpc
@@ -113,3 +115,19 @@ def test_swaps_under_load_lose_no_request(testdata: Path, tmp_path: Path) -> Non
         assert version in allowed, f"{api} request at {t0:.3f} answered by version {version}, on disk: {allowed}"
     served = {r[3] for r in results}
     assert len(served) > SWAPS // 2, f"traffic reached only versions {sorted(served)}"
+
+
+def test_an_unloaded_tensorflow_version_frees_its_graph(tmp_path: Path, testdata: Path) -> None:
+    """The server freezes what it imported out of garbage collection before models load: a version loaded at
+    start-up must still be freed once it is unloaded (frozen, its graph stayed for the life of the server)."""
+    shutil.copytree(testdata / "saved_model_half_plus_two_cpu" / "00000123", tmp_path / "m" / "1")
+    options = model_options("m", tmp_path / "m", lifecycle=LifecycleOptions(file_system_poll_wait_seconds=0.2))
+    with run_server(options) as server:
+        graph = weakref.ref(server.server.manager._models["m"].versions[1].servable._graph)  # white-box: the graph
+        shutil.copytree(tmp_path / "m" / "1", tmp_path / "m" / "2")
+        deadline = time.monotonic() + 60
+        while server.server.manager._models["m"].versions[1].state.name != "END":
+            assert time.monotonic() < deadline, "version 1 was not unloaded"
+            time.sleep(0.05)
+        gc.collect()
+        assert graph() is None, "the unloaded version's tf.Graph is still alive"

@@ -25,3 +25,10 @@ def get_runtime(platform: str) -> Runtime:
         runtime = getattr(importlib.import_module(module_name), class_name)()
         _loaded[platform] = runtime
     return runtime
+
+
+def prepare_runtime(platform: str) -> None:
+    """Do a runtime's one-time work (importing its framework) before models load; see Server.start."""
+    prepare = getattr(get_runtime(platform), "prepare", None)
+    if prepare is not None:
+        prepare()
