@@ -237,6 +237,10 @@ class ServerOptions:
     num_worker_threads: int = 0
     """Threads that run model code; 0 picks a default from the CPU count."""
     shutdown_grace_s: float = 10.0
+    drain_delay_s: float = 0.0
+    """On SIGTERM, report not ready (/readyz 503, gRPC health NOT_SERVING) and keep serving this long before the
+    listeners close, so that load balancers polling readiness stop sending first. 0: close at once (Kubernetes'
+    preStop hook can do the waiting instead)."""
     tls: TlsOptions | None = None
     """--ssl_config_file: TLS on gRPC, REST and the metrics port."""
     auth_config_file: str = ""

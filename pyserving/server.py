@@ -1,8 +1,9 @@
 """The composition root: options -> manager and lifecycle -> control and data planes -> transports. It names the
 concrete classes of every layer and owns start-up and shutdown order and the signals; it holds no policy.
 
-One process, one asyncio loop for every listener; model code runs in a thread pool. Shutdown: stop accepting ->
-drain in-flight requests -> unload models -> close request logs.
+One process, one asyncio loop for every listener; model code runs in a thread pool. Shutdown: report not ready
+(/readyz 503, gRPC health NOT_SERVING) -> keep serving for --drain_delay_s -> stop accepting -> drain in-flight
+requests -> unload models -> close request logs.
 """
 
 from __future__ import annotations
@@ -100,6 +101,9 @@ class Server:
         self._rest: RestListener | None = None
         self._metrics_listener: RestListener | None = None
         self._stopped = asyncio.Event()
+        self._stopping = False
+        self.draining = ""
+        """Why the server is shutting down, once it is ("" until then): /readyz answers 503 with it."""
         self.grpc_port: int | None = None
         self.rest_port: int | None = None
 
@@ -153,7 +157,7 @@ class Server:
                                    "them different ports.")
             v1 = TfServingV1(self.service, self.control, timeout_ms=opts.rest_api_timeout_ms, cors_headers=cors,
                              observer=self.observer, max_request_bytes=opts.max_request_bytes)
-            health = HealthEndpoints(self.control, cors)
+            health = HealthEndpoints(self.control, cors, draining=lambda: self.draining)
             exact = {**health.routes(), **OpenApiEndpoint(cors).routes()}
             if opts.monitoring_path:
                 exact[opts.monitoring_path] = metrics
@@ -219,10 +223,25 @@ class Server:
     async def wait(self) -> None:
         await self._stopped.wait()
 
-    async def stop(self) -> None:
-        """Stop accepting, let in-flight requests finish (up to the grace period), then unload every model."""
-        if self._stopped.is_set():
+    async def stop(self, reason: str = "the server is shutting down") -> None:
+        """Report not ready and keep serving for the drain delay, then stop accepting, let in-flight requests
+        finish (up to the grace period), then unload every model."""
+        if self._stopping:  # return when the stop already under way is done
+            await self._stopped.wait()
             return
+        self._stopping = True
+        # Readiness turns first, while the listeners still accept: a load balancer that polls /readyz (or gRPC
+        # health) moves traffic away before connections are refused, instead of learning it from failures. gRPC
+        # health goes first (it may yield to the loop) so that no client sees /readyz 503 with health SERVING.
+        if self._grpc is not None:
+            await self._grpc.drain()
+        self.draining = reason
+        if self._rest is not None:
+            self._rest.drain()
+        if self.options.drain_delay_s > 0:
+            log.info("Draining: /readyz answers 503; closing the listeners in %g s (--drain_delay_s)",
+                     self.options.drain_delay_s)
+            await asyncio.sleep(self.options.drain_delay_s)
         grace = self.options.shutdown_grace_s
         waits = [asyncio.ensure_future(self._rest.stop())] if self._rest is not None else []
         if self._grpc is not None:
@@ -248,8 +267,9 @@ async def serve(options: ServerOptions) -> None:
         if stopping:
             log.warning("Second %s: exiting now", signal.Signals(signum).name)
             os._exit(1)
-        log.info("Received %s: shutting down", signal.Signals(signum).name)
-        stopping.append(asyncio.ensure_future(server.stop()))
+        name = signal.Signals(signum).name
+        log.info("Received %s: shutting down", name)
+        stopping.append(asyncio.ensure_future(server.stop(f"shutting down ({name})")))
 
     for sig in (signal.SIGINT, signal.SIGTERM):
         loop.add_signal_handler(sig, on_signal, sig)

@@ -105,6 +105,8 @@ FLAGS: tuple[Flag, ...] = (
     Flag("max_header_count", int, 100, "headers per REST request (431 beyond)"),
     Flag("max_header_bytes", int, 64 << 10, "bytes of a REST request's line and headers (431 beyond); gRPC "
          "metadata too"),
+    Flag("drain_delay_s", float, 0.0, "on SIGTERM, answer /readyz 503 (and gRPC health NOT_SERVING) and keep "
+         "serving this long before closing the listeners, so load balancers stop sending first"),
     Flag("cors_allowed_origins", str, "", "with --rest_api_enable_cors_support: comma-separated allowed origins "
          "(default: any, as TF Serving's *)"),
 )
@@ -299,7 +301,8 @@ def server_options(values: dict[str, Any], warnings: list[str] | None = None) ->
             load_auth_config_file(auth_file)  # refuse a broken file at start-up; reloads keep the last good one
         except ValueError as exc:
             raise FlagError(f"--auth_config_file={v['auth_config_file']}: {exc}") from None
-    _non_negative(v, "max_request_bytes", "http_header_timeout_s", "http_body_timeout_s", "http_keepalive_timeout_s")
+    _non_negative(v, "max_request_bytes", "http_header_timeout_s", "http_body_timeout_s", "http_keepalive_timeout_s",
+                  "drain_delay_s")
     for name in ("max_connections", "max_header_count", "max_header_bytes"):
         if v[name] < 1:
             raise FlagError(f"--{name}={v[name]}: must be 1 or more")
@@ -316,6 +319,7 @@ def server_options(values: dict[str, Any], warnings: list[str] | None = None) ->
             max_header_count=v["max_header_count"], max_header_bytes=v["max_header_bytes"],
         ),
         cors_allowed_origins=origins,
+        drain_delay_s=v["drain_delay_s"],
         models=models,
         monitoring_path=monitoring_path,
         metrics_port=metrics_port,

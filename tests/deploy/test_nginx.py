@@ -199,8 +199,8 @@ def running_nginx(directory: Path, tls: Tls, rest_upstream: str, grpc_upstream: 
         "listen 443 ssl http2;": f"listen 127.0.0.1:{https_port} ssl http2;",
         "listen 8443 ssl http2;": f"listen 127.0.0.1:{grpc_port} ssl http2;",
         "listen 80;": f"listen 127.0.0.1:{http_port};",
-        "server 127.0.0.1:8501;": f"server {rest_upstream};",
-        "server 127.0.0.1:8500;": f"server {grpc_upstream};",
+        "server 127.0.0.1:8501 max_fails=0;": f"server {rest_upstream} max_fails=0;",
+        "server 127.0.0.1:8500 max_fails=0;": f"server {grpc_upstream} max_fails=0;",
         **shipped_paths(directory, tls, keys_file),
     }))
     conf = main_conf(directory, site)

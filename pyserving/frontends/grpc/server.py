@@ -100,6 +100,7 @@ class GrpcListener:
         self._tls = tls
         self._authenticator = authenticator
         self._server: grpc.aio.Server | None = None
+        self._health_servicer: Any = None
         self.port: int | None = None
 
     async def start(self) -> None:
@@ -116,6 +117,7 @@ class GrpcListener:
             for name in HEALTH_SERVICE_NAMES:
                 await servicer.set(name, health_pb2.HealthCheckResponse.SERVING)
             health_pb2_grpc.add_HealthServicer_to_server(servicer, server)
+            self._health_servicer = servicer
         if self._port:
             address = f"{self._host}:{self._port}"
             try:
@@ -141,6 +143,11 @@ class GrpcListener:
             require_client_auth=tls.client_verify,
         )
         return server.add_secure_port(address, credentials)
+
+    async def drain(self) -> None:
+        """Keep serving, but tell health checkers (grpc.health.v1 Check and Watch) NOT_SERVING from now on."""
+        if self._health_servicer is not None:
+            await self._health_servicer.enter_graceful_shutdown()
 
     async def stop(self, grace_s: float) -> None:
         """Stop accepting; let in-flight calls finish for up to `grace_s`."""

@@ -43,11 +43,16 @@ def metrics_app(registry: CollectorRegistry) -> ASGIApp:
 
 class HealthEndpoints:
     """Beyond TF Serving: /healthz (the process answers) and /readyz (every configured model has an AVAILABLE
-    version; 503 with the reasons otherwise), for Kubernetes probes."""
+    version; 503 with the reasons otherwise), for Kubernetes probes.
 
-    def __init__(self, control: ControlPlane, headers: dict[str, str] | None = None) -> None:
+    `draining` says why the server is on its way out ("" while it is not): /readyz is then 503 with that reason, so
+    that load balancers stop sending while requests are still served, whatever state the models are in."""
+
+    def __init__(self, control: ControlPlane, headers: dict[str, str] | None = None,
+                 draining: Callable[[], str] = lambda: "") -> None:
         self._control = control
         self._headers = headers or {}
+        self._draining = draining
 
     def routes(self) -> dict[str, ASGIApp]:
         return {"/healthz": request_response(self.healthz), "/readyz": request_response(self.readyz)}
@@ -56,6 +61,10 @@ class HealthEndpoints:
         return Response(b'{"status": "ok"}', media_type=_JSON, headers=self._headers)
 
     async def readyz(self, request: Request) -> Response:
+        reason = self._draining()
+        if reason:
+            return Response(orjson.dumps({"status": "draining", "reason": reason}), status_code=503,
+                            media_type=_JSON, headers=self._headers)
         unready = self._control.unready_models()
         if unready:
             return Response(orjson.dumps({"status": "unavailable", "models": unready}), status_code=503,

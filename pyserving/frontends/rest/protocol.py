@@ -29,6 +29,10 @@ class LimitedHttpToolsProtocol(HttpToolsProtocol):
 
     limits: ClassVar[HttpLimits] = HttpLimits()
     _last_warning: ClassVar[dict[str, float]] = {}
+    draining: ClassVar[bool] = False
+    """Set on the listener's class when the server drains: each response then says `Connection: close`, so a
+    client (or proxy) stops reusing the connection on an answer rather than racing the listener's close with
+    its next request."""
 
     def __init__(self, *args: Any, **kwargs: Any) -> None:
         super().__init__(*args, **kwargs)
@@ -41,7 +45,7 @@ class LimitedHttpToolsProtocol(HttpToolsProtocol):
     @classmethod
     def with_limits(cls, limits: HttpLimits) -> type[LimitedHttpToolsProtocol]:
         """A protocol class for uvicorn's `http=` setting (uvicorn instantiates it per connection)."""
-        return type("LimitedHttpToolsProtocol", (cls,), {"limits": limits, "_last_warning": {}})
+        return type("LimitedHttpToolsProtocol", (cls,), {"limits": limits, "_last_warning": {}, "draining": False})
 
     # --- connection ---------------------------------------------------------------------------------------------
 
@@ -96,6 +100,8 @@ class LimitedHttpToolsProtocol(HttpToolsProtocol):
         self._head_bytes = 0
         self._arm(self.limits.body_timeout_s, self._body_timed_out)
         super().on_headers_complete()
+        if self.draining and self.cycle is not None:
+            self.cycle.keep_alive = False
 
     def on_body(self, body: bytes) -> None:
         if self._refused:

@@ -45,6 +45,7 @@ class RestListener:
         self._announce = announce
         self._ssl = ssl_context
         self._limits = limits or HttpLimits()
+        self._protocol = LimitedHttpToolsProtocol.with_limits(self._limits)
         self._server: _UvicornServer | None = None
         self._task: asyncio.Task[None] | None = None
         self.port: int | None = None
@@ -56,7 +57,7 @@ class RestListener:
             # httptools parses HTTP in C (h11, the pure-Python fallback, cost ~15% of a small predict), wrapped
             # with the limits uvicorn lacks; nothing is proxied in front of us unless the user says so, so skip
             # the X-Forwarded-* rewriting.
-            http=LimitedHttpToolsProtocol.with_limits(self._limits), proxy_headers=False,
+            http=self._protocol, proxy_headers=False,
             # (0: no limit; uvicorn would read 0 as "close at once")
             timeout_keep_alive=self._limits.keepalive_timeout_s or 10**9,  # type: ignore[arg-type]  # floats work
             ssl_context_factory=(lambda _config, _default: self._ssl) if self._ssl is not None else None,
@@ -74,6 +75,10 @@ class RestListener:
             await asyncio.sleep(0.01)
         self.port = server.servers[0].sockets[0].getsockname()[1] if server.servers else self._requested_port
         log.info(self._announce + (" (TLS)" if self._ssl is not None else ""), self._host, self.port)
+
+    def drain(self) -> None:
+        """Keep serving, but end each connection after its next response (`Connection: close`)."""
+        self._protocol.draining = True
 
     async def stop(self) -> None:
         """Stop accepting; in-flight requests finish (uvicorn waits up to the grace period)."""
