@@ -380,8 +380,14 @@ def main(argv: Sequence[str] | None = None) -> int:
                                       daemon=True)
             waiter.start()
             with steps.step("pip wheel the project and its dependencies"):
-                run([sys.executable, "-m", "pip", "wheel", "--quiet", "--disable-pip-version-check",
-                     f"--wheel-dir={wheels}", str(REPO), "setuptools"], timeout=900, log=logs / "pip-wheel.log")
+                # setuptools builds pyserving's wheel in the tree: leave no build/ or egg-info that was not there.
+                by_products = [p for p in (REPO / "build", REPO / "pyserving.egg-info") if not p.exists()]
+                try:
+                    run([sys.executable, "-m", "pip", "wheel", "--quiet", "--disable-pip-version-check",
+                         f"--wheel-dir={wheels}", str(REPO), "setuptools"], timeout=900, log=logs / "pip-wheel.log")
+                finally:
+                    for path in by_products:
+                        shutil.rmtree(path, ignore_errors=True)
                 print(f"    {len(list(wheels.glob('*.whl')))} wheels, "
                       f"{sum(p.stat().st_size for p in wheels.glob('*.whl')) / 1e6:.0f} MB")
             models = tmp / "models"
