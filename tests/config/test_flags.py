@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+from pathlib import Path
+
 import pytest
 
 from pyserving.config.flags import FlagError, parse_flags, server_options
@@ -79,6 +81,24 @@ def test_articles_parallelism_flags_work_together() -> None:
                               "tensorflow_intra_op_parallelism": 2, "tensorflow_inter_op_parallelism": 3}, warnings)
     assert (options.runtime.intra_op_parallelism, options.runtime.inter_op_parallelism) == (2, 3)
     assert "--tensorflow_session_parallelism is ignored" in warnings[0]
+
+
+def test_repeated_flag_last_one_wins() -> None:
+    # The Docker entrypoint passes TF Serving's defaults first and `docker run IMAGE FLAGS` after them.
+    values, _ = parse_flags(["--rest_api_port=8501", "--model_name=model", "--rest_api_port=9001", "--model_name=m"])
+    assert values == {"rest_api_port": 9001, "model_name": "m"}
+
+
+def test_config_file_wins_over_model_name_and_base_path(tmp_path: Path) -> None:
+    """As TF Serving (which builds the single-model config only when --model_config_file is empty): the image's
+    entrypoint always passes --model_name/--model_base_path, and `docker run IMAGE --model_config_file=...` must
+    serve the config's models only."""
+    config = tmp_path / "config.conf"
+    config.write_text('model_config_list { config { name: "a" base_path: "/srv/a" model_platform: "tensorflow" } }',
+                      encoding="utf-8")
+    options = server_options({"model_name": "model", "model_base_path": "/models/model",
+                              "model_config_file": str(config)})
+    assert [(m.name, m.base_path) for m in options.models] == [("a", "/srv/a")]
 
 
 def test_grpc_channel_arguments() -> None:
