@@ -36,8 +36,8 @@ from conftest import free_port
 from pyserving.codecs.tfserving.protos import predict_pb2
 from pyserving.config.flags import FlagError, parse_flags, server_options
 from pyserving.runtimes.memory import write_model
-from test_nginx import (HOSTNAME, SHIPPED_CONF, TEST_KEY, Tls, main_conf, nginx_binary, shipped_paths, substitute,
-                        tls, wait_for_ports, write_keys)
+from test_nginx import (HOSTNAME, SHIPPED_CONF, TEST_KEY, Tls, nginx_process, shipped_paths, substitute, tls,
+                        write_keys)
 
 __all__ = ["tls"]  # the module-scoped certificate fixture, shared with test_nginx
 
@@ -508,22 +508,10 @@ def balancer(directory: Path, tls: Tls, replicas: list[Replica],
     })
     site = directory / "pyserving.conf"
     site.write_text(text)
-    conf = main_conf(directory, site)
-    with open(directory / "nginx.out", "wb") as out:
-        process = subprocess.Popen([nginx_binary(), "-p", f"{directory}/", "-c", str(conf)], stdout=out,
-                                   stderr=subprocess.STDOUT, stdin=subprocess.DEVNULL, start_new_session=True)
-    try:
-        wait_for_ports(process, [https_port, grpc_port, http_port], directory)
+    with nginx_process(directory, site, [https_port, grpc_port, http_port]) as process:
         context = ssl.create_default_context(cafile=str(tls.ca_pem))
         credentials = grpc.ssl_channel_credentials(root_certificates=tls.ca_pem.read_bytes())
         yield Balancer(directory, process, https_port, grpc_port, context, credentials)
-    finally:
-        process.terminate()
-        try:
-            process.wait(10)
-        except subprocess.TimeoutExpired:
-            os.killpg(process.pid, signal.SIGKILL)
-            process.wait(10)
 
 
 ERROR_LOG_EVENTS = {

@@ -203,13 +203,20 @@ def running_nginx(directory: Path, tls: Tls, rest_upstream: str, grpc_upstream: 
         "server 127.0.0.1:8500 max_fails=0;": f"server {grpc_upstream} max_fails=0;",
         **shipped_paths(directory, tls, keys_file),
     }))
+    with nginx_process(directory, site, [https_port, grpc_port, http_port]) as process:
+        yield Proxy(directory, process, https_port, grpc_port, http_port, keys_file, tls.ca_pem)
+
+
+@contextmanager
+def nginx_process(directory: Path, site: Path, ports: list[int]) -> Iterator[subprocess.Popen[bytes]]:
+    """nginx (unprivileged, prefix `directory`) serving `site`, once it listens on `ports`; stopped at the end."""
     conf = main_conf(directory, site)
     with open(directory / "nginx.out", "wb") as out:
         process = subprocess.Popen([nginx_binary(), "-p", f"{directory}/", "-c", str(conf)], stdout=out,
                                    stderr=subprocess.STDOUT, stdin=subprocess.DEVNULL, start_new_session=True)
     try:
-        wait_for_ports(process, [https_port, grpc_port, http_port], directory)
-        yield Proxy(directory, process, https_port, grpc_port, http_port, keys_file, tls.ca_pem)
+        wait_for_ports(process, ports, directory)
+        yield process
     finally:
         process.terminate()  # SIGTERM: nginx's fast shutdown, master and workers
         try:
