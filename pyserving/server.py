@@ -29,6 +29,7 @@ from pyserving.core.lifecycle import ModelLifecycle
 from pyserving.core.manager import ModelManager
 from pyserving.core.service import InferenceService
 from pyserving.errors import Code, ServingError, StartupError
+from pyserving.frontends.grpc.inference_service import InferenceServicer
 from pyserving.frontends.grpc.model_service import ModelServicer
 from pyserving.frontends.grpc.prediction_service import PredictionServicer
 from pyserving.frontends.grpc.server import GrpcListener
@@ -152,6 +153,7 @@ class Server:
                            if opts.http.keepalive_timeout_s else []),
                          *opts.grpc_channel_arguments],
                 health=opts.enable_grpc_healthcheck_service, tls=opts.tls, authenticator=auth,
+                inference=InferenceServicer(self.service, self.control, ready=self._ready, observer=self.observer),
             )
         # TF Serving's CORS is a fixed `*`; a list of origins goes to starlette's CORS middleware instead.
         cors = CORS_HEADERS if opts.rest_api_enable_cors_support and not opts.cors_allowed_origins else {}

@@ -196,3 +196,95 @@ def test_bytes_raw_round_trip_and_malformed_lengths() -> None:
         with pytest.raises(ServingError) as err:
             decode_inputs([InputTensor("s", "BYTES", [3], raw=cut)], sig, "m")
         assert err.value.code == Code.INVALID_ARGUMENT
+
+
+# --- gRPC with tritonclient.grpc ------------------------------------------------------------------------------
+
+
+@pytest.fixture(scope="module")
+def grpc_client(server: RunningServer) -> Iterator[grpcclient.InferenceServerClient]:
+    client = grpcclient.InferenceServerClient(server.grpc_target)
+    yield client
+    client.close()
+
+
+def test_grpc_health_and_metadata(grpc_client: grpcclient.InferenceServerClient) -> None:
+    assert grpc_client.is_server_live() and grpc_client.is_server_ready()
+    assert grpc_client.get_server_metadata(as_json=True)["name"] == "pyserving"
+    assert grpc_client.is_model_ready("half") and grpc_client.is_model_ready("mem", "1")
+    assert not grpc_client.is_model_ready("nope")
+    meta = grpc_client.get_model_metadata("mem", as_json=True)
+    assert meta["platform"] == "memory" and meta["versions"] == ["1"]
+    assert meta["inputs"] == [{"name": "x", "datatype": "FP32", "shape": ["-1", "2"]}]  # int64 in proto JSON
+    assert grpc_client.get_model_metadata("half").inputs[0].datatype == "FP32"
+
+
+def test_grpc_infer_tf_and_memory_models(grpc_client: grpcclient.InferenceServerClient) -> None:
+    x = np.array([1.0, 2.0, 5.0], np.float32)
+    inp = grpcclient.InferInput("x", [3], "FP32")
+    inp.set_data_from_numpy(x)
+    result = grpc_client.infer("half", [inp], request_id="g-1")
+    np.testing.assert_allclose(result.as_numpy("y").reshape(-1), x * 0.5 + 2)
+    assert result.get_response().id == "g-1" and result.get_response().model_version == "123"
+
+    m = np.arange(4, dtype=np.float32).reshape(2, 2)
+    inp = grpcclient.InferInput("x", [2, 2], "FP32")
+    inp.set_data_from_numpy(m)
+    result = grpc_client.infer("mem", [inp], outputs=[grpcclient.InferRequestedOutput("n")])
+    np.testing.assert_array_equal(result.as_numpy("n"), (m * 2 + 1).astype(np.int64))
+    assert result.as_numpy("y") is None
+
+    s = np.array([b"a", b"\xff\x00"], dtype=object)
+    inp = grpcclient.InferInput("s", [2], "BYTES")
+    inp.set_data_from_numpy(s)
+    result = grpc_client.infer("mem", [inp], parameters={"signature_name": "echo"})
+    assert list(result.as_numpy("t")) == list(s)
+
+
+def test_grpc_errors(grpc_client: grpcclient.InferenceServerClient) -> None:
+    inp = grpcclient.InferInput("x", [1], "FP32")
+    inp.set_data_from_numpy(np.ones(1, np.float32))
+    with pytest.raises(InferenceServerException) as err:
+        grpc_client.infer("nope", [inp])
+    assert err.value.status() == "StatusCode.NOT_FOUND"
+    bad = grpcclient.InferInput("x", [1], "FP64")
+    bad.set_data_from_numpy(np.ones(1, np.float64))
+    with pytest.raises(InferenceServerException) as err:
+        grpc_client.infer("half", [bad])
+    assert err.value.status() == "StatusCode.INVALID_ARGUMENT" and "FP64" in err.value.message()
+
+
+def test_grpc_v2_and_v1_requests_share_the_batcher(server: RunningServer) -> None:
+    from pyserving.codecs.tfserving.protos import predict_pb2
+    from pyserving.codecs.tfserving.protos.services import PREDICTION_SERVICE
+
+    before = _batch_sizes(server, "half")
+    channel = server.channel()
+    v1_predict = channel.unary_unary(f"/{PREDICTION_SERVICE}/Predict",
+                                     request_serializer=predict_pb2.PredictRequest.SerializeToString,
+                                     response_deserializer=predict_pb2.PredictResponse.FromString)
+    client = grpcclient.InferenceServerClient(server.grpc_target)
+
+    def v1(i: int) -> float:
+        request = predict_pb2.PredictRequest()
+        request.model_spec.name = "half"
+        request.inputs["x"].dtype = 1
+        request.inputs["x"].tensor_shape.dim.add(size=1)
+        request.inputs["x"].float_val.append(float(i))
+        return v1_predict(request, timeout=TIMEOUT).outputs["y"].float_val[0]
+
+    def v2(i: int) -> float:
+        inp = grpcclient.InferInput("x", [1], "FP32")
+        inp.set_data_from_numpy(np.array([i], np.float32))
+        return float(client.infer("half", [inp]).as_numpy("y")[0])
+
+    try:
+        with concurrent.futures.ThreadPoolExecutor(8) as pool:
+            got = list(pool.map(lambda i: (v1 if i % 2 else v2)(i), range(8)))
+    finally:
+        client.close()
+        channel.close()
+    assert got == [0.5 * i + 2 for i in range(8)]
+    after = _batch_sizes(server, "half")
+    new = {size: after.get(size, 0) - before.get(size, 0) for size in after}
+    assert sum(size * count for size, count in new.items()) == 8

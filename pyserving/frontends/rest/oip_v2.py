@@ -23,9 +23,7 @@ from pyserving.codecs.oip.tensor import (
     InputTensor,
     OutputTensor,
     RequestedOutput,
-    datatype_name,
     decode_inputs,
-    dims,
     output_tensor,
     to_json_data,
     to_raw,
@@ -35,12 +33,12 @@ from pyserving.core.ids import ServableRequest
 from pyserving.core.service import InferenceService, PredictRequest
 from pyserving.core.states import ServableState
 from pyserving.errors import Code, ServingError
+from pyserving.frontends.oip import EXTENSIONS, SERVER_NAME, SIGNATURE_PARAMETER, model_metadata, servable_request
 from pyserving.frontends.rest.body import check_decoded_size, decoded_body
 from pyserving.frontends.rest.errors import HTTP_STATUS
 from pyserving.frontends.rest.tfserving_v1 import VERSION_HEADER, decode_part, request_path
 from pyserving.malloc import BIG_REQUEST_BYTES, release_free_memory_soon
 from pyserving.observability.requests import RequestInfo, RequestObserver, new_request_id
-from pyserving.runtimes.base import DEFAULT_SIGNATURE
 from pyserving.security.auth import current_principal
 
 V2_PATH = re.compile(r"/v2(?:/.*)?", re.S)
@@ -49,8 +47,6 @@ MODEL_PATH = re.compile(r"/v2/models/([^/]+)(?:/versions/([^/]+))?(?:/(ready|inf
 the auth middleware reads it too."""
 PUBLIC_PATHS = frozenset(("/v2/health/live", "/v2/health/ready"))
 HEADER_LENGTH = "inference-header-content-length"
-EXTENSIONS = ["binary_tensor_data"]
-SIGNATURE_PARAMETER = "signature_name"
 _JSON = "application/json"
 _OFF_LOOP_BYTES = 1 << 20
 """Bodies from this size decode in a thread, so the event loop keeps serving small requests meanwhile."""
@@ -59,39 +55,6 @@ log = logging.getLogger("pyserving.rest")
 
 def _headers(request: Request) -> Mapping[str, str]:
     return {k.decode("latin-1"): v.decode("latin-1") for k, v in reversed(request.scope["headers"])}
-
-
-def servable_request(name: str, version: str | None) -> ServableRequest:
-    """V2 versions are strings: digits are a version number, anything else one of the model's version labels."""
-    if not name:
-        raise ServingError(Code.INVALID_ARGUMENT, "Missing model name in request.")
-    if not version:
-        return ServableRequest(name)
-    if version.isascii() and version.isdigit():
-        number = int(version)
-        if number >= 2**63:
-            raise ServingError(Code.INVALID_ARGUMENT, f"Failed to convert version: {version} to numeric.")
-        return ServableRequest(name, number)
-    return ServableRequest(name, label=version)
-
-
-def model_metadata(service: InferenceService, control: ControlPlane, target: ServableRequest) -> dict[str, Any]:
-    """The protocol's model metadata, from the serving_default signature (another signature is still callable
-    through the `signature_name` parameter; the metadata has room for one)."""
-    meta = service.metadata(target)
-    sig = meta.signatures.get(DEFAULT_SIGNATURE)
-    if sig is None and len(meta.signatures) == 1:
-        sig = next(iter(meta.signatures.values()))
-    versions = [str(s.version) for s in control.status(target.name) if s.state == ServableState.AVAILABLE]
-    return {
-        "name": meta.servable.name,
-        "versions": versions,
-        "platform": control.platform(target.name) or "",
-        "inputs": [{"name": k, "datatype": datatype_name(v.dtype), "shape": dims(v.shape)}
-                   for k, v in (sig.inputs.items() if sig else ())],
-        "outputs": [{"name": k, "datatype": datatype_name(v.dtype), "shape": dims(v.shape)}
-                    for k, v in (sig.outputs.items() if sig else ())],
-    }
 
 
 def _invalid(message: str) -> ServingError:
@@ -199,7 +162,7 @@ class OipV2:
         """Any request whose path is /v2 or under it."""
         path, method = request_path(request.scope), request.method
         if method == "GET" and path in ("/v2", "/v2/"):
-            return self._json({"name": "pyserving", "version": pyserving.__version__, "extensions": EXTENSIONS})
+            return self._json({"name": SERVER_NAME, "version": pyserving.__version__, "extensions": EXTENSIONS})
         if method == "GET" and path == "/v2/health/live":
             return Response(b"", status_code=200, headers=self._extra_headers)
         if method == "GET" and path == "/v2/health/ready":
