@@ -29,11 +29,13 @@ from pyserving.core.lifecycle import ModelLifecycle
 from pyserving.core.manager import ModelManager
 from pyserving.core.service import InferenceService
 from pyserving.errors import Code, ServingError, StartupError
+from pyserving.frontends.grpc.inference_service import InferenceServicer
 from pyserving.frontends.grpc.model_service import ModelServicer
 from pyserving.frontends.grpc.prediction_service import PredictionServicer
 from pyserving.frontends.grpc.server import GrpcListener
 from pyserving.frontends.rest.auth import AuthMiddleware
 from pyserving.frontends.rest.app import V1_PATH, HealthEndpoints, RestRouter, metrics_app
+from pyserving.frontends.rest.oip_v2 import V2_PATH, OipV2
 from pyserving.frontends.rest.openapi import OpenApiEndpoint
 from pyserving.frontends.rest.server import RestListener
 from pyserving.frontends.rest.tfserving_v1 import CORS_HEADERS, TfServingV1
@@ -119,6 +121,10 @@ class Server:
         except ValueError as exc:
             raise ServingError(Code.INVALID_ARGUMENT, str(exc)) from None
 
+    def _ready(self) -> bool:
+        """Ready for traffic, as /readyz and the V2 ready endpoints say: not draining, every model AVAILABLE."""
+        return not self.draining and not self.control.unready_models()
+
     def _observe_load(self, version: ServableId, path: str, seconds: float, ok: bool) -> None:
         self.metrics.observe_load(model=version.name, version=version.version, path=path, seconds=seconds, ok=ok)
 
@@ -147,6 +153,7 @@ class Server:
                            if opts.http.keepalive_timeout_s else []),
                          *opts.grpc_channel_arguments],
                 health=opts.enable_grpc_healthcheck_service, tls=opts.tls, authenticator=auth,
+                inference=InferenceServicer(self.service, self.control, ready=self._ready, observer=self.observer),
             )
         # TF Serving's CORS is a fixed `*`; a list of origins goes to starlette's CORS middleware instead.
         cors = CORS_HEADERS if opts.rest_api_enable_cors_support and not opts.cors_allowed_origins else {}
@@ -161,7 +168,9 @@ class Server:
             exact = {**health.routes(), **OpenApiEndpoint(cors).routes()}
             if opts.monitoring_path:
                 exact[opts.monitoring_path] = metrics
-            app: ASGIApp = RestRouter(exact=exact, patterns=[(V1_PATH, v1.handle)])
+            v2 = OipV2(self.service, self.control, ready=self._ready, timeout_ms=opts.rest_api_timeout_ms,
+                       extra_headers=cors, observer=self.observer, max_request_bytes=opts.max_request_bytes)
+            app: ASGIApp = RestRouter(exact=exact, patterns=[(V1_PATH, v1.handle), (V2_PATH, v2.handle)])
             if auth is not None:
                 app = AuthMiddleware(app, auth, metrics_path=opts.monitoring_path)
             if opts.cors_allowed_origins:

@@ -183,6 +183,10 @@ class ControlPlane:
                 out.append((name, []))
         return out
 
+    def platform(self, name: str) -> str | None:
+        """The platform a model is configured with (V2 metadata reports it); None for an unknown model."""
+        return self._manager.platform(name)
+
     def unready_models(self) -> dict[str, str]:
         """Configured models without an AVAILABLE version, and why (readiness)."""
         return self._manager.unavailable_models()

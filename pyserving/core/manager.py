@@ -440,6 +440,12 @@ class ModelManager:
             model = self._models.get(name)
             return dict(model.labels) if model is not None else {}
 
+    def platform(self, name: str) -> str | None:
+        """The platform `name` is configured with (None: no such model)."""
+        with self._lock:
+            model = self._models.get(name)
+            return model.config.platform if model is not None and not model.removed else None
+
     def model_names(self) -> list[str]:
         with self._lock:
             return sorted(n for n, m in self._models.items() if not m.removed)

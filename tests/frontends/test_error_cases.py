@@ -356,8 +356,8 @@ def test_rest_error(server: RunningServer, case: Rest) -> None:
             assert part in message, message
 
 
-@pytest.mark.parametrize("path", ["/", "/v2/models/default", "/models/default:predict", "/v1"])
-def test_rest_paths_outside_v1_are_html_404(server: RunningServer, path: str) -> None:
+@pytest.mark.parametrize("path", ["/", "/v3/models/default", "/models/default:predict", "/v1"])
+def test_rest_paths_outside_the_apis_are_html_404(server: RunningServer, path: str) -> None:
     for method in ("GET", "POST"):
         r = requests.request(method, server.rest_url + path, data=b"{}", timeout=TIMEOUT)
         assert r.status_code == 404

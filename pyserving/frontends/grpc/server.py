@@ -10,11 +10,12 @@ from typing import Any
 
 import grpc
 
+from pyserving.codecs.oip.protos.services import INFERENCE_METHODS, INFERENCE_SERVICE
 from pyserving.codecs.tfserving.protos.services import MODEL_METHODS, MODEL_SERVICE, PREDICTION_METHODS, PREDICTION_SERVICE, MethodTypes
 from pyserving.errors import Code, StartupError
 from pyserving.frontends.grpc.errors import GRPC_STATUS
 from pyserving.options import TlsOptions
-from pyserving.security.auth import ADMIN, METADATA, PREDICT, AuthError, Authenticator, credential_from, \
+from pyserving.security.auth import ADMIN, ANY, METADATA, PREDICT, AuthError, Authenticator, credential_from, \
     current_principal
 
 log = logging.getLogger("pyserving.server")
@@ -24,17 +25,24 @@ HEALTH_SERVICE_NAMES = ("", "tensorflow.serving.ModelService", "tensorflow.servi
 """TF Serving registers these as SERVING in grpc.health.v1 at start-up, statically."""
 
 
-ACTIONS = {"Predict": PREDICT, "Classify": PREDICT, "Regress": PREDICT, "MultiInference": PREDICT,
-           "GetModelMetadata": METADATA, "GetModelStatus": METADATA, "HandleReloadConfigRequest": ADMIN}
-"""What each method needs in the caller's scopes (--auth_config_file)."""
+ACTIONS: dict[str, str | None] = {
+    "Predict": PREDICT, "Classify": PREDICT, "Regress": PREDICT, "MultiInference": PREDICT,
+    "GetModelMetadata": METADATA, "GetModelStatus": METADATA, "HandleReloadConfigRequest": ADMIN,
+    # the Open Inference Protocol's: liveness and readiness are probes, public like REST's /healthz and /readyz
+    "ServerLive": None, "ServerReady": None, "ServerMetadata": ANY,
+    "ModelReady": METADATA, "ModelMetadata": METADATA, "ModelInfer": PREDICT,
+}
+"""What each method needs in the caller's scopes (--auth_config_file); None: nothing (public)."""
 
 
 def _model_of(request: Any, action: str) -> str | None:
-    if action == ADMIN:
-        return None  # a reload replaces every model's configuration
+    if action in (ADMIN, ANY):
+        return None  # a reload replaces every model's configuration; server metadata names none
     if hasattr(request, "tasks"):
         return request.tasks[0].model_spec.name if request.tasks else ""
-    return request.model_spec.name
+    if hasattr(request, "model_spec"):
+        return request.model_spec.name
+    return request.model_name if hasattr(request, "model_name") else request.name  # Open Inference Protocol
 
 
 def guarded(behavior: Any, action: str, authenticator: Authenticator) -> Any:
@@ -64,8 +72,8 @@ def generic_handler(service_name: str, methods: MethodTypes, servicer: object,
     first when there is an `authenticator`."""
     handlers = {
         name: grpc.unary_unary_rpc_method_handler(
-            guarded(getattr(servicer, name), ACTIONS[name], authenticator) if authenticator is not None
-            else getattr(servicer, name),
+            guarded(getattr(servicer, name), action, authenticator)
+            if authenticator is not None and (action := ACTIONS[name]) is not None else getattr(servicer, name),
             request_deserializer=request_type.FromString,
             response_serializer=response_type.SerializeToString,
         )
@@ -75,7 +83,8 @@ def generic_handler(service_name: str, methods: MethodTypes, servicer: object,
 
 
 class GrpcListener:
-    """Serves the PredictionService and ModelService servicers on `host:port` (0: none) and a UNIX socket."""
+    """Serves the PredictionService and ModelService servicers (and the Open Inference Protocol's
+    GRPCInferenceService, when given) on `host:port` (0: none) and a UNIX socket."""
 
     def __init__(
         self,
@@ -89,8 +98,10 @@ class GrpcListener:
         health: bool = False,
         tls: TlsOptions | None = None,
         authenticator: Authenticator | None = None,
+        inference: object | None = None,
     ) -> None:
         self._prediction = prediction
+        self._inference = inference
         self._model = model
         self._host = host
         self._port = port
@@ -108,6 +119,8 @@ class GrpcListener:
         server.add_generic_rpc_handlers((
             generic_handler(PREDICTION_SERVICE, PREDICTION_METHODS, self._prediction, self._authenticator),
             generic_handler(MODEL_SERVICE, MODEL_METHODS, self._model, self._authenticator),
+            *([generic_handler(INFERENCE_SERVICE, INFERENCE_METHODS, self._inference, self._authenticator)]
+              if self._inference is not None else []),
         ))
         if self._health:
             from grpc_health.v1 import health as grpc_health

@@ -10,6 +10,7 @@ import orjson
 from starlette.types import ASGIApp, Receive, Scope, Send
 
 from pyserving.errors import Code
+from pyserving.frontends.rest.oip_v2 import MODEL_PATH, PUBLIC_PATHS as V2_PUBLIC_PATHS
 from pyserving.frontends.rest.openapi import OPENAPI_PATH
 from pyserving.frontends.rest.tfserving_v1 import GET_PATH, POST_PATH, decode_part, request_path
 from pyserving.security.auth import ANY, METADATA, METRICS, PREDICT, AuthError, Authenticator, credential_from, \
@@ -23,7 +24,7 @@ def _target(method: str, path: str, v1_path: str, metrics_path: str) -> tuple[st
     """(model, action) a request needs, or None for a public endpoint. `path` is decoded, as the router looks up
     exact paths; `v1_path` is as sent, as TF Serving's handler matches it, so the model checked here is the one
     the handler will serve."""
-    if path in _PUBLIC_PATHS or method == "OPTIONS":  # CORS preflights carry no credentials
+    if path in _PUBLIC_PATHS or path in V2_PUBLIC_PATHS or method == "OPTIONS":  # CORS preflights carry no credentials
         return None
     if path == OPENAPI_PATH and method == "GET":
         # The same document for every server, naming no model, key or setting; clients read it to learn how to
@@ -35,6 +36,8 @@ def _target(method: str, path: str, v1_path: str, metrics_path: str) -> tuple[st
         return decode_part(m.group(1)), PREDICT
     if method == "GET" and (m := GET_PATH.fullmatch(v1_path)):
         return decode_part(m.group(1)), METADATA
+    if m := MODEL_PATH.fullmatch(v1_path):  # V2: infer is predict; metadata and readiness are metadata
+        return decode_part(m.group(1)), PREDICT if m.group(3) == "infer" else METADATA
     return None, ANY  # a path TF Serving's API does not match: any caller may learn it is a 400 / 404
 
 

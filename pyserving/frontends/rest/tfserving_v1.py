@@ -7,10 +7,8 @@ behaviour is part of the API: anything under /v1 that does not match is a 400 "M
 from __future__ import annotations
 
 import asyncio
-import gzip
 import logging
 import re
-import zlib
 from collections.abc import Awaitable, Callable, Mapping
 from concurrent.futures import ThreadPoolExecutor
 from typing import Any, TypeVar, overload
@@ -26,8 +24,9 @@ from pyserving.core.control import ControlPlane
 from pyserving.core.ids import ServableId, ServableRequest
 from pyserving.core.service import ExamplesRequest, InferenceService, PredictRequest
 from pyserving.core.states import VersionStatus
-from pyserving.errors import Code, RequestTooLarge, ServingError, SignatureNotFoundError
+from pyserving.errors import Code, ServingError, SignatureNotFoundError
 from pyserving.frontends.rest import json_codec
+from pyserving.frontends.rest.body import check_decoded_size, decoded_body, read_body
 from pyserving.frontends.rest.errors import HTTP_STATUS
 from pyserving.malloc import BIG_REQUEST_BYTES, release_free_memory_soon
 from pyserving.observability.requests import RequestInfo, RequestObserver, new_request_id
@@ -47,11 +46,6 @@ CORS_HEADERS = {
     "Access-Control-Allow-Methods": "POST, GET",
     "Access-Control-Allow-Headers": "Content-Type",
 }
-_MAX_GUNZIPPED_BYTES = 100 << 20
-_VALUE_BYTES, _STRING_BYTES = 8, 56
-"""What the decoder spends per JSON value (a float64 of a number array) and more per string (a Python object):
-a body may decode to no more than --max_request_bytes by this count, so a gzip bomb or a body of a million tiny
-strings is refused before it is parsed, not after it took gigabytes."""
 _OFF_LOOP_BYTES = 1 << 20
 """Bodies from this size decode in a thread, so the event loop keeps serving small requests meanwhile. One thread:
 big bodies decode one at a time (each may take a few times its size), and memory freed by a thread stays in that
@@ -122,7 +116,6 @@ class TfServingV1:
         self._extra_headers = dict(cors_headers or {})
         self._observer = observer or RequestObserver(None)
         self._max_body = max_request_bytes or None
-        self._max_unzipped = max_request_bytes or _MAX_GUNZIPPED_BYTES
         self._decoder = ThreadPoolExecutor(1, thread_name_prefix="rest-decode")
 
     def _json(self, body: bytes, status: int = 200) -> Response:
@@ -206,57 +199,16 @@ class TfServingV1:
         return self._json(orjson.dumps(_version_status_json(statuses)))
 
     async def _read(self, request: Request) -> bytes:
-        """The body as sent, refused as soon as it passes --max_request_bytes (announced or not)."""
-        limit = self._max_body
-        if limit is None:
-            return await request.body()
-        announced = request.headers.get("content-length")
-        if announced is not None and announced.isdigit() and int(announced) > limit:
-            raise RequestTooLarge("The request body", limit)
-        chunks, size = [], 0
-        async for chunk in request.stream():
-            size += len(chunk)
-            if size > limit:
-                raise RequestTooLarge("The request body", limit)
-            chunks.append(chunk)
-        return b"".join(chunks)
+        return await read_body(request, self._max_body)
 
     async def _body(self, request: Request) -> bytes:
-        body = await self._read(request)
-        encoding = request.headers.get("content-encoding", "")
-        if "gzip" in encoding.lower():
-            try:
-                decompressor = zlib.decompressobj(16 + zlib.MAX_WBITS)
-                body = decompressor.decompress(body, self._max_unzipped)
-                if decompressor.unconsumed_tail:
-                    if self._max_body is not None:
-                        raise RequestTooLarge("The request body once uncompressed", self._max_unzipped)
-                    raise ServingError(
-                        Code.INVALID_ARGUMENT,
-                        f"Request body is larger than {_MAX_GUNZIPPED_BYTES} bytes once uncompressed.",
-                    )
-                if not decompressor.eof:
-                    raise zlib.error("the body ends before its compressed data does (cut short in transfer?)")
-            except (zlib.error, gzip.BadGzipFile) as exc:
-                raise ServingError(Code.INVALID_ARGUMENT, f"Failed to gunzip the request body: {exc}") from None
-        return body
+        return await decoded_body(request, self._max_body)
 
     async def _off_loop(self, fn: Callable[..., _T], *args: Any) -> _T:
         return await asyncio.get_running_loop().run_in_executor(self._decoder, fn, *args)
 
     def _check_decoded_size(self, body: bytes) -> None:
-        """Refuse a document that would decode to more than the limit before the decoder builds it. Every value but
-        the last of its container is followed by a comma, each container opens with a bracket, each string has
-        two quotes. A body that small cannot exceed the limit, so most are never counted."""
-        limit = self._max_body
-        if limit is None or len(body) * (_VALUE_BYTES + _STRING_BYTES) <= limit:
-            return
-        values = body.count(b",") + body.count(b"[") + body.count(b"{")
-        decoded = values * _VALUE_BYTES + body.count(b'"') // 2 * _STRING_BYTES
-        if decoded > limit:
-            raise RequestTooLarge("", limit, message=(
-                f"The request body would decode to about {decoded} bytes ({values} JSON values), more than the "
-                f"server's limit of {limit} bytes (--max_request_bytes). Send smaller requests, or raise the limit."))
+        check_decoded_size(body, self._max_body)
 
     async def _post(self, request: Request, m: re.Match[str], info: RequestInfo) -> Response:
         name, version, label, verb = m.groups()

@@ -1,0 +1,70 @@
+"""Reading a REST request body under --max_request_bytes: shared by every REST API (TF Serving's v1, V2)."""
+
+from __future__ import annotations
+
+import gzip
+import zlib
+
+from starlette.requests import Request
+
+from pyserving.errors import Code, RequestTooLarge, ServingError
+
+MAX_GUNZIPPED_BYTES = 100 << 20
+_VALUE_BYTES, _STRING_BYTES = 8, 56
+"""What the decoder spends per JSON value (a float64 of a number array) and more per string (a Python object):
+a body may decode to no more than --max_request_bytes by this count, so a gzip bomb or a body of a million tiny
+strings is refused before it is parsed, not after it took gigabytes."""
+
+
+async def read_body(request: Request, limit: int | None) -> bytes:
+    """The body as sent, refused as soon as it passes `limit` (announced or not)."""
+    if limit is None:
+        return await request.body()
+    announced = request.headers.get("content-length")
+    if announced is not None and announced.isdigit() and int(announced) > limit:
+        raise RequestTooLarge("The request body", limit)
+    chunks, size = [], 0
+    async for chunk in request.stream():
+        size += len(chunk)
+        if size > limit:
+            raise RequestTooLarge("The request body", limit)
+        chunks.append(chunk)
+    return b"".join(chunks)
+
+
+async def decoded_body(request: Request, limit: int | None) -> bytes:
+    """The body, gunzipped when its Content-Encoding says gzip; `limit` bounds it both as sent and as unzipped
+    (without a limit, unzipping stops at MAX_GUNZIPPED_BYTES: a gzip bomb is refused, not inflated)."""
+    body = await read_body(request, limit)
+    encoding = request.headers.get("content-encoding", "")
+    if "gzip" in encoding.lower():
+        max_unzipped = limit or MAX_GUNZIPPED_BYTES
+        try:
+            decompressor = zlib.decompressobj(16 + zlib.MAX_WBITS)
+            body = decompressor.decompress(body, max_unzipped)
+            if decompressor.unconsumed_tail:
+                if limit is not None:
+                    raise RequestTooLarge("The request body once uncompressed", max_unzipped)
+                raise ServingError(
+                    Code.INVALID_ARGUMENT,
+                    f"Request body is larger than {MAX_GUNZIPPED_BYTES} bytes once uncompressed.",
+                )
+            if not decompressor.eof:
+                raise zlib.error("the body ends before its compressed data does (cut short in transfer?)")
+        except (zlib.error, gzip.BadGzipFile) as exc:
+            raise ServingError(Code.INVALID_ARGUMENT, f"Failed to gunzip the request body: {exc}") from None
+    return body
+
+
+def check_decoded_size(body: bytes, limit: int | None) -> None:
+    """Refuse a JSON document that would decode to more than `limit` before the decoder builds it. Every value but
+    the last of its container is followed by a comma, each container opens with a bracket, each string has
+    two quotes. A body that small cannot exceed the limit, so most are never counted."""
+    if limit is None or len(body) * (_VALUE_BYTES + _STRING_BYTES) <= limit:
+        return
+    values = body.count(b",") + body.count(b"[") + body.count(b"{")
+    decoded = values * _VALUE_BYTES + body.count(b'"') // 2 * _STRING_BYTES
+    if decoded > limit:
+        raise RequestTooLarge("", limit, message=(
+            f"The request body would decode to about {decoded} bytes ({values} JSON values), more than the "
+            f"server's limit of {limit} bytes (--max_request_bytes). Send smaller requests, or raise the limit."))
