@@ -10,9 +10,11 @@ from pathlib import Path
 import numpy as np
 import pytest
 import requests
+import tritonclient.grpc as grpcclient  # (scripts/test.sh installs Triton's client)
+import tritonclient.http as httpclient
+from tritonclient.utils import InferenceServerException
 
 from conftest import RunningServer, run_server
-
 from pyserving.codecs.oip.tensor import InputTensor, decode_inputs, output_tensor, to_raw
 from pyserving.core.ids import ServableRequest
 from pyserving.errors import Code, ServingError
@@ -20,10 +22,6 @@ from pyserving.options import BatchingOptions, ModelConfig, ServerOptions
 from pyserving.runtimes.base import Signature, TensorSpec
 from pyserving.dtypes import DType
 from pyserving.runtimes.memory import write_model
-
-httpclient = pytest.importorskip("tritonclient.http")
-grpcclient = pytest.importorskip("tritonclient.grpc")
-from tritonclient.utils import InferenceServerException  # noqa: E402
 
 TIMEOUT = 30
 MEMORY_SIGNATURES = {
