@@ -26,7 +26,7 @@ from pyserving.core.service import ExamplesRequest, InferenceService, PredictReq
 from pyserving.core.states import VersionStatus
 from pyserving.errors import Code, ServingError, SignatureNotFoundError
 from pyserving.frontends.rest import json_codec
-from pyserving.frontends.rest.body import check_decoded_size, decoded_body, read_body
+from pyserving.frontends.rest.body import check_decoded_size, decoded_body
 from pyserving.frontends.rest.errors import HTTP_STATUS
 from pyserving.malloc import BIG_REQUEST_BYTES, release_free_memory_soon
 from pyserving.observability.requests import RequestInfo, RequestObserver, new_request_id
@@ -198,27 +198,18 @@ class TfServingV1:
         statuses = self._control.status(target.name, self._service.resolve_version(target))
         return self._json(orjson.dumps(_version_status_json(statuses)))
 
-    async def _read(self, request: Request) -> bytes:
-        return await read_body(request, self._max_body)
-
-    async def _body(self, request: Request) -> bytes:
-        return await decoded_body(request, self._max_body)
-
     async def _off_loop(self, fn: Callable[..., _T], *args: Any) -> _T:
         return await asyncio.get_running_loop().run_in_executor(self._decoder, fn, *args)
-
-    def _check_decoded_size(self, body: bytes) -> None:
-        check_decoded_size(body, self._max_body)
 
     async def _post(self, request: Request, m: re.Match[str], info: RequestInfo) -> Response:
         name, version, label, verb = m.groups()
         name, label, verb = decode_part(name), decode_part(label), verb.lower()
         info.api, info.model = verb, name
         target = self._servable_request(name, version, label)
-        raw = await self._body(request)
+        raw = await decoded_body(request, self._max_body)
         big = len(raw) >= BIG_REQUEST_BYTES
         try:
-            self._check_decoded_size(raw)
+            check_decoded_size(raw, self._max_body)
             off_loop = len(raw) >= _OFF_LOOP_BYTES
             doc = await self._off_loop(json_codec.parse_body, raw) if off_loop else json_codec.parse_body(raw)
             del raw
