@@ -12,4 +12,5 @@ PLATFORMS: dict[str, str] = {
     # own cost use it, and it shows what a runtime must provide.
     "memory": "pyserving.runtimes.memory:MemoryRuntime",
     "onnx": "pyserving.runtimes.onnx:OnnxRuntime",
+    "python": "pyserving.runtimes.python:PythonRuntime",
 }
