@@ -13,4 +13,5 @@ PLATFORMS: dict[str, str] = {
     "memory": "pyserving.runtimes.memory:MemoryRuntime",
     "onnx": "pyserving.runtimes.onnx:OnnxRuntime",
     "python": "pyserving.runtimes.python:PythonRuntime",
+    "pytorch": "pyserving.runtimes.pytorch:TorchRuntime",
 }

@@ -27,16 +27,17 @@ def newest_mtime(path: str) -> float:
     return newest
 
 
-def model_file_is_complete(version_dir: str, model_files: tuple[str, ...], *, now: float | None = None) -> bool:
-    """Whether one of `model_files` is in `version_dir` and nothing there changed for SETTLE_S (or the directory
-    has been left incomplete for INCOMPLETE_GRACE_S: broken, not being written)."""
+def model_file_is_complete(version_dir: str, model_files: tuple[str, ...], *, now: float | None = None,
+                           also: tuple[str, ...] = ()) -> bool:
+    """Whether one of `model_files` (and each of `also`) is in `version_dir` and nothing there changed for SETTLE_S
+    (or the directory has been left incomplete for INCOMPLETE_GRACE_S: broken, not being written)."""
     now = time.time() if now is None else now
     try:
         names = set(os.listdir(version_dir))
         age = now - newest_mtime(version_dir)
     except OSError:
         return False
-    if names.intersection(model_files):
+    if names.intersection(model_files) and names.issuperset(also):
         return age > SETTLE_S
     return age > INCOMPLETE_GRACE_S
 
