@@ -119,6 +119,8 @@ class RuntimeOptions:
     gpu_allow_growth: bool = False
     gpu_visible_devices: str = ""
     """Comma-separated GPU indices TensorFlow may use (gpu_options.visible_device_list); "": all."""
+    allow_python_models: bool = False
+    """--allow_python_models: load model_platform "python" versions, whose model.py runs in the server."""
 
 
 @dataclass(frozen=True, slots=True)

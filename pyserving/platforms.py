@@ -11,4 +11,7 @@ PLATFORMS: dict[str, str] = {
     # A runtime with no framework at all (a JSON file describes the model): tests and benchmarks of the server's
     # own cost use it, and it shows what a runtime must provide.
     "memory": "pyserving.runtimes.memory:MemoryRuntime",
+    "onnx": "pyserving.runtimes.onnx:OnnxRuntime",
+    "python": "pyserving.runtimes.python:PythonRuntime",
+    "pytorch": "pyserving.runtimes.pytorch:TorchRuntime",
 }

@@ -87,11 +87,12 @@ from pyserving.runtimes.memory import write_model
 from pyserving.server import Server
 from pyserving.codecs.tfserving.protos import predict_pb2
 
-base = sys.argv[1]
-write_model(base + "/1", {"signatures": {"serving_default": {
-    "inputs": {"x": {"dtype": "DT_FLOAT", "shape": [-1]}}, "outputs": {"y": {"dtype": "DT_FLOAT", "shape": [-1]}}}},
-    "scale": 0.5, "offset": 2.0})
-options = ServerOptions(models=(ModelConfig(name="m", base_path=base, platform="memory"),), host="127.0.0.1",
+base, platform = sys.argv[1], sys.argv[4]
+if platform == "memory":  # other platforms' models were written by the test
+    write_model(base + "/1", {"signatures": {"serving_default": {
+        "inputs": {"x": {"dtype": "DT_FLOAT", "shape": [-1]}}, "outputs": {"y": {"dtype": "DT_FLOAT", "shape": [-1]}}}},
+        "scale": 0.5, "offset": 2.0})
+options = ServerOptions(models=(ModelConfig(name="m", base_path=base, platform=platform),), host="127.0.0.1",
                         grpc_port=int(sys.argv[2]), rest_api_port=int(sys.argv[3]), shutdown_grace_s=1.0)
 loop = asyncio.new_event_loop()
 server = Server(options)
@@ -116,11 +117,41 @@ print(json.dumps({"rest": json.loads(rest), "grpc": list(response.outputs["y"].f
 """
 
 
-def test_a_framework_free_model_is_served_without_importing_tensorflow(tmp_path: Path) -> None:
+def _write_onnx_half_plus_two(version_dir: Path) -> None:
+    """y = 0.5 * x + 2 on a 1-D float input, dated back so the server's first poll finds it settled."""
+    import os
+    import time
+
+    onnx = pytest.importorskip("onnx")
+    pytest.importorskip("onnxruntime")
+    from onnx import TensorProto, helper
+
+    graph = helper.make_graph(
+        [helper.make_node("Mul", ["x", "half"], ["scaled"]), helper.make_node("Add", ["scaled", "two"], ["y"])],
+        "half_plus_two",
+        [helper.make_tensor_value_info("x", TensorProto.FLOAT, ["batch"])],
+        [helper.make_tensor_value_info("y", TensorProto.FLOAT, ["batch"])],
+        initializer=[helper.make_tensor("half", TensorProto.FLOAT, [], [0.5]),
+                     helper.make_tensor("two", TensorProto.FLOAT, [], [2.0])],
+    )
+    model = helper.make_model(graph, opset_imports=[helper.make_opsetid("", 17)])
+    model.ir_version = 8
+    version_dir.mkdir(parents=True)
+    onnx.save(model, str(version_dir / "model.onnx"))
+    past = time.time() - 60
+    for path in (version_dir, version_dir / "model.onnx"):
+        os.utime(path, (past, past))
+
+
+@pytest.mark.parametrize("platform", ["memory", "onnx"])
+def test_a_framework_free_model_is_served_without_importing_tensorflow(tmp_path: Path, platform: str) -> None:
     from conftest import free_port
 
+    if platform == "onnx":
+        _write_onnx_half_plus_two(tmp_path / "m" / "1")
     result = subprocess.run(
-        [sys.executable, "-c", SERVE_WITHOUT_TENSORFLOW, str(tmp_path / "m"), str(free_port()), str(free_port())],
+        [sys.executable, "-c", SERVE_WITHOUT_TENSORFLOW, str(tmp_path / "m"), str(free_port()), str(free_port()),
+         platform],
         capture_output=True, text=True, timeout=120, cwd=REPO,
     )
     assert result.returncode == 0, result.stderr[-3000:]

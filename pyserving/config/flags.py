@@ -64,6 +64,8 @@ FLAGS: tuple[Flag, ...] = (
          "Serving: TF_FORCE_GPU_ALLOW_GROWTH=true)"),
     Flag("gpu_visible_devices", str, "", "comma-separated GPU indices TensorFlow may use, e.g. 0,2 (pyserving; "
          "gpu_options.visible_device_list)"),
+    Flag("allow_python_models", bool, False, 'load model_platform "python" models: their model.py runs in the '
+         "server with its rights (pyserving)"),
     Flag("enable_model_warmup", bool, True, "replay assets.extra/tf_serving_warmup_requests before serving"),
     Flag("num_request_iterations_for_warmup", int, 0, "replays of each warm-up record"),
     Flag("monitoring_config_file", str, "", "MonitoringConfig text proto (Prometheus)"),
@@ -340,6 +342,7 @@ def server_options(values: dict[str, Any], warnings: list[str] | None = None) ->
             gpu_memory_fraction=gpu_fraction,
             gpu_allow_growth=v["gpu_allow_growth"],
             gpu_visible_devices=devices,
+            allow_python_models=v["allow_python_models"],
         ),
         lifecycle=LifecycleOptions(
             file_system_poll_wait_seconds=float(v["file_system_poll_wait_seconds"]),
