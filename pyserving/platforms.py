@@ -14,4 +14,5 @@ PLATFORMS: dict[str, str] = {
     "onnx": "pyserving.runtimes.onnx:OnnxRuntime",
     "python": "pyserving.runtimes.python:PythonRuntime",
     "pytorch": "pyserving.runtimes.pytorch:TorchRuntime",
+    "tflite": "pyserving.runtimes.tflite:TfLiteRuntime",
 }
