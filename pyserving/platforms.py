@@ -15,4 +15,6 @@ PLATFORMS: dict[str, str] = {
     "python": "pyserving.runtimes.python:PythonRuntime",
     "pytorch": "pyserving.runtimes.pytorch:TorchRuntime",
     "tflite": "pyserving.runtimes.tflite:TfLiteRuntime",
+    # Each version directory served by the runtime its files call for (an explicit choice: "" stays tensorflow).
+    "auto": "pyserving.runtimes.auto:AutoRuntime",
 }
