@@ -121,6 +121,12 @@ class RuntimeOptions:
     """Comma-separated GPU indices TensorFlow may use (gpu_options.visible_device_list); "": all."""
     allow_python_models: bool = False
     """--allow_python_models: load model_platform "python" versions, whose model.py runs in the server."""
+    prefer_tflite_model: bool = False
+    """--prefer_tflite_model: a "tensorflow" version with a model.tflite is served from it, not its SavedModel."""
+    num_tflite_pools: int = 0
+    """0: as many as CPUs (TF Serving's default)."""
+    num_tflite_interpreters_per_pool: int = 1
+    """--allow_python_models: load model_platform "python" versions, whose model.py runs in the server."""
 
 
 @dataclass(frozen=True, slots=True)

@@ -14,4 +14,7 @@ PLATFORMS: dict[str, str] = {
     "onnx": "pyserving.runtimes.onnx:OnnxRuntime",
     "python": "pyserving.runtimes.python:PythonRuntime",
     "pytorch": "pyserving.runtimes.pytorch:TorchRuntime",
+    "tflite": "pyserving.runtimes.tflite:TfLiteRuntime",
+    # Each version directory served by the runtime its files call for (an explicit choice: "" stays tensorflow).
+    "auto": "pyserving.runtimes.auto:AutoRuntime",
 }

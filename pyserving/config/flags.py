@@ -78,9 +78,9 @@ FLAGS: tuple[Flag, ...] = (
     Flag("enable_serialization_as_tensor_content", bool, False, "send gRPC output tensors as tensor_content"),
     Flag("enable_grpc_healthcheck_service", bool, False, "serve grpc.health.v1"),
     Flag("remove_unused_fields_from_bundle_metagraph", bool, True, "keep only signatures in memory", False),
-    Flag("prefer_tflite_model", bool, False, "serve model.tflite when present", False),
-    Flag("num_tflite_pools", int, 0, "TFLite interpreter pools", False),
-    Flag("num_tflite_interpreters_per_pool", int, 1, "TFLite interpreters per pool", False),
+    Flag("prefer_tflite_model", bool, False, "serve a SavedModel directory's model.tflite when present"),
+    Flag("num_tflite_pools", int, 0, "TFLite interpreter pools (0: as many as CPUs)"),
+    Flag("num_tflite_interpreters_per_pool", int, 1, "TFLite interpreters per pool"),
     Flag("xla_cpu_compilation_enabled", bool, False, "XLA CPU JIT", False),
     Flag("xla_gpu_compilation_enabled", bool, False, "XLA GPU JIT", False),
     Flag("enable_profiler", bool, True, "TensorBoard profiler service", False),
@@ -221,7 +221,8 @@ def server_options(values: dict[str, Any], warnings: list[str] | None = None) ->
             raise FlagError(f"--model_config_file={v['model_config_file']}: {exc}") from None
     else:
         models = (ModelConfig(name=v["model_name"], base_path=os.path.abspath(os.path.expanduser(v["model_base_path"]))),)
-    _non_negative(v, "max_num_load_retries", "num_load_threads", "num_request_iterations_for_warmup")
+    _non_negative(v, "max_num_load_retries", "num_load_threads", "num_request_iterations_for_warmup",
+                  "num_tflite_pools", "num_tflite_interpreters_per_pool")
     batching = None
     if v["batching_parameters_file"] and not v["enable_batching"]:
         raise FlagError(
@@ -343,6 +344,9 @@ def server_options(values: dict[str, Any], warnings: list[str] | None = None) ->
             gpu_allow_growth=v["gpu_allow_growth"],
             gpu_visible_devices=devices,
             allow_python_models=v["allow_python_models"],
+            prefer_tflite_model=v["prefer_tflite_model"],
+            num_tflite_pools=v["num_tflite_pools"],
+            num_tflite_interpreters_per_pool=v["num_tflite_interpreters_per_pool"],
         ),
         lifecycle=LifecycleOptions(
             file_system_poll_wait_seconds=float(v["file_system_poll_wait_seconds"]),

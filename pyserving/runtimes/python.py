@@ -18,6 +18,9 @@ runtime covers. Running it runs the user's code in the server, so a server loads
 against it and GetModelMetadata reports it. A dtype is TensorFlow's name (DT_FLOAT) or numpy's (float32; "string"
 is DT_STRING); -1 or null is an unknown dim. A signature may name the method that serves it with
 `"method": "name"` (default `predict`) and its `method_name` (default tensorflow/serving/predict).
+
+The version directory is not put on sys.path (two versions' helper modules would then share one name): model.py
+reads its other files through the `path` given to `load`.
 """
 
 from __future__ import annotations

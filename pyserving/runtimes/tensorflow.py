@@ -14,6 +14,7 @@ from pyserving.options import RuntimeOptions
 from pyserving.runtimes.base import Servable
 
 SAVED_MODEL_FILES = ("saved_model.pb", "saved_model.pbtxt")
+TFLITE_FILE = "model.tflite"
 _SHARD = re.compile(r"variables\.data-(\d+)-of-(\d+)$")
 SETTLE_S = 2.0
 """A version directory without variables/ must be this old before it is loaded (a copy may still be writing)."""
@@ -48,7 +49,8 @@ def saved_model_is_complete(path: str, *, now: float | None = None) -> bool:
     if age > INCOMPLETE_GRACE_S:
         return True
     if not names.intersection(SAVED_MODEL_FILES):
-        return False
+        # A TFLite-only version (served with --prefer_tflite_model): one file, complete once it stopped changing
+        return TFLITE_FILE in names and age > SETTLE_S
     variables = os.path.join(path, "variables")
     files = set(os.listdir(variables)) if os.path.isdir(variables) else set()
     if not files:  # a graph without variables (or variables/ not written yet): wait for the writes to settle
@@ -74,6 +76,11 @@ class TensorFlowRuntime:
         import pyserving.runtimes.tensorflow_session  # noqa: F401
 
     def load(self, path: str, options: RuntimeOptions) -> Servable:
+        if options.prefer_tflite_model and os.path.isfile(os.path.join(path, TFLITE_FILE)):
+            # TF Serving's --prefer_tflite_model: model.tflite when there is one, else the SavedModel
+            from pyserving.runtimes.tflite import TfLiteServable
+
+            return TfLiteServable(path, options)
         from pyserving.runtimes.tensorflow_session import TensorFlowServable
 
         return TensorFlowServable(path, options)

@@ -299,7 +299,7 @@ BAD: list[tuple[str, str, int, str]] = [
      "Illegal setting both model_type (deprecated) and model_platform"),
     ("model_type OTHER", one("model_type: OTHER"), 5, 'model_type of model "m": OTHER is not supported'),
     ("unknown platform", one('model_platform: "caffe"'), 5,
-     '"caffe" is not supported; supported platforms: "memory", "onnx", "python", "pytorch", "tensorflow"'),
+     '"caffe" is not supported; supported platforms: "auto", "memory", "onnx", "python", "pytorch", "tensorflow", "tflite"'),
     ("empty label", one('version_labels { key: "" value: 1 }'), 5, "a label is empty"),
     ("negative label", one('version_labels { key: "a" value: -1 }'), 5, 'label "a" points at version -1'),
     ("specific without versions", one("model_version_policy {\nspecific {}\n}"), 6,
