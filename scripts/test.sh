@@ -19,4 +19,7 @@ command -v "$PY" >/dev/null 2>&1 || PY=python3
 # on 7 (its tests pass); our generated protos need >=7.35.1, so it is installed apart and protobuf put back.
 .venv/bin/pip install -q "tritonclient[http,grpc]>=2.40"
 .venv/bin/pip install -q "protobuf>=7.35.1"
+# PyTorch for tests/runtimes, the CPU build by its local version: a plain "torch" resolved to a CUDA build
+# (7.9 GB of venv, and torch.export crashed in it next to TensorFlow).
+.venv/bin/pip install -q "torch==2.13.0+cpu"
 exec .venv/bin/python -m pytest -q "$@"
