@@ -178,7 +178,7 @@ class ModelManager:
         for version in self._unloads():
             self._unload(version)
             changed = True
-        self._forget_removed()
+        self._forget_ended()
         return changed
 
     def _snapshot(self, model: _Model) -> dict[int, VersionSnapshot]:
@@ -221,7 +221,7 @@ class ModelManager:
                 for v in next_actions(self._snapshot(model)).unload
             ]
 
-    def _forget_removed(self) -> None:
+    def _forget_ended(self) -> None:
         """Forget removed models once every version ended, and a model's ended versions beyond the newest few
         (status still shows a version that just went away, as TF Serving's does; a server swapping versions for
         months must not keep every one: measured ~0.24 MB a version with its metric series)."""
