@@ -220,3 +220,19 @@ def test_a_version_batching_file_caught_empty_fails_the_load_not_batches_with_de
     (version / "batching_params.pbtxt").write_text("# TF Serving's defaults\n")
     assert batching_for_version(ModelConfig("m", str(tmp_path / "m")), str(version), global_options=None,
                                 per_model_files=True) is not None
+
+
+def test_tensorflow_node_names_stay_out_of_predict_errors(tmp_path: Path) -> None:
+    class Add(tf.Module):
+        @tf.function(input_signature=[tf.TensorSpec([None], tf.float32), tf.TensorSpec([None], tf.float32)])
+        def add(self, a: tf.Tensor, b: tf.Tensor) -> dict[str, tf.Tensor]:
+            return {"y": a + b}
+
+    module = Add()
+    tf.saved_model.save(module, str(tmp_path / "m" / "1"), signatures={"serving_default": module.add})
+    with run_server(ServerOptions(models=(ModelConfig("m", str(tmp_path / "m")),))) as server:
+        r = requests.post(f"{server.rest_url}/v1/models/m:predict",
+                          json={"inputs": {"a": [1.0, 2.0], "b": [1.0, 2.0, 3.0]}}, timeout=TIMEOUT)
+    assert r.status_code == 400, r.text
+    error = r.json()["error"]
+    assert error.startswith("Incompatible shapes: [2] vs. [3]") and "{{" not in error and "node" not in error, error
