@@ -2,14 +2,25 @@
 
 from __future__ import annotations
 
+import asyncio
 import gzip
 import zlib
+from collections.abc import Callable
+from concurrent.futures import ThreadPoolExecutor
+from typing import Any, TypeVar
 
 from starlette.requests import Request
 
 from pyserving.errors import Code, RequestTooLarge, ServingError
 
 MAX_GUNZIPPED_BYTES = 100 << 20
+OFF_LOOP_BYTES = 1 << 20
+"""Bodies (and answers) from this size are decoded (encoded) in a thread, so the event loop keeps serving small
+requests meanwhile. One thread for every REST API: big bodies decode one at a time (each may take a few times its
+size), and memory freed by a thread stays in that thread's malloc arena, so more threads would each keep a big
+body's worth (measured: RSS stepped up by a body's worth with each new thread of asyncio's default pool)."""
+_DECODER = ThreadPoolExecutor(1, thread_name_prefix="rest-decode")
+_T = TypeVar("_T")
 _VALUE_BYTES, _STRING_BYTES = 8, 56
 """What the decoder spends per JSON value (a float64 of a number array) and more per string (a Python object):
 a body may decode to no more than --max_request_bytes by this count, so a gzip bomb or a body of a million tiny
@@ -68,3 +79,8 @@ def check_decoded_size(body: bytes, limit: int | None) -> None:
         raise RequestTooLarge("", limit, message=(
             f"The request body would decode to about {decoded} bytes ({values} JSON values), more than the "
             f"server's limit of {limit} bytes (--max_request_bytes). Send smaller requests, or raise the limit."))
+
+
+async def in_decoder_thread(fn: Callable[..., _T], *args: Any) -> _T:
+    """`fn(*args)` in the REST decoding thread."""
+    return await asyncio.get_running_loop().run_in_executor(_DECODER, fn, *args)

@@ -7,11 +7,9 @@ request as they treat a TF Serving one. Errors are the protocol's `{"error": "..
 
 from __future__ import annotations
 
-import asyncio
 import logging
 import re
 from collections.abc import Callable, Mapping
-from concurrent.futures import ThreadPoolExecutor
 from typing import Any
 
 import orjson
@@ -34,7 +32,7 @@ from pyserving.core.service import InferenceService, PredictRequest
 from pyserving.core.states import ServableState
 from pyserving.errors import Code, ServingError
 from pyserving.frontends.oip import EXTENSIONS, SERVER_NAME, SIGNATURE_PARAMETER, model_metadata, servable_request
-from pyserving.frontends.rest.body import check_decoded_size, decoded_body
+from pyserving.frontends.rest.body import OFF_LOOP_BYTES, check_decoded_size, decoded_body, in_decoder_thread
 from pyserving.frontends.rest.errors import HTTP_STATUS
 from pyserving.frontends.rest.tfserving_v1 import VERSION_HEADER, decode_part, request_path
 from pyserving.malloc import BIG_REQUEST_BYTES, release_free_memory_soon
@@ -48,8 +46,6 @@ the auth middleware reads it too."""
 PUBLIC_PATHS = frozenset(("/v2/health/live", "/v2/health/ready"))
 HEADER_LENGTH = "inference-header-content-length"
 _JSON = "application/json"
-_OFF_LOOP_BYTES = 1 << 20
-"""Bodies from this size decode in a thread, so the event loop keeps serving small requests meanwhile."""
 log = logging.getLogger("pyserving.rest")
 
 
@@ -149,7 +145,6 @@ class OipV2:
         self._extra_headers = dict(extra_headers or {})
         self._observer = observer or RequestObserver(None)
         self._max_body = max_request_bytes or None
-        self._decoder = ThreadPoolExecutor(1, thread_name_prefix="rest-v2-decode")
 
     def _json(self, doc: Any, status: int = 200) -> Response:
         return Response(orjson.dumps(doc), status_code=status, media_type=_JSON, headers=self._extra_headers)
@@ -207,9 +202,6 @@ class OipV2:
         ready = any(s.state == ServableState.AVAILABLE for s in statuses)
         return Response(b"", status_code=200 if ready else 400, headers=self._extra_headers)
 
-    async def _off_loop(self, fn: Callable[..., Any], *args: Any) -> Any:
-        return await asyncio.get_running_loop().run_in_executor(self._decoder, fn, *args)
-
     async def _infer(self, request: Request, target: ServableRequest, info: RequestInfo) -> Response:
         raw = await decoded_body(request, self._max_body)
         big = len(raw) >= BIG_REQUEST_BYTES
@@ -231,9 +223,9 @@ class OipV2:
         view = memoryview(raw)
         header = bytes(view[:split])
         check_decoded_size(header, self._max_body)
-        off_loop = len(raw) >= _OFF_LOOP_BYTES
+        off_loop = len(raw) >= OFF_LOOP_BYTES
         try:
-            doc = await self._off_loop(orjson.loads, header) if off_loop else orjson.loads(header)
+            doc = await in_decoder_thread(orjson.loads, header) if off_loop else orjson.loads(header)
         except orjson.JSONDecodeError as exc:
             raise _invalid(f"The inference request is not valid JSON: {exc}") from None
         inputs, requested, parameters = parse_infer(doc, view[split:])
@@ -243,7 +235,7 @@ class OipV2:
         headers = _headers(request)
         route, sig = self._service.signature(target, sig_name, headers)
         info.version, info.signature = route.servable.version, sig.name
-        arrays = (await self._off_loop(decode_inputs, inputs, sig, target.name) if off_loop
+        arrays = (await in_decoder_thread(decode_inputs, inputs, sig, target.name) if off_loop
                   else decode_inputs(inputs, sig, target.name))
         info.inputs = arrays
         result = await self._service.predict(PredictRequest(
@@ -259,8 +251,8 @@ class OipV2:
         head: dict[str, Any] = {"model_name": result.servable.name, "model_version": str(result.servable.version)}
         if isinstance(doc.get("id"), str):
             head["id"] = doc["id"]
-        if off_loop or sum(t.array.nbytes for t in tensors) >= _OFF_LOOP_BYTES:
-            body, header_length = await self._off_loop(encode_infer, tensors, binary, head)
+        if off_loop or sum(t.array.nbytes for t in tensors) >= OFF_LOOP_BYTES:
+            body, header_length = await in_decoder_thread(encode_infer, tensors, binary, head)
         else:
             body, header_length = encode_infer(tensors, binary, head)
         headers_out = {**self._extra_headers, VERSION_HEADER: str(result.servable.version),

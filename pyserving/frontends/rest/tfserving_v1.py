@@ -6,12 +6,10 @@ behaviour is part of the API: anything under /v1 that does not match is a 400 "M
 
 from __future__ import annotations
 
-import asyncio
 import logging
 import re
 from collections.abc import Awaitable, Callable, Mapping
-from concurrent.futures import ThreadPoolExecutor
-from typing import Any, TypeVar, overload
+from typing import Any, overload
 from urllib.parse import unquote
 
 import orjson
@@ -26,7 +24,7 @@ from pyserving.core.service import ExamplesRequest, InferenceService, PredictReq
 from pyserving.core.states import VersionStatus
 from pyserving.errors import Code, ServingError, SignatureNotFoundError
 from pyserving.frontends.rest import json_codec
-from pyserving.frontends.rest.body import check_decoded_size, decoded_body
+from pyserving.frontends.rest.body import OFF_LOOP_BYTES, check_decoded_size, decoded_body, in_decoder_thread
 from pyserving.frontends.rest.errors import HTTP_STATUS
 from pyserving.malloc import BIG_REQUEST_BYTES, release_free_memory_soon
 from pyserving.observability.requests import RequestInfo, RequestObserver, new_request_id
@@ -46,12 +44,7 @@ CORS_HEADERS = {
     "Access-Control-Allow-Methods": "POST, GET",
     "Access-Control-Allow-Headers": "Content-Type",
 }
-_OFF_LOOP_BYTES = 1 << 20
-"""Bodies from this size decode in a thread, so the event loop keeps serving small requests meanwhile. One thread:
-big bodies decode one at a time (each may take a few times its size), and memory freed by a thread stays in that
-thread's malloc arena, so more threads would each keep a big body's worth."""
 log = logging.getLogger("pyserving.rest")
-_T = TypeVar("_T")
 
 
 def request_path(scope: Scope) -> str:
@@ -116,7 +109,6 @@ class TfServingV1:
         self._extra_headers = dict(cors_headers or {})
         self._observer = observer or RequestObserver(None)
         self._max_body = max_request_bytes or None
-        self._decoder = ThreadPoolExecutor(1, thread_name_prefix="rest-decode")
 
     def _json(self, body: bytes, status: int = 200) -> Response:
         return Response(body, status_code=status, media_type=_JSON, headers=self._extra_headers)
@@ -198,9 +190,6 @@ class TfServingV1:
         statuses = self._control.status(target.name, self._service.resolve_version(target))
         return self._json(orjson.dumps(_version_status_json(statuses)))
 
-    async def _off_loop(self, fn: Callable[..., _T], *args: Any) -> _T:
-        return await asyncio.get_running_loop().run_in_executor(self._decoder, fn, *args)
-
     async def _post(self, request: Request, m: re.Match[str], info: RequestInfo) -> Response:
         name, version, label, verb = m.groups()
         name, label, verb = decode_part(name), decode_part(label), verb.lower()
@@ -210,8 +199,8 @@ class TfServingV1:
         big = len(raw) >= BIG_REQUEST_BYTES
         try:
             check_decoded_size(raw, self._max_body)
-            off_loop = len(raw) >= _OFF_LOOP_BYTES
-            doc = await self._off_loop(json_codec.parse_body, raw) if off_loop else json_codec.parse_body(raw)
+            off_loop = len(raw) >= OFF_LOOP_BYTES
+            doc = await in_decoder_thread(json_codec.parse_body, raw) if off_loop else json_codec.parse_body(raw)
             del raw
             sig_name = json_codec.signature_name(doc)
             handler: Callable[..., Awaitable[tuple[bytes, ServableId]]] = getattr(self, f"_{verb}")
@@ -235,7 +224,7 @@ class TfServingV1:
             route, sig = self._service.signature(target, sig_name, headers)
             info.version, info.signature = route.servable.version, sig.name
             if off_loop:
-                inputs, _ = await self._off_loop(json_codec.predict_inputs, doc, sig)
+                inputs, _ = await in_decoder_thread(json_codec.predict_inputs, doc, sig)
             else:
                 inputs, _ = json_codec.predict_inputs(doc, sig)
             info.inputs = inputs
@@ -250,8 +239,8 @@ class TfServingV1:
             reworded.version = exc.version
             raise reworded from None
         info.version, info.signature, info.outputs = result.servable.version, result.signature_name, result.outputs
-        if off_loop or sum(t.nbytes for t in result.outputs.values()) >= _OFF_LOOP_BYTES:
-            return await self._off_loop(json_codec.encode_predict, result.outputs, row_format), result.servable
+        if off_loop or sum(t.nbytes for t in result.outputs.values()) >= OFF_LOOP_BYTES:
+            return await in_decoder_thread(json_codec.encode_predict, result.outputs, row_format), result.servable
         return json_codec.encode_predict(result.outputs, row_format), result.servable
 
     async def _examples(
@@ -259,7 +248,7 @@ class TfServingV1:
         info: RequestInfo, method: str, off_loop: bool,
     ) -> ExamplesRequest:
         if off_loop:
-            examples = await self._off_loop(json_codec.examples_from_json, doc, method)
+            examples = await in_decoder_thread(json_codec.examples_from_json, doc, method)
         else:
             examples = json_codec.examples_from_json(doc, method)
         info.examples = examples
