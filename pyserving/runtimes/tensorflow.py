@@ -12,25 +12,11 @@ import time
 
 from pyserving.options import RuntimeOptions
 from pyserving.runtimes.base import Servable
+from pyserving.runtimes.single_file import INCOMPLETE_GRACE_S, SETTLE_S, newest_mtime
 
 SAVED_MODEL_FILES = ("saved_model.pb", "saved_model.pbtxt")
 TFLITE_FILE = "model.tflite"
 _SHARD = re.compile(r"variables\.data-(\d+)-of-(\d+)$")
-SETTLE_S = 2.0
-"""A version directory without variables/ must be this old before it is loaded (a copy may still be writing)."""
-INCOMPLETE_GRACE_S = 30.0
-"""An incomplete version directory untouched for this long is handed to the loader, which says what is wrong."""
-
-
-def _newest_mtime(path: str) -> float:
-    newest = os.stat(path).st_mtime
-    for root, _dirs, files in os.walk(path):
-        for name in files:
-            try:
-                newest = max(newest, os.stat(os.path.join(root, name)).st_mtime)
-            except OSError:
-                pass
-    return newest
 
 
 def saved_model_is_complete(path: str, *, now: float | None = None) -> bool:
@@ -43,7 +29,7 @@ def saved_model_is_complete(path: str, *, now: float | None = None) -> bool:
     now = time.time() if now is None else now
     try:
         names = set(os.listdir(path))
-        age = now - _newest_mtime(path)
+        age = now - newest_mtime(path)
     except OSError:
         return False
     if age > INCOMPLETE_GRACE_S:

@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from pyserving.errors import Code
+from pyserving.errors import Code, ServingError
 
 HTTP_STATUS: dict[Code, int] = {
     Code.OK: 200,
@@ -23,3 +23,8 @@ HTTP_STATUS: dict[Code, int] = {
     Code.UNAVAILABLE: 503,
     Code.UNAUTHENTICATED: 401,
 }
+
+
+def http_status(exc: ServingError) -> int:
+    """The status of a REST error answer: the error's own (413 for a request over the limit) or TF Serving's."""
+    return getattr(exc, "http_status", None) or HTTP_STATUS.get(exc.code, 500)

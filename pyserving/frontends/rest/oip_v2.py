@@ -33,7 +33,7 @@ from pyserving.core.states import ServableState
 from pyserving.errors import Code, ServingError
 from pyserving.frontends.oip import EXTENSIONS, SERVER_NAME, SIGNATURE_PARAMETER, model_metadata, servable_request
 from pyserving.frontends.rest.body import OFF_LOOP_BYTES, check_decoded_size, decoded_body, in_decoder_thread
-from pyserving.frontends.rest.errors import HTTP_STATUS
+from pyserving.frontends.rest.errors import http_status
 from pyserving.frontends.rest.tfserving_v1 import VERSION_HEADER, decode_part, request_path
 from pyserving.malloc import BIG_REQUEST_BYTES, release_free_memory_soon
 from pyserving.observability.requests import RequestInfo, RequestObserver, new_request_id
@@ -150,8 +150,7 @@ class OipV2:
         return Response(orjson.dumps(doc), status_code=status, media_type=_JSON, headers=self._extra_headers)
 
     def _error(self, exc: ServingError) -> Response:
-        status = getattr(exc, "http_status", None) or HTTP_STATUS.get(exc.code, 500)
-        return self._json({"error": exc.message}, status)
+        return self._json({"error": exc.message}, http_status(exc))
 
     async def handle(self, request: Request) -> Response:
         """Any request whose path is /v2 or under it."""

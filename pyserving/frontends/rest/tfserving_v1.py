@@ -25,7 +25,7 @@ from pyserving.core.states import VersionStatus
 from pyserving.errors import Code, ServingError, SignatureNotFoundError
 from pyserving.frontends.rest import json_codec
 from pyserving.frontends.rest.body import OFF_LOOP_BYTES, check_decoded_size, decoded_body, in_decoder_thread
-from pyserving.frontends.rest.errors import HTTP_STATUS
+from pyserving.frontends.rest.errors import http_status
 from pyserving.malloc import BIG_REQUEST_BYTES, release_free_memory_soon
 from pyserving.observability.requests import RequestInfo, RequestObserver, new_request_id
 from pyserving.security.auth import current_principal
@@ -114,8 +114,7 @@ class TfServingV1:
         return Response(body, status_code=status, media_type=_JSON, headers=self._extra_headers)
 
     def _error(self, exc: ServingError) -> Response:
-        status = getattr(exc, "http_status", None) or HTTP_STATUS.get(exc.code, 500)
-        return self._json(orjson.dumps({"error": exc.message}), status)
+        return self._json(orjson.dumps({"error": exc.message}), http_status(exc))
 
     async def handle(self, request: Request) -> Response:
         """Any request whose path is under /v1/."""
