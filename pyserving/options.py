@@ -118,7 +118,8 @@ class RuntimeOptions:
     """--per_process_gpu_memory_fraction (the article: --tensorflow_gpu_memory_fraction); 0: TensorFlow's default."""
     gpu_allow_growth: bool = False
     gpu_visible_devices: str = ""
-    """Comma-separated GPU indices TensorFlow may use (gpu_options.visible_device_list); "": all."""
+    """Comma-separated GPU indices TensorFlow may use (gpu_options.visible_device_list); "": all. ONNX Runtime and
+    torch models run on the first one listed (GPU 0 when empty)."""
     allow_python_models: bool = False
     """--allow_python_models: load model_platform "python" versions, whose model.py runs in the server."""
     prefer_tflite_model: bool = False
@@ -126,7 +127,6 @@ class RuntimeOptions:
     num_tflite_pools: int = 0
     """0: as many as CPUs (TF Serving's default)."""
     num_tflite_interpreters_per_pool: int = 1
-    """--allow_python_models: load model_platform "python" versions, whose model.py runs in the server."""
 
 
 @dataclass(frozen=True, slots=True)

@@ -9,7 +9,9 @@ Inputs are passed to the module positionally, in the listed order. The module re
 tuple or list of tensors (in the listed order) or a dict of them (by name). It is served as one `serving_default`
 signature. dtypes are TensorFlow's names (DT_FLOAT) or numpy's (float32); -1 or null is an unknown dim.
 
-Runs on CPU. torch is imported by `load` (or `prepare`), never by importing this module: `is_complete` runs on
+Runs on the GPU when torch sees one (the first of `--gpu_visible_devices`, else GPU 0; `CUDA_VISIBLE_DEVICES=""`
+keeps a server on the CPU), with `--per_process_gpu_memory_fraction` as torch's per-process memory cap; on the CPU
+otherwise. torch is imported by `load` (or `prepare`), never by importing this module: `is_complete` runs on
 every poll. (Named after the platform, not `torch.py`, so that no traceback shows two modules called torch.)
 """
 
@@ -18,6 +20,7 @@ from __future__ import annotations
 import json
 import os
 import threading
+import warnings
 from collections.abc import Mapping, Sequence
 from typing import Any
 
@@ -71,6 +74,9 @@ def _set_threads(options: RuntimeOptions) -> None:
     flags are the same for every model, so setting them at each load changes nothing after the first."""
     import torch
 
+    # Decoded requests are read-only views of the request's bytes; torch warns that it could write to them, but
+    # inference mode never does, so copying each input to silence it would be pure cost.
+    warnings.filterwarnings("ignore", message="The given NumPy array is not writable", category=UserWarning)
     global _interop_set
     with _threads_lock:
         if options.intra_op_parallelism > 0:
@@ -81,6 +87,31 @@ def _set_threads(options: RuntimeOptions) -> None:
                 torch.set_num_interop_threads(options.inter_op_parallelism)
             except RuntimeError:  # torch allows it only before its first parallel work (another model ran)
                 pass
+
+
+def _device(options: RuntimeOptions) -> Any:
+    """Where the model runs: TF Serving's GPU flags, read the way TensorFlow reads them, so one set of flags
+    places every runtime's models."""
+    import torch
+
+    if not torch.cuda.is_available():
+        return torch.device("cpu")
+    first = options.gpu_visible_devices.split(",")[0].strip()
+    try:
+        index = int(first) if first else 0
+    except ValueError:
+        raise ServingError(Code.INVALID_ARGUMENT, f"--gpu_visible_devices={options.gpu_visible_devices}: use "
+                                                  "comma-separated GPU indices such as 0,1") from None
+    if not 0 <= index < torch.cuda.device_count():
+        raise ServingError(Code.INVALID_ARGUMENT,
+                           f"--gpu_visible_devices={options.gpu_visible_devices}: GPU {index} does not exist "
+                           f"(torch sees {torch.cuda.device_count()}); list indices below that")
+    device = torch.device("cuda", index)
+    if options.gpu_memory_fraction > 0:
+        # torch's caching allocator grows on demand (allow_growth is its only mode); the fraction caps it, and
+        # an allocation past the cap fails that request with an out-of-memory error instead of taking the GPU.
+        torch.cuda.set_per_process_memory_fraction(min(options.gpu_memory_fraction, 1.0), device)
+    return device
 
 
 class TorchServable:
@@ -97,11 +128,12 @@ class TorchServable:
         self._signature = _read_signature(path)
         self.signatures: Mapping[str, Signature] = {DEFAULT_SIGNATURE: self._signature}
         _set_threads(options)
+        self._device = _device(options)
         try:
             if file.endswith(EXPORT_FILE):
-                self._module: Any = torch.export.load(file).module()
+                self._module: Any = torch.export.load(file).module().to(self._device)
             else:
-                self._module = torch.jit.load(file, map_location="cpu")
+                self._module = torch.jit.load(file, map_location=self._device)
                 self._module.eval()
         except Exception as exc:  # torch raises RuntimeError, pickle and zip errors for bad files
             raise ServingError(Code.INVALID_ARGUMENT,
@@ -121,10 +153,14 @@ class TorchServable:
                 # TF's words when a model is fed the wrong type, so clients see one message whatever the runtime
                 raise ServingError(Code.INVALID_ARGUMENT,
                                    f"Expects arg[{i}] to be {spec.dtype.short_name} but {sent} is provided")
-            args.append(torch.from_numpy(np.ascontiguousarray(array)))
+            args.append(torch.from_numpy(np.ascontiguousarray(array)).to(self._device))
         try:
             with torch.inference_mode():
                 result = self._module(*args)
+        except torch.cuda.OutOfMemoryError as exc:
+            # this request (or this batch) needs more GPU memory than the cap leaves: retrying smaller can work
+            raise ServingError(Code.RESOURCE_EXHAUSTED, f"GPU out of memory running the torch model ({exc}); send "
+                               "fewer rows, or raise --per_process_gpu_memory_fraction") from None
         except Exception as exc:  # shapes the module refuses: the request's fault
             raise ServingError(Code.INVALID_ARGUMENT, f"{type(exc).__name__}: {exc}") from None
         names = list(sig.outputs)
