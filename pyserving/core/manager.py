@@ -174,10 +174,14 @@ class ModelManager:
 
     def load_model(self, name: str) -> None:
         """Undo `unload_model`: the model takes the source's next report again. Versions whose load failed for good
-        are forgotten as aspired, so that report loads them afresh (an explicit load is a retry)."""
+        are forgotten as aspired, so that report loads them afresh, and versions waiting for a load retry are due
+        now (an explicit load is a retry)."""
         with self._lock:
             model = self._configured(name)
             model.unloaded = False
+            for ver in model.versions.values():
+                if ver.state == ServableState.LOADING and ver.attempts:
+                    ver.retry_at = 0.0
             model.aspired = {
                 v: path for v, path in model.aspired.items()
                 if not ((ver := model.versions.get(v)) is not None and ver.state == ServableState.END

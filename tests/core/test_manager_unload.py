@@ -99,3 +99,22 @@ def test_a_load_retries_a_version_that_failed(lifecycle: ModelLifecycle, tmp_pat
     manager.load_model("other")
     lifecycle.load_until_settled(["other"])
     assert _states(manager, "other")[0] == (2, S.AVAILABLE)
+
+
+def test_a_load_does_not_wait_out_a_retry_interval(tmp_path: Path) -> None:
+    write_model(str(tmp_path / "m" / "1"), {"signatures": SIGNATURES})
+    (tmp_path / "m" / "2").mkdir()
+    (tmp_path / "m" / "2" / MODEL_FILE).write_text("{broken")
+    options = LifecycleOptions(max_num_load_retries=1, load_retry_interval_s=3600)
+    models = [ModelConfig("m", str(tmp_path / "m"), platform="memory")]
+    manager = ModelManager(models, RuntimeOptions(), get_runtime, options)
+    lifecycle = ModelLifecycle(manager, models, options)
+    try:
+        lifecycle.poll_once()
+        assert manager.status("m")[0].state == S.LOADING and not manager.is_settled(["m"])  # an hour to its retry
+        write_model(str(tmp_path / "m" / "2"), {"signatures": SIGNATURES})
+        manager.load_model("m")
+        manager.reconcile_once()
+        assert _states(manager) == [(2, S.AVAILABLE)]
+    finally:
+        manager.unload_all()
