@@ -10,7 +10,8 @@ A text proto like every other config here (errors name the file, line and field)
     public: "metrics"
 
 Scopes are MODEL:ACTION, MODEL a model name or `*`; ACTION is predict (predict, classify, regress,
-multi-inference), metadata (status, metadata, model lists; and metrics unless public) or admin (config reloads).
+multi-inference), metadata (status, metadata, model lists; and metrics unless public) or admin (config reloads
+and the V2 repository index: `*:admin`; a V2 repository load or unload of MODEL: MODEL:admin or `*:admin`).
 A JWT's scopes are its `scope_claim` (space-separated, OAuth2 style, or a list). Key files are read when the
 config is; relative paths are relative to the config file.
 """

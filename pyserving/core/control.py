@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import asyncio
 import logging
+import time
 from collections.abc import Callable, Sequence
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
@@ -40,6 +41,24 @@ class ModelInfo:
     versions: list[VersionStatus]
     labels: dict[str, int]
     traffic_split: dict[str, Any] | None
+
+
+@dataclass(frozen=True, slots=True)
+class RepositoryModel:
+    """One configured model as the model repository index shows it."""
+
+    name: str
+    versions: list[VersionStatus]
+    """Every tracked version, lowest first (none: nothing found or loaded yet, or all forgotten)."""
+    unloaded: bool
+    """Explicitly unloaded (`unload_model`) and not loaded since."""
+    why_unavailable: str
+    """Why no version is AVAILABLE ("" when one is, or when it was unloaded)."""
+
+
+REPOSITORY_LOAD_WAIT_S = 300.0
+"""The longest `load_model` waits for a model to settle (load retries included) before answering that it is still
+loading. The control thread is held meanwhile, as by a config reload."""
 
 
 @dataclass(frozen=True, slots=True)
@@ -158,6 +177,60 @@ class ControlPlane:
         await self._call(self._manager.unload_all)
         await self._notify(())
         self._thread.shutdown(wait=False)
+
+    # --- the model repository extension: explicit unload and load ----------------------------------------------
+    #
+    # Only configured models can be unloaded or loaded: the config says what the server may serve, these calls
+    # say whether it serves it now. An unloaded model stays unloaded through config reloads that keep it (a reload
+    # must not undo an operator's unload behind their back, e.g. the config-file poll); removing it from the config
+    # and adding it back loads it afresh.
+
+    async def unload_model(self, name: str) -> None:
+        """Stop serving every version of `name` until `load_model`; returns once they are unloaded (requests in
+        flight on them finish first; new ones get NOT_FOUND). Unloading an unloaded model does nothing."""
+        await self._call(self._unload_now, name)
+
+    def _unload_now(self, name: str) -> None:
+        self._manager.unload_model(name)
+        self._manager.reconcile_once()
+        log.info("Unloaded model %s on request; it serves nothing until it is loaded again", name)
+
+    async def load_model(self, name: str, timeout_s: float | None = None) -> None:
+        """Serve `name`'s configured versions again (and retry versions that failed); returns once it is AVAILABLE.
+        Raises FAILED_PRECONDITION with the load error if it failed, DEADLINE_EXCEEDED if it is still loading after
+        `timeout_s` (default and most REPOSITORY_LOAD_WAIT_S; it goes on loading)."""
+        wait = REPOSITORY_LOAD_WAIT_S if timeout_s is None else min(timeout_s, REPOSITORY_LOAD_WAIT_S)
+        await self._call(self._load_now, name, wait)
+
+    def _load_now(self, name: str, wait_s: float) -> None:
+        deadline = time.monotonic() + wait_s
+        self._manager.load_model(name)
+        self._lifecycle.poll_once()
+        while not self._manager.is_settled([name]) and time.monotonic() < deadline:
+            time.sleep(0.05)
+            self._manager.reconcile_once()
+        if not self._manager.is_settled([name]):
+            raise ServingError(
+                Code.DEADLINE_EXCEEDED,
+                f"Model {name} is still loading after {wait_s:g} s; it goes on loading. Watch its state in the "
+                "repository index, or poll its readiness.",
+            )
+        failed = self._manager.unavailable_models([name])
+        if failed:
+            raise ServingError(Code.FAILED_PRECONDITION, f"Failed to load model {name}: {failed[name]}")
+        self._lifecycle.apply_labels([name])
+        log.info("Loaded model %s on request", name)
+
+    def repository(self) -> list[RepositoryModel]:
+        """Every configured model, by name, with its versions' states (the model repository index)."""
+        unavailable = self._manager.unavailable_models()
+        out = []
+        for name, statuses in self._statuses():
+            out.append(RepositoryModel(
+                name, sorted(statuses, key=lambda s: s.version), self._manager.is_unloaded(name),
+                unavailable.get(name, ""),
+            ))
+        return out
 
     # --- what the server reports ------------------------------------------------------------------------------
 

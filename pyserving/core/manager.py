@@ -53,7 +53,7 @@ class _Version:
 
 
 class _Model:
-    __slots__ = ("config", "versions", "aspired", "labels", "latest", "removed")
+    __slots__ = ("config", "versions", "aspired", "labels", "latest", "removed", "unloaded")
 
     def __init__(self, config: ModelConfig) -> None:
         self.config = config
@@ -62,6 +62,7 @@ class _Model:
         self.labels: dict[str, int] = {}
         self.latest: _Version | None = None  # highest AVAILABLE version: the hot path reads only this
         self.removed = False
+        self.unloaded = False  # explicitly unloaded (model repository extension): aspires nothing until loaded
 
 
 class Lease:
@@ -151,7 +152,7 @@ class ModelManager:
         """The complete set of versions (version -> directory) that should be served; others get unloaded."""
         with self._lock:
             model = self._models.get(name)
-            if model is None or model.removed:
+            if model is None or model.removed or model.unloaded:
                 return
             before, model.aspired = model.aspired, dict(versions)
             for v, path in versions.items():
@@ -161,6 +162,47 @@ class ModelManager:
                 # aspired is not retried beyond its load retries, as in TF Serving.
                 if known is None or (known.state == ServableState.END and (known.error is None or v not in before)):
                     model.versions[v] = _Version(ServableId(name, v), path)
+
+    def unload_model(self, name: str) -> None:
+        """Make a configured model aspire nothing, whatever the source reports, until `load_model`; the next
+        reconcile unloads its versions (each once its in-flight requests are done). It stays unloaded through
+        config reloads that keep it; removing it from the config and adding it back loads it afresh."""
+        with self._lock:
+            model = self._configured(name)
+            model.unloaded = True
+            model.aspired = {}
+
+    def load_model(self, name: str) -> None:
+        """Undo `unload_model`: the model takes the source's next report again. Versions whose load failed for good
+        are forgotten as aspired, so that report loads them afresh, and versions waiting for a load retry are due
+        now (an explicit load is a retry)."""
+        with self._lock:
+            model = self._configured(name)
+            model.unloaded = False
+            for ver in model.versions.values():
+                if ver.state == ServableState.LOADING and ver.attempts:
+                    ver.retry_at = 0.0
+            model.aspired = {
+                v: path for v, path in model.aspired.items()
+                if not ((ver := model.versions.get(v)) is not None and ver.state == ServableState.END
+                        and ver.error is not None)
+            }
+
+    def is_unloaded(self, name: str) -> bool:
+        """Whether `name` was explicitly unloaded (and not loaded since)."""
+        with self._lock:
+            model = self._models.get(name)
+            return model is not None and not model.removed and model.unloaded
+
+    def _configured(self, name: str) -> _Model:
+        model = self._models.get(name)
+        if model is None or model.removed:
+            raise ServingError(
+                Code.NOT_FOUND,
+                f"Model {name} is not in the model config; only configured models can be loaded or unloaded. Add it "
+                "to --model_config_file (or reload the config with it) first.",
+            )
+        return model
 
     def reconcile_once(self) -> bool:
         """Take every step the snapshot allows now: loads (and due retries), then the unloads they enable.
@@ -361,6 +403,10 @@ class ModelManager:
             model = self._models.get(name)
             if model is None:
                 raise ServingError(Code.NOT_FOUND, f"Could not find any versions of model {name}")
+            if model.unloaded:
+                # Nothing is served, so no traffic can be dropped: the labels take effect when it is loaded.
+                model.labels = dict(labels)
+                return
             for label, version in labels.items():
                 ver = model.versions.get(version)
                 if ver is not None and ver.state == ServableState.AVAILABLE:
@@ -452,11 +498,13 @@ class ModelManager:
 
     def unavailable_models(self, names: Sequence[str] | None = None) -> dict[str, str]:
         """Models (of `names`, default all) with no AVAILABLE version: name -> why. A model still loading or
-        waiting for a retry says so."""
+        waiting for a retry says so. An explicitly unloaded model is left out: serving nothing is what the operator
+        asked for, and must not make the whole server unready."""
         with self._lock:
             out = {}
             for name, model in self._models.items():
-                if model.removed or (names is not None and name not in names) or model.latest is not None:
+                if model.removed or model.unloaded or (names is not None and name not in names) \
+                        or model.latest is not None:
                     continue
                 pending = [v for v in model.versions.values() if v.state in (ServableState.START, ServableState.LOADING)]
                 errors = [v.error.message for v in model.versions.values() if v.error is not None]

@@ -3,6 +3,7 @@ and model metadata in plain data."""
 
 from __future__ import annotations
 
+from collections.abc import Mapping
 from typing import Any
 
 from pyserving.codecs.oip.tensor import datatype_name, dims
@@ -14,7 +15,7 @@ from pyserving.errors import Code, ServingError
 from pyserving.runtimes.base import DEFAULT_SIGNATURE
 
 SERVER_NAME = "pyserving"
-EXTENSIONS = ["binary_tensor_data"]
+EXTENSIONS = ["binary_tensor_data", "model_repository"]
 SIGNATURE_PARAMETER = "signature_name"
 """The request parameter naming the signature to run (the model's serving_default when absent)."""
 
@@ -50,3 +51,61 @@ def model_metadata(service: InferenceService, control: ControlPlane, target: Ser
         "outputs": [{"name": k, "datatype": datatype_name(v.dtype), "shape": dims(v.shape)}
                     for k, v in (sig.outputs.items() if sig else ())],
     }
+
+
+# --- the model repository extension ----------------------------------------------------------------------------
+
+REPOSITORY_STATES = {
+    ServableState.START: "LOADING", ServableState.LOADING: "LOADING", ServableState.AVAILABLE: "READY",
+    ServableState.UNLOADING: "UNLOADING", ServableState.END: "UNAVAILABLE", ServableState.UNKNOWN: "UNAVAILABLE",
+}
+"""Triton's model states for pyserving's version states."""
+UNLOADED_REASON = "unloaded"
+"""Triton's reason for a version that was unloaded (explicitly, or because the version policy dropped it)."""
+UNLOAD_PARAMETERS = frozenset(("unload_dependents",))
+"""Unload parameters accepted (and with nothing to do: pyserving models have no dependents)."""
+
+
+def repository_index(control: ControlPlane, ready_only: bool) -> list[dict[str, str]]:
+    """The index entries, {name, version, state, reason}, of every configured model: one per tracked version, or
+    one without a version for a model that has none. `ready_only`: only READY versions."""
+    entries = []
+    for model in control.repository():
+        if not model.versions:
+            if not ready_only:
+                why = UNLOADED_REASON if model.unloaded else model.why_unavailable
+                entries.append({"name": model.name, "version": "", "state": "UNAVAILABLE", "reason": why})
+            continue
+        for status in model.versions:
+            state = REPOSITORY_STATES[status.state]
+            if ready_only and state != "READY":
+                continue
+            reason = ""
+            if status.state == ServableState.END:
+                reason = status.error.message if status.error is not None else UNLOADED_REASON
+            entries.append({"name": model.name, "version": str(status.version), "state": state, "reason": reason})
+    return entries
+
+
+def check_repository_name(repository_name: str) -> None:
+    """Refuse a named repository: pyserving has one (gRPC requests may name one, REST paths here never do)."""
+    if repository_name:
+        raise ServingError(Code.UNIMPLEMENTED, f"'repository_name' specification is not supported: pyserving has "
+                           f"one repository, its model config. Leave it empty (got '{repository_name}').")
+
+
+def check_repository_call(model_name: str, repository_name: str, parameters: Mapping[str, Any],
+                          accepted: frozenset[str]) -> None:
+    """Refuse what a load or unload request may carry but pyserving cannot honour, saying what to do instead."""
+    if not model_name:
+        raise ServingError(Code.INVALID_ARGUMENT, "Missing model name in request.")
+    check_repository_name(repository_name)
+    unknown = sorted(set(parameters) - accepted)
+    if unknown:
+        overrides = [k for k in unknown if k == "config" or k.startswith("file:")]
+        if overrides:
+            raise ServingError(Code.UNIMPLEMENTED, f"Load parameters {', '.join(overrides)} are not supported: "
+                               "pyserving loads a model from its configured base_path. Change the model config "
+                               "(--model_config_file, or HandleReloadConfigRequest) instead.")
+        allowed = ", ".join(sorted(accepted)) or "none"
+        raise ServingError(Code.INVALID_ARGUMENT, f"Unknown parameter(s) {', '.join(unknown)}; accepted: {allowed}.")

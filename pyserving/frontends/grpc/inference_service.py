@@ -20,7 +20,17 @@ from pyserving.core.service import InferenceService, PredictRequest
 from pyserving.core.states import ServableState
 from pyserving.errors import Code, ServingError
 from pyserving.frontends.grpc.prediction_service import guarded, headers, timeout_s
-from pyserving.frontends.oip import EXTENSIONS, SERVER_NAME, SIGNATURE_PARAMETER, model_metadata, servable_request
+from pyserving.frontends.oip import (
+    EXTENSIONS,
+    SERVER_NAME,
+    SIGNATURE_PARAMETER,
+    UNLOAD_PARAMETERS,
+    check_repository_call,
+    check_repository_name,
+    model_metadata,
+    repository_index,
+    servable_request,
+)
 from pyserving.observability.requests import RequestInfo, RequestObserver
 
 CONTENTS_FIELDS = {
@@ -34,6 +44,10 @@ CONTENTS_FIELDS = {
 def _parameter(parameter: pb.InferParameter) -> Any:
     choice = parameter.WhichOneof("parameter_choice")
     return getattr(parameter, choice) if choice else None
+
+
+def _repository_parameters(parameters: Any) -> dict[str, Any]:
+    return {key: _parameter(value) for key, value in parameters.items()}
 
 
 def _inputs(request: pb.ModelInferRequest) -> list[InputTensor]:
@@ -140,3 +154,41 @@ class InferenceServicer:
             return response
 
         return await guarded(self._observer, context, "predict", request.model_name, call)
+
+    # --- the model repository extension ---------------------------------------------------------------------
+
+    async def RepositoryIndex(
+        self, request: pb.RepositoryIndexRequest, context: grpc.aio.ServicerContext
+    ) -> pb.RepositoryIndexResponse:
+        async def call(info: RequestInfo) -> pb.RepositoryIndexResponse:
+            check_repository_name(request.repository_name)
+            return pb.RepositoryIndexResponse(models=[
+                pb.RepositoryIndexResponse.ModelIndex(**entry)
+                for entry in repository_index(self._control, request.ready)
+            ])
+
+        return await guarded(self._observer, context, "repository", "", call)
+
+    async def RepositoryModelLoad(
+        self, request: pb.RepositoryModelLoadRequest, context: grpc.aio.ServicerContext
+    ) -> pb.RepositoryModelLoadResponse:
+        async def call(info: RequestInfo) -> pb.RepositoryModelLoadResponse:
+            check_repository_call(request.model_name, request.repository_name,
+                                  _repository_parameters(request.parameters), frozenset())
+            await self._control.load_model(request.model_name, timeout_s(context))
+            return pb.RepositoryModelLoadResponse()
+
+        return await guarded(self._observer, context, "repository", request.model_name, call)
+
+    async def RepositoryModelUnload(
+        self, request: pb.RepositoryModelUnloadRequest, context: grpc.aio.ServicerContext
+    ) -> pb.RepositoryModelUnloadResponse:
+        async def call(info: RequestInfo) -> pb.RepositoryModelUnloadResponse:
+            parameters = _repository_parameters(request.parameters)
+            check_repository_call(request.model_name, request.repository_name, parameters, UNLOAD_PARAMETERS)
+            if not isinstance(parameters.get("unload_dependents", False), bool):
+                raise ServingError(Code.INVALID_ARGUMENT, "Parameter 'unload_dependents' must be a bool_param")
+            await self._control.unload_model(request.model_name)
+            return pb.RepositoryModelUnloadResponse()
+
+        return await guarded(self._observer, context, "repository", request.model_name, call)

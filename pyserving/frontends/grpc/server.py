@@ -31,13 +31,19 @@ ACTIONS: dict[str, str | None] = {
     # the Open Inference Protocol's: liveness and readiness are probes, public like REST's /healthz and /readyz
     "ServerLive": None, "ServerReady": None, "ServerMetadata": ANY,
     "ModelReady": METADATA, "ModelMetadata": METADATA, "ModelInfer": PREDICT,
+    # its model repository extension: the index covers every model; a load or unload the one it names
+    "RepositoryIndex": ADMIN, "RepositoryModelLoad": ADMIN, "RepositoryModelUnload": ADMIN,
 }
 """What each method needs in the caller's scopes (--auth_config_file); None: nothing (public)."""
 
 
 def _model_of(request: Any, action: str) -> str | None:
-    if action in (ADMIN, ANY):
-        return None  # a reload replaces every model's configuration; server metadata names none
+    if action == ADMIN:
+        # a repository load or unload acts on one model; a reload replaces every model's configuration, and the
+        # repository index shows them all
+        return request.model_name if hasattr(request, "model_name") else None
+    if action == ANY:
+        return None  # server metadata names no model
     if hasattr(request, "tasks"):
         return request.tasks[0].model_spec.name if request.tasks else ""
     if hasattr(request, "model_spec"):

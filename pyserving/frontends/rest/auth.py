@@ -10,10 +10,10 @@ import orjson
 from starlette.types import ASGIApp, Receive, Scope, Send
 
 from pyserving.errors import Code
-from pyserving.frontends.rest.oip_v2 import MODEL_PATH, PUBLIC_PATHS as V2_PUBLIC_PATHS
+from pyserving.frontends.rest.oip_v2 import MODEL_PATH, PUBLIC_PATHS as V2_PUBLIC_PATHS, REPOSITORY_PATH
 from pyserving.frontends.rest.openapi import OPENAPI_PATH
 from pyserving.frontends.rest.tfserving_v1 import GET_PATH, POST_PATH, decode_part, request_path
-from pyserving.security.auth import ANY, METADATA, METRICS, PREDICT, AuthError, Authenticator, credential_from, \
+from pyserving.security.auth import ADMIN, ANY, METADATA, METRICS, PREDICT, AuthError, Authenticator, credential_from, \
     current_principal
 
 _PUBLIC_PATHS = frozenset(("/healthz", "/readyz"))
@@ -38,6 +38,8 @@ def _target(method: str, path: str, v1_path: str, metrics_path: str) -> tuple[st
         return decode_part(m.group(1)), METADATA
     if m := MODEL_PATH.fullmatch(v1_path):  # V2: infer is predict; metadata and readiness are metadata
         return decode_part(m.group(1)), PREDICT if m.group(3) == "infer" else METADATA
+    if method == "POST" and (m := REPOSITORY_PATH.fullmatch(v1_path)):  # V2's index covers every model
+        return decode_part(m.group(1)), ADMIN
     return None, ANY  # a path TF Serving's API does not match: any caller may learn it is a 400 / 404
 
 

@@ -31,7 +31,16 @@ from pyserving.core.ids import ServableRequest
 from pyserving.core.service import InferenceService, PredictRequest
 from pyserving.core.states import ServableState
 from pyserving.errors import Code, ServingError
-from pyserving.frontends.oip import EXTENSIONS, SERVER_NAME, SIGNATURE_PARAMETER, model_metadata, servable_request
+from pyserving.frontends.oip import (
+    EXTENSIONS,
+    SERVER_NAME,
+    SIGNATURE_PARAMETER,
+    UNLOAD_PARAMETERS,
+    check_repository_call,
+    model_metadata,
+    repository_index,
+    servable_request,
+)
 from pyserving.frontends.rest.body import OFF_LOOP_BYTES, check_decoded_size, decoded_body, in_decoder_thread
 from pyserving.frontends.rest.errors import http_status
 from pyserving.frontends.rest.tfserving_v1 import VERSION_HEADER, decode_part, request_path
@@ -43,6 +52,11 @@ V2_PATH = re.compile(r"/v2(?:/.*)?", re.S)
 MODEL_PATH = re.compile(r"/v2/models/([^/]+)(?:/versions/([^/]+))?(?:/(ready|infer))?")
 """Group 1 the model (percent-encoded, as sent), 2 the version (digits, or else a version label), 3 the verb;
 the auth middleware reads it too."""
+REPOSITORY_PATH = re.compile(r"/v2/repository/(?:index|models/([^/]+)/(load|unload))")
+"""The model repository extension: group 1 the model (percent-encoded, as sent), 2 the verb (none: the index);
+the auth middleware reads it too."""
+REPOSITORY_BODY_BYTES = 64 << 10
+"""A repository request's body holds a few parameters at most."""
 PUBLIC_PATHS = frozenset(("/v2/health/live", "/v2/health/ready"))
 HEADER_LENGTH = "inference-header-content-length"
 _JSON = "application/json"
@@ -161,6 +175,8 @@ class OipV2:
             return Response(b"", status_code=200, headers=self._extra_headers)
         if method == "GET" and path == "/v2/health/ready":
             return Response(b"", status_code=200 if self._ready() else 400, headers=self._extra_headers)
+        if method == "POST" and (r := REPOSITORY_PATH.fullmatch(path)):
+            return await self._repository(request, decode_part(r.group(1)), r.group(2))
         m = MODEL_PATH.fullmatch(path)
         verb = m.group(3) if m else None
         if m is None or (method == "POST") != (verb == "infer") or method not in ("GET", "POST"):
@@ -186,6 +202,48 @@ class OipV2:
             return self._error(exc)
         except ClientDisconnect:
             log.debug("Client went away before sending the whole body of %s %s", method, path)
+            code = Code.CANCELLED
+            return Response(b"", status_code=400)
+        except Exception:
+            code = Code.INTERNAL
+            raise
+        finally:
+            self._observer.finish(info, code.name)
+
+    async def _repository(self, request: Request, model: str | None, verb: str | None) -> Response:
+        """The model repository extension: POST /v2/repository/index, /v2/repository/models/{model}/load|unload."""
+        info = RequestInfo(api="repository", protocol="rest", model=model or "", principal=current_principal.get(),
+                           request_id=request.headers.get("x-request-id") or new_request_id())
+        code = Code.OK
+        self._observer.start(info)
+        try:
+            raw = await decoded_body(request, min(self._max_body or REPOSITORY_BODY_BYTES, REPOSITORY_BODY_BYTES))
+            try:
+                doc = orjson.loads(raw) if raw.strip() else {}
+            except orjson.JSONDecodeError as exc:
+                raise _invalid(f"The request body is not valid JSON: {exc}") from None
+            if not isinstance(doc, dict):
+                raise _invalid("The request body must be a JSON object (or empty)")
+            if verb is None:
+                ready = doc.get("ready", False)
+                if not isinstance(ready, bool):
+                    raise _invalid("'ready' must be true or false")
+                return self._json(repository_index(self._control, ready))
+            assert model is not None
+            parameters = _parameters(doc, f"The {verb} request")
+            if verb == "unload":
+                check_repository_call(model, "", parameters, UNLOAD_PARAMETERS)
+                if not isinstance(parameters.get("unload_dependents", False), bool):
+                    raise _invalid("Parameter 'unload_dependents' must be true or false")
+                await self._control.unload_model(model)
+            else:
+                check_repository_call(model, "", parameters, frozenset())
+                await self._control.load_model(model)
+            return Response(b"", status_code=200, headers=self._extra_headers)
+        except ServingError as exc:
+            code = exc.code
+            return self._error(exc)
+        except ClientDisconnect:
             code = Code.CANCELLED
             return Response(b"", status_code=400)
         except Exception:
