@@ -281,3 +281,41 @@ def test_tls_monitoring_and_auth_files(tmp_path: Path) -> None:
     (warn,) = findings(report, "WARN", "monitoring")
     assert "prometheus_config.enable is not true" in warn["message"]
     assert findings(report, "OK", "model default")
+
+
+@pytest.mark.skipif(shutil.which("nvidia-smi") is not None, reason="this machine has a real nvidia-smi")
+@pytest.mark.parametrize(("max_batch_size", "status"), [(64, "OK"), (4096, "WARN")])
+def test_gpu_memory_against_the_batch_size(tmp_path: Path, max_batch_size: int, status: str) -> None:
+    """On a CPU machine, an `nvidia-smi` stand-in on PATH (the external tool, answering as on a 1 GiB GPU) drives
+    the comparison: 224x224x3 float images take 0.6 MB each, so a batch of 4096 cannot fit and 64 can."""
+    from pyserving.runtimes.memory import write_model
+
+    tool = tmp_path / "bin" / "nvidia-smi"
+    tool.parent.mkdir()
+    tool.write_text("#!/bin/sh\necho 'NVIDIA Test GPU, 1024, 100'\n")
+    tool.chmod(0o755)
+    version = tmp_path / "images" / "1"
+    write_model(str(version), {"signatures": {"serving_default": {
+        "inputs": {"image": {"dtype": "DT_FLOAT", "shape": [-1, 224, 224, 3]}},
+        "outputs": {"image": {"dtype": "DT_FLOAT", "shape": [-1, 224, 224, 3]}}}}, "scale": 1.0, "offset": 0.0})
+    for path in (version / "model.json", version):
+        os.utime(path, (1, 1))  # written long ago: complete
+    config = tmp_path / "models.config"
+    config.write_text(f'model_config_list {{ config {{ name: "images" base_path: "{version.parent}" '
+                      f'model_platform: "memory" }} }}')
+    batching = tmp_path / "batching.config"
+    batching.write_text(f"max_batch_size {{ value: {max_batch_size} }}\n")
+    result = subprocess.run(
+        [sys.executable, "-m", "pyserving", "doctor", "--format=json", f"--model_config_file={config}",
+         "--enable_batching", f"--batching_parameters_file={batching}", *ports()],
+        capture_output=True, text=True, timeout=120, env={**ENV, "PATH": f"{tool.parent}:{ENV['PATH']}"})
+    report = json.loads(result.stdout)
+    assert result.returncode == 0, report
+    gpu = findings(report, "OK", "gpu")[0]
+    assert gpu["message"] == "1 GPU(s): NVIDIA Test GPU 1024 MiB (100 MiB in use)"
+    (estimate,) = [f for f in report["findings"] if f["check"] == "gpu" and "model images" in f["message"]]
+    assert estimate["status"] == status
+    need = 224 * 224 * 3 * 4 * max_batch_size >> 20
+    assert f"a batch of {max_batch_size} " in estimate["message"] and f"{need} MiB" in estimate["message"]
+    if status == "WARN":
+        assert "lower max_batch_size" in estimate["fix"]

@@ -99,7 +99,10 @@ def check_flags(values: dict[str, Any], warnings: list[str], report: Report) -> 
             report.fail("flags", f"serve refuses these flags: {text}", "change the flag the message names")
         return None
     for warning in warnings:
-        report.add("WARN", "flags", warning, "drop the flag, or expect it to have no effect")
+        fix = ("add --enable_metrics=true, or drop --metrics_port" if "--metrics_port" in warning else
+               "drop --tensorflow_session_parallelism" if "--tensorflow_session_parallelism" in warning else
+               "drop the flag, or expect it to have no effect")
+        report.add("WARN", "flags", warning, fix)
     report.add("OK", "flags", "serve accepts these flags")
     return options
 

@@ -63,7 +63,7 @@ def check_ports(v: dict[str, Any], report: Report) -> None:
         if port in seen:
             report.fail("ports", f"--{flag}={port} is also {seen[port]}", f"give --{flag} a port of its own")
             continue
-        seen[port] = f"--{flag}"
+        seen[port] = f"the {what} port (--{flag})"
         try:
             with socket.socket(_family(host), socket.SOCK_STREAM) as s:
                 # As the server binds (asyncio and gRPC set SO_REUSEADDR): a port in TIME_WAIT is free to it.
@@ -158,6 +158,11 @@ def check_gpu(v: dict[str, Any], options: ServerOptions | None, models: list[Mod
     gpus = _gpus()
     if gpus is None:
         report.add("OK", "gpu", "no GPU found; GPU checks skipped")
+        given = [f"--{name}" for name in ("per_process_gpu_memory_fraction", "tensorflow_gpu_memory_fraction",
+                                           "gpu_allow_growth", "gpu_visible_devices") if v[name]]
+        if given:
+            report.add("WARN", "gpu", f"{', '.join(given)} given, but this machine has no GPU: models run on the CPU",
+                       "fine if the same flags are meant for a GPU machine; otherwise drop them")
         return
     fraction = options.runtime.gpu_memory_fraction if options else 0.0
     smallest = min(total for _, total, _ in gpus)
