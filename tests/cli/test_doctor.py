@@ -195,6 +195,12 @@ def _export_models(root: Path) -> None:
 
     shutil.copytree(HALF_PLUS_TWO, root / "good")
 
+    onnx_file = root / "onnx" / "1" / "model.onnx"
+    onnx_file.parent.mkdir(parents=True)
+    onnx_file.write_bytes(b"this is not an ONNX graph")
+    for path in (onnx_file, onnx_file.parent):
+        os.utime(path, (1, 1))  # written long ago: complete
+
 
 BadModels = tuple[int, dict[str, Any], Path]
 
@@ -209,8 +215,9 @@ def bad_models_report(tmp_path_factory: pytest.TempPathFactory) -> BadModels:
                    check=True, capture_output=True, timeout=300, cwd=Path(__file__).parent, env=ENV)
     config = root / "models.config"
     config.write_text("model_config_list {\n" + "".join(
-        f'  config {{ name: "{name}" base_path: "{root / name}" model_platform: "tensorflow" }}\n'
-        for name in ("corrupt", "nosig", "keras3", "good")) + "}\n")
+        f'  config {{ name: "{name}" base_path: "{root / name}" model_platform: "{platform}" }}\n'
+        for name, platform in (("corrupt", "tensorflow"), ("nosig", "tensorflow"), ("keras3", "tensorflow"),
+                               ("good", "tensorflow"), ("onnx", "onnx"))) + "}\n")
     code, report = doctor_json(f"--model_config_file={config}", *ports())
     return code, report, root
 
@@ -240,11 +247,19 @@ def test_keras3_saved_with_tf_saved_model_save(bad_models_report: BadModels) -> 
     assert "model.export(path)" in fail["fix"]
 
 
+def test_other_platforms_load_with_their_runtime(bad_models_report: BadModels) -> None:
+    _, report, root = bad_models_report
+    (fail,) = findings(report, "FAIL", "model onnx version 1")
+    assert fail["message"].startswith('does not load (the article\'s "Failed to load model"): ')
+    assert f"Cannot load ONNX model {root / 'onnx' / '1' / 'model.onnx'}" in fail["message"]
+    assert fail["fix"] == "re-export the model; the message above says what its runtime could not read"
+
+
 def test_good_model_next_to_bad_ones(bad_models_report: BadModels) -> None:
     _, report, _ = bad_models_report
     assert findings(report, "OK", "model good version 123")
     assert not findings(report, "FAIL", "model good")
-    assert report["summary"]["FAIL"] == 3
+    assert report["summary"]["FAIL"] == 4
 
 
 def _self_signed(directory: Path, name: str) -> tuple[str, str]:

@@ -10,9 +10,13 @@ import numpy as np
 
 from pyserving.cli.doctor.report import Report, Status
 from pyserving.options import ModelConfig, RuntimeOptions, ServerOptions
+from pyserving.runtimes.base import Servable, Signature
 
 _CALLED_SIGNATURE = "serving_default"
 _SAVED_MODEL_CLI = "saved_model_cli show --dir {dir} --all"
+# The trial call's inputs are zeros of the signature's shapes (unknown dimensions 1); a signature whose fixed
+# shapes ask for more than this gets no trial call rather than a doctor that runs out of memory.
+_MAX_TRIAL_BYTES = 64 << 20
 
 
 def check_model(model: ModelConfig, v: dict[str, Any], runtime_options: RuntimeOptions,
@@ -174,7 +178,7 @@ def _check_version(model: ModelConfig, version: int, version_dir: str, runtime_o
         servable.unload()
 
 
-def _check_signature(servable: Any, check: str, version_dir: str, v: dict[str, Any],
+def _check_signature(servable: Servable, check: str, version_dir: str, v: dict[str, Any],
                      report: Report) -> dict[str, Any] | None:
     from pyserving.errors import ServingError
     from pyserving.runtimes.base import CLASSIFY_METHOD, PREDICT_METHOD, REGRESS_METHOD
@@ -193,36 +197,49 @@ def _check_signature(servable: Any, check: str, version_dir: str, v: dict[str, A
         report.fail(check, f"signature {_CALLED_SIGNATURE} has method name {sig.method_name!r}; with "
                     "--enable_signature_method_name_check requests to it are refused",
                     "drop --enable_signature_method_name_check, or re-export with a predict/classify/regress method")
-    feed = {}
-    for alias, spec in sig.inputs.items():
-        if alias in sig.defaults:
-            continue
-        shape = tuple(1 if d is None else d for d in (spec.shape if spec.shape is not None else (1,)))
-        try:
-            feed[alias] = (np.full(shape, b"", dtype=object) if spec.dtype.numpy == np.dtype(object)
-                           else np.zeros(shape, dtype=spec.dtype.numpy))
-        except TypeError:  # a type a request cannot carry (resource, variant): no trial call
-            feed = {}
-            break
-    described = ", ".join(f"{k}{list(a.shape)}" for k, a in feed.items())
-    if feed or not sig.inputs:
+    feed = _trial_inputs(sig)
+    answered = False
+    if feed is not None:
+        described = ", ".join(f"{k}{list(a.shape)}" for k, a in feed.items()) or "no inputs"
         try:
             servable.run(_CALLED_SIGNATURE, feed, sorted(sig.outputs))
-        except ServingError as exc:
-            if "Could not find variable" in exc.message:
-                first = exc.message.splitlines()[0].split(". This could mean")[0]
+            answered = True
+        except Exception as exc:  # the runtime's error, whatever its kind, is the finding
+            text = exc.message if isinstance(exc, ServingError) else f"{type(exc).__name__}: {exc}"
+            if "Could not find variable" in text:
+                first = text.splitlines()[0].split(". This could mean")[0]
                 report.fail(check, f"loads, but a call fails: {first} -- the Keras 3 "
                             "pitfall: tf.saved_model.save(model) of a Keras 3 model writes variables that a "
                             "graph-mode loader (TF Serving's and pyserving's) cannot restore",
                             "re-export with model.export(path) (Keras 3) or keras.export.ExportArchive, which "
                             "write a SavedModel TF Serving can serve")
                 return None
-            report.add("WARN", check, f"a trial call of {_CALLED_SIGNATURE} with zeros ({described or 'no inputs'}) "
-                       f"failed: {exc.message.splitlines()[0]}", "fine if the model refuses such inputs; otherwise "
-                       f"try a real request against it (see `{_SAVED_MODEL_CLI.format(dir=version_dir)}`)")
+            first_line = text.splitlines()[0] if text else type(exc).__name__
+            report.add("WARN", check, f"a trial call of {_CALLED_SIGNATURE} with zeros ({described}) failed: "
+                       f"{first_line}", "fine if the model refuses such inputs; otherwise try a real request "
+                       f"against it (see `{_SAVED_MODEL_CLI.format(dir=version_dir)}`)")
     names = ", ".join(f"{k}: {s.dtype.short_name}{list(s.shape) if s.shape is not None else '[?]'}"
                       for k, s in sorted(sig.inputs.items()))
     method = sig.method_name.rsplit("/", 1)[-1]
     report.add("OK", check, f"loads; {_CALLED_SIGNATURE} ({method}) takes {names or 'no inputs'}"
-               + (" and answers a trial call" if feed or not sig.inputs else ""))
+               + (" and answers a trial call" if answered else ""))
     return dict(sig.inputs)
+
+
+def _trial_inputs(sig: Signature) -> dict[str, np.ndarray] | None:
+    """Zeros (empty strings) of each input's shape, unknown dimensions 1; None when no trial call can be made."""
+    feed: dict[str, np.ndarray] = {}
+    total = 0
+    for alias, spec in sig.inputs.items():
+        if alias in sig.defaults:
+            continue
+        shape = tuple(1 if d is None else d for d in (spec.shape if spec.shape is not None else (1,)))
+        try:
+            dtype = spec.dtype.numpy
+        except TypeError:  # a type a request cannot carry (resource, variant)
+            return None
+        total += int(np.prod(shape, dtype=np.int64)) * max(dtype.itemsize, 8)
+        if total > _MAX_TRIAL_BYTES:
+            return None
+        feed[alias] = np.full(shape, b"", dtype=object) if dtype == np.dtype(object) else np.zeros(shape, dtype)
+    return feed
