@@ -17,6 +17,7 @@ from pyserving.cli.doctor.files import check_batching_latency, check_config_file
 from pyserving.cli.doctor.machine import check_address, check_gpu, check_ports
 from pyserving.cli.doctor.models import check_model
 from pyserving.cli.doctor.report import Finding, Report
+from pyserving.observability.logs import quiet_framework
 from pyserving.options import RuntimeOptions
 
 __all__ = ["Finding", "Report", "main", "run_checks"]
@@ -47,7 +48,9 @@ def run_checks(argv: Sequence[str], *, load_models: bool = True) -> Report:
         enable_model_warmup=v["enable_model_warmup"])
     # One interpreter pool is enough to check a TFLite model (the default is one per CPU).
     runtime_options = replace(runtime_options, num_tflite_pools=1)
-    loaded = {m.name: check_model(m, v, runtime_options, options, report, load=load_models) for m in models}
+    # Runtimes' C++ notices (TFLite's XNNPACK line, TensorFlow's on import) would bury the report; logged at DEBUG.
+    with quiet_framework("model loads"):
+        loaded = {m.name: check_model(m, v, runtime_options, options, report, load=load_models) for m in models}
     check_batching_latency(options, models, report)
     check_address(v, report)
     check_ports(v, report)

@@ -19,6 +19,8 @@ from pyserving.options import ModelConfig, ServerOptions
 def _listening_pids(port: int) -> list[str]:
     """Processes holding a listening TCP socket on `port`, as "PID (command)", from /proc (Linux; those of other
     users only when readable)."""
+    if not os.path.isdir("/proc/net"):
+        return []
     inodes: set[str] = set()
     for table in ("/proc/net/tcp", "/proc/net/tcp6"):
         try:
@@ -37,14 +39,24 @@ def _listening_pids(port: int) -> list[str]:
     for pid in filter(str.isdigit, os.listdir("/proc")):
         try:
             fds = os.listdir(f"/proc/{pid}/fd")
-            if not any(os.readlink(f"/proc/{pid}/fd/{fd}") in targets for fd in fds):
-                continue
+        except OSError:  # gone, or another user's
+            continue
+        if not any(_link(f"/proc/{pid}/fd/{fd}") in targets for fd in fds):
+            continue
+        try:
             with open(f"/proc/{pid}/cmdline", "rb") as f:
                 command = f.read().replace(b"\0", b" ").decode(errors="replace").strip()
         except OSError:
-            continue
+            command = "?"
         found.append(f"pid {pid} ({command[:120]})")
     return found
+
+
+def _link(path: str) -> str:
+    try:
+        return os.readlink(path)
+    except OSError:  # the descriptor closed meanwhile
+        return ""
 
 
 def _family(host: str) -> socket.AddressFamily:
