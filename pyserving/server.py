@@ -221,9 +221,39 @@ class Server:
                         self.options.host)
         self.grpc_port = self._grpc.port if self._grpc is not None else None
         self.rest_port = self._rest.port if self._rest is not None else None
+        self._announce_available()
         lifecycle = self.options.lifecycle
         self.control.start_polling(lifecycle.file_system_poll_wait_seconds,
                                    lifecycle.model_config_file_poll_wait_seconds)
+
+    def _announce_available(self) -> None:
+        """Start-up's last lines: each AVAILABLE model version and where to send its requests, so the first
+        screen ends with what a newcomer needs (and not with a framework's notice)."""
+        opts = self.options
+        # A wildcard address is not one to send requests to; from this machine, localhost reaches it.
+        host = "localhost" if opts.host in ("", "0.0.0.0", "::") else opts.host
+        host = f"[{host}]" if ":" in host else host
+        scheme = "https" if opts.tls is not None else "http"
+        grpc = [f"{host}:{self.grpc_port}"] if self.grpc_port else []
+        if opts.grpc_socket_path:
+            grpc.append(f"unix:{opts.grpc_socket_path}")
+        for info in self.control.models():
+            for status in sorted(info.versions, key=lambda s: s.version):
+                if status.state.name != "AVAILABLE":
+                    continue
+                where = []
+                if self.rest_port:
+                    where.append(f"REST {scheme}://{host}:{self.rest_port}/v1/models/{info.name}:predict")
+                if grpc:
+                    where.append(f"gRPC {' or '.join(grpc)}")
+                log.info("%s version %d AVAILABLE: %s", info.name, status.version, ", ".join(where))
+        endpoints = [f"REST {scheme}://{host}:{self.rest_port}"] if self.rest_port else []
+        endpoints += [f"gRPC {g}" for g in grpc]
+        if self._metrics_listener is not None:
+            endpoints.append(f"metrics {scheme}://{host}:{self._metrics_listener.port}/metrics")
+        elif opts.monitoring_path and self.rest_port:
+            endpoints.append(f"metrics {scheme}://{host}:{self.rest_port}{opts.monitoring_path}")
+        log.info("pyserving is serving: %s", ", ".join(endpoints))
 
     async def reload(self, models: Sequence[ModelConfig]) -> None:
         """Replace the model list (config reload); raises ServingError when a new model cannot be served."""

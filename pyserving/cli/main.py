@@ -1,4 +1,5 @@
-"""`pyserving` command line: `pyserving serve [TF Serving flags]`, `pyserving auth new-key ...`.
+"""`pyserving` command line: `pyserving serve [TF Serving flags]`, `pyserving doctor [serve flags]`, `pyserving auth
+new-key ...`.
 
 Parses into ServerOptions and calls the server; nothing runs at import time and TensorFlow is imported only
 when a server actually starts.
@@ -51,6 +52,10 @@ def main(argv: Sequence[str] | None = None) -> int:
     args = list(sys.argv[1:] if argv is None else argv)
     if args and args[0] == "serve":
         return serve_main(args[1:])
+    if args and args[0] == "doctor":
+        from pyserving.cli.doctor import main as doctor_main
+
+        return doctor_main(args[1:])
     if args and args[0] == "auth":
         from pyserving.cli.auth import main as auth_main
 
@@ -62,6 +67,8 @@ def main(argv: Sequence[str] | None = None) -> int:
     parser.add_argument("--version", action="store_true", help="print the version and exit")
     sub = parser.add_subparsers(dest="command", metavar="COMMAND")
     sub.add_parser("serve", help="serve models (takes tensorflow_model_server's flags; see `serve --help`)",
+                   add_help=False)
+    sub.add_parser("doctor", help="check a set-up before serving it (takes serve's flags; see `doctor --help`)",
                    add_help=False)
     sub.add_parser("auth", help="credentials for --auth_config_file (`auth new-key --name N --scope M:predict`)",
                    add_help=False)

@@ -1,5 +1,9 @@
 """Structured logs: one JSON object per line on stderr (timestamp, level, logger, event and the record's fields),
-and with --log_dir the same lines in size-rotated files there."""
+and with --log_dir the same lines in size-rotated files there.
+
+Frameworks' own chatter (TensorFlow's C++ notices about oneDNN, CUDA and CPU instructions, its deprecation
+warnings) reads like errors to a newcomer on a CPU machine; below --verbosity=DEBUG it is kept out of the output
+(`quiet_framework`), at DEBUG it is let through."""
 
 from __future__ import annotations
 
@@ -8,6 +12,10 @@ import logging
 import logging.handlers
 import os
 import sys
+import tempfile
+import warnings
+from collections.abc import Iterator
+from contextlib import contextmanager
 from typing import Any
 
 import orjson
@@ -16,6 +24,17 @@ LEVELS = {"DEBUG": logging.DEBUG, "INFO": logging.INFO, "WARNING": logging.WARNI
           "ERROR": logging.ERROR, "FATAL": logging.CRITICAL,
           # glog/absl numeric severities, as TF Serving's tooling writes them
           "0": logging.INFO, "1": logging.WARNING, "2": logging.ERROR, "3": logging.CRITICAL}
+
+
+# Loggers and Python modules of frameworks whose INFO/WARNING output is theirs, not the server's.
+FRAMEWORK_LOGGERS = ("tensorflow", "absl", "keras", "h5py", "onnxruntime", "torch")
+_FRAMEWORK_MODULES = r"(tensorflow|tf_keras|keras|absl|h5py|onnx|onnxruntime|torch|google\.protobuf)(\.|$)"
+
+_framework_output = False
+"""Let frameworks write to stderr as they please (--verbosity=DEBUG, or the user's own TF_CPP_MIN_LOG_LEVEL
+below 2). False until configure() says otherwise, so embedding pyserving stays quiet too."""
+
+log = logging.getLogger("pyserving.logs")
 
 
 class JsonFormatter(logging.Formatter):
@@ -53,3 +72,59 @@ def configure(verbosity: str = "INFO", log_dir: str = "") -> None:
         handler.setFormatter(formatter)
         root.addHandler(handler)
     root.setLevel(level)
+    _quiet_frameworks(debug=level <= logging.DEBUG)
+
+
+def _quiet_frameworks(*, debug: bool) -> None:
+    global _framework_output
+    user_level = os.environ.get("TF_CPP_MIN_LOG_LEVEL")
+    # The user's own setting wins; ours only fills it in before TensorFlow is imported.
+    _framework_output = debug if user_level is None else user_level.strip() in ("0", "1")
+    os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "0" if debug else "2")
+    for name in FRAMEWORK_LOGGERS:
+        logging.getLogger(name).setLevel(logging.NOTSET if debug else logging.ERROR)
+    # Python warnings become log lines (JSON, like every other line); frameworks' ones only at DEBUG.
+    logging.captureWarnings(True)
+    if not debug:
+        warnings.filterwarnings("ignore", module=_FRAMEWORK_MODULES)
+
+
+@contextmanager
+def quiet_framework(what: str) -> Iterator[None]:
+    """Run a framework's import (or first device probe) with file descriptor 2 captured, then log what it wrote
+    at DEBUG. Needed because TensorFlow's C++ writes some notices before its logging is set up, where
+    TF_CPP_MIN_LOG_LEVEL does not reach ("All log messages before absl::InitializeLog() ...", oneDNN, "Could not
+    find cuda drivers", "failed call to cuInit"), once per shared library.
+
+    Lines other threads log meanwhile (JSON lines) are written through unchanged. Short: only the import's few
+    seconds, at start-up or the first load of a platform.
+    """
+    if _framework_output:
+        yield
+        return
+    sys.stderr.flush()
+    try:
+        saved = os.dup(2)
+    except OSError:  # no stderr at all: nothing to keep quiet
+        yield
+        return
+    failed = False
+    with tempfile.TemporaryFile() as capture:
+        os.dup2(capture.fileno(), 2)
+        try:
+            yield
+        except BaseException:
+            failed = True
+            raise
+        finally:
+            sys.stderr.flush()
+            os.dup2(saved, 2)
+            os.close(saved)
+            capture.seek(0)
+            text = capture.read().decode("utf-8", "replace")
+            for line in text.splitlines():
+                if line.startswith('{"timestamp"'):
+                    sys.stderr.write(line + "\n")
+                elif line.strip():
+                    # An import that failed may have said why only here: then it is worth more than DEBUG.
+                    log.log(logging.WARNING if failed else logging.DEBUG, "%s: %s", what, line)

@@ -26,9 +26,17 @@ from pyserving.runtimes.tensorflow import SAVED_MODEL_FILES
 
 log = logging.getLogger("pyserving.runtimes")
 
+from pyserving.observability.logs import quiet_framework
+
+# Unless logs.configure() said otherwise (--verbosity=DEBUG) or the user set it: no C++ INFO/WARNING lines.
 os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
 
-import tensorflow as tf  # noqa: E402  (after the log-level default)
+with quiet_framework("tensorflow"):
+    import tensorflow as tf  # noqa: E402  (after the log-level default)
+
+    # Probing devices now initialises CUDA, whose "failed call to cuInit" on a CPU machine (logged as an error,
+    # although nothing is wrong) is then captured with the import's notices instead of appearing at first load.
+    tf.config.list_physical_devices("GPU")
 from google.protobuf import text_format  # noqa: E402
 from tensorflow.core.protobuf import config_pb2  # noqa: E402
 
