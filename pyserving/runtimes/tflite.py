@@ -64,7 +64,7 @@ def _lite(path: str) -> _Lite:
 
         return _Lite(Interpreter, schema_py_generated)
     if importlib.util.find_spec("tensorflow") is None:
-        raise missing_framework("LiteRT (or TensorFlow)", "tflite", path)
+        raise missing_framework("LiteRT (the ai-edge-litert package) or TensorFlow", "tflite", path)
     import tensorflow as tf
     from tensorflow.lite.python import schema_py_generated
 

@@ -1,6 +1,6 @@
-"""`pip install 'pyserving[onnx]'` into a fresh venv, without TensorFlow, serves an ONNX model over TF Serving's REST
-and gRPC APIs and over V2 (REST and gRPC), with warm-up and request logging; a TensorFlow model added to that server
-fails once, saying what to install, while the ONNX model keeps serving.
+"""`pip install 'pyserving[onnx,tflite]'` into a fresh venv, without TensorFlow, serves an ONNX model over TF Serving's
+REST and gRPC APIs and over V2 (REST and gRPC), with warm-up and request logging, and a TFLite model with LiteRT; a
+TensorFlow model added to that server fails once, saying what to install, while the others keep serving.
 
 The venv is made with python3.11 -m venv and filled by pip (PyPI or the machine's index, through pip's cache): about
 a minute on a warm cache. The clients run in the test's own environment (requests, TF Serving's gRPC stubs,
@@ -55,7 +55,7 @@ def _python311() -> str:
 
 @pytest.fixture(scope="module")
 def tf_free_venv(tmp_path_factory: pytest.TempPathFactory) -> Path:
-    """A venv holding pyserving[onnx] and nothing else. The sources are copied first: pip builds a local project in
+    """A venv holding pyserving[onnx,tflite] and nothing else. The sources are copied first: pip builds a local project in
     place, and its build/ and egg-info must not land in the work tree."""
     root = tmp_path_factory.mktemp("tf_free")
     src = root / "src"
@@ -67,7 +67,7 @@ def tf_free_venv(tmp_path_factory: pytest.TempPathFactory) -> Path:
     started = time.monotonic()
     subprocess.run([_python311(), "-m", "venv", str(venv)], check=True, timeout=120)
     install = subprocess.run(
-        [str(venv / "bin" / "pip"), "install", "-q", "--disable-pip-version-check", f"{src}[onnx]"],
+        [str(venv / "bin" / "pip"), "install", "-q", "--disable-pip-version-check", f"{src}[onnx,tflite]"],
         capture_output=True, text=True, timeout=INSTALL_TIMEOUT_S)
     assert install.returncode == 0, install.stderr[-3000:]
     print(f"\nTensorFlow-free venv installed in {time.monotonic() - started:.0f} s")
@@ -106,7 +106,8 @@ def model_entry(name: str, base_path: Path, platform: str, extra: str = "") -> s
 
 
 @pytest.fixture(scope="module")
-def served(tf_free_venv: Path, tmp_path_factory: pytest.TempPathFactory) -> Iterator[tuple[str, str, Path, Path]]:
+def served(tf_free_venv: Path, tmp_path_factory: pytest.TempPathFactory, testdata: Path,
+           ) -> Iterator[tuple[str, str, Path, Path]]:
     """(REST URL, gRPC target, the server's stderr, the request log prefix) of the venv's `pyserving serve`."""
     root = tmp_path_factory.mktemp("tf_free_models")
     write_affine(root / "affine" / "1")
@@ -115,14 +116,19 @@ def served(tf_free_venv: Path, tmp_path_factory: pytest.TempPathFactory) -> Iter
     config.write_text("model_config_list { " + model_entry(
         "affine", root / "affine", "onnx",
         f'logging_config {{ sampling_config {{ sampling_rate: 1.0 }} '
-        f'log_collector_config {{ type: "tfrecord" filename_prefix: "{logs}" }} }}') + " }")
+        f'log_collector_config {{ type: "tfrecord" filename_prefix: "{logs}" }} }}')
+        # TF Serving's TFLite test model with SignatureDef metadata: LiteRT's flatbuffer schema reads it
+        + model_entry("lite", testdata / "saved_model_half_plus_two_tflite_with_sigdef", "tflite") + " }")
     rest, grpc_port = free_port(), free_port()
     url = f"http://127.0.0.1:{rest}"
     stderr = root / "server.log"
 
     def ready() -> bool:
-        body = requests.get(f"{url}/v1/models/affine", timeout=5).json()
-        return body.get("model_version_status", [{}])[0].get("state") == "AVAILABLE"
+        for model in ("affine", "lite"):
+            body = requests.get(f"{url}/v1/models/{model}", timeout=5).json()
+            if body.get("model_version_status", [{}])[0].get("state") != "AVAILABLE":
+                return False
+        return True
 
     flags = [f"--port={grpc_port}", f"--rest_api_port={rest}", f"--model_config_file={config}", "--host=127.0.0.1"]
     with open(stderr, "wb") as err:
@@ -173,6 +179,14 @@ def test_tf_serving_rest_and_grpc(served: tuple[str, str, Path, Path]) -> None:
     assert response.model_spec.version.value == 1
 
 
+def test_tflite_model_with_litert(served: tuple[str, str, Path, Path]) -> None:
+    url, _, _, _ = served
+    r = requests.post(f"{url}/v1/models/lite:predict", json={"instances": [1.0, 2.0, 5.0]}, timeout=30)
+    assert r.json() == {"predictions": [2.5, 3.0, 4.5]}
+    metadata = requests.get(f"{url}/v1/models/lite/metadata", timeout=30).json()["metadata"]
+    assert metadata["signature_def"]["signature_def"]["serving_default"]["inputs"]["x"]["name"] == "tflite_input"
+
+
 def test_v2_rest_and_grpc(served: tuple[str, str, Path, Path]) -> None:
     url, target, _, _ = served
     x = np.array([[2.0], [8.0]], np.float32)
@@ -204,6 +218,7 @@ def test_a_tensorflow_model_fails_once_saying_what_to_install(
     text_format.Parse(
         "model_config_list { "
         + model_entry("affine", root / "affine", "onnx")
+        + model_entry("lite", testdata / "saved_model_half_plus_two_tflite_with_sigdef", "tflite")
         + model_entry("half", testdata / "saved_model_half_plus_two_cpu", "tensorflow")
         + " }", request.config)
     started = time.monotonic()
