@@ -53,7 +53,8 @@ def missing_framework(framework: str, extra: str, path: str) -> PermanentError:
     """The load error for a model whose framework is not installed: permanent (installing it needs a restart
     anyway), and it says what to install."""
     return PermanentError(Code.FAILED_PRECONDITION,
-                          f"Serving {path} needs {framework}, which is not installed: pip install 'pyserving[{extra}]'")
+                          f"Cannot load {path}: it needs {framework}, which is not installed: "
+                          f"pip install 'pyserving[{extra}]'")
 
 
 def import_framework(module: str, framework: str, extra: str, path: str) -> ModuleType:

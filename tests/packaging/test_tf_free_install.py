@@ -55,8 +55,8 @@ def _python311() -> str:
 
 @pytest.fixture(scope="module")
 def tf_free_venv(tmp_path_factory: pytest.TempPathFactory) -> Path:
-    """A venv holding pyserving[onnx,tflite] and nothing else. The sources are copied first: pip builds a local project in
-    place, and its build/ and egg-info must not land in the work tree."""
+    """A venv holding pyserving[onnx,tflite] and nothing else. The sources are copied first: pip builds a local
+    project in place, and its build/ and egg-info must not land in the work tree."""
     root = tmp_path_factory.mktemp("tf_free")
     src = root / "src"
     src.mkdir()

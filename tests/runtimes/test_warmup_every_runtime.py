@@ -4,6 +4,7 @@ TensorFlow-free, codecs.tfrecord), through a real server; and load errors that w
 from __future__ import annotations
 
 import logging
+import sys
 import textwrap
 import time
 from dataclasses import replace
@@ -20,6 +21,7 @@ from pyserving.core.manager import ModelManager
 from pyserving.core.states import ServableState
 from pyserving.errors import Code, PermanentError, StartupError
 from pyserving.options import LifecycleOptions, ModelConfig, RuntimeOptions, ServerOptions
+from pyserving.runtimes.base import import_framework
 from pyserving.runtimes.registry import get_runtime
 from pyserving.runtimes.tensorflow_warmup import WARMUP_FILE
 from runtime_clients import grpc_predict, rest_predict, settled
@@ -168,3 +170,22 @@ def test_an_ordinary_load_error_is_still_retried(tmp_path: Path) -> None:
         assert not isinstance(status.error, PermanentError)
     finally:
         manager.unload_all()
+
+
+def test_a_missing_framework_is_permanent_and_names_the_extra(tmp_path: Path) -> None:
+    with pytest.raises(PermanentError) as info:
+        import_framework("pyserving_no_such_framework", "NoSuchFramework", "nosuch", str(tmp_path))
+    assert info.value.code == Code.FAILED_PRECONDITION
+    assert info.value.message == (f"Cannot load {tmp_path}: it needs NoSuchFramework, which is not installed: "
+                                  "pip install 'pyserving[nosuch]'")
+    # a framework that is there but fails to import something of its own is not reported as missing
+    broken = tmp_path / "brokenframework"
+    broken.mkdir()
+    (broken / "__init__.py").write_text("import pyserving_not_a_dependency_of_it\n")
+    sys.path.insert(0, str(tmp_path))
+    try:
+        with pytest.raises(ModuleNotFoundError):
+            import_framework("brokenframework", "Broken", "broken", str(tmp_path))
+    finally:
+        sys.path.remove(str(tmp_path))
+        sys.modules.pop("brokenframework", None)
