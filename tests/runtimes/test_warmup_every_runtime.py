@@ -1,19 +1,22 @@
-"""assets.extra/tf_serving_warmup_requests is replayed for ONNX and python versions as for SavedModels (the reader is
-TensorFlow-free, codecs.tfrecord), through a real server; and load errors that waiting cannot fix are not retried."""
+"""assets.extra/tf_serving_warmup_requests is replayed for ONNX, python, PyTorch and TFLite versions as for
+SavedModels (the reader is TensorFlow-free, codecs.tfrecord), through a real server; and load errors that waiting
+cannot fix are not retried."""
 
 from __future__ import annotations
 
 import logging
+import shutil
 import sys
 import textwrap
 import time
+from collections.abc import Callable
 from dataclasses import replace
 from pathlib import Path
 
 import numpy as np
 import pytest
 
-from conftest import run_server
+from conftest import TESTDATA, run_server
 from pyserving.codecs.tfrecord import TFRecordWriter
 from pyserving.codecs.tfserving.protos import predict_pb2, prediction_log_pb2
 from pyserving.codecs.tfserving.tensor import to_proto
@@ -189,3 +192,43 @@ def test_a_missing_framework_is_permanent_and_names_the_extra(tmp_path: Path) ->
     finally:
         sys.path.remove(str(tmp_path))
         sys.modules.pop("brokenframework", None)
+
+
+def _torch_version(version_dir: Path) -> dict[str, np.ndarray]:
+    pytest.importorskip("torch")
+    from test_pytorch import write_script
+
+    write_script(version_dir)
+    return {"x": np.array([[1.0]], np.float32), "k": np.array([3], np.int64)}
+
+
+def _tflite_version(version_dir: Path) -> dict[str, np.ndarray]:
+    version_dir.mkdir(parents=True)
+    shutil.copy(TESTDATA / "saved_model_half_plus_two_tflite" / "00000123" / "model.tflite", version_dir)
+    return {"x": np.array([2.0], np.float32)}
+
+
+@pytest.mark.filterwarnings("ignore:`torch.jit.*` is deprecated:DeprecationWarning")  # as in test_pytorch
+@pytest.mark.parametrize(("platform", "make"), [("pytorch", _torch_version), ("tflite", _tflite_version)])
+def test_torch_and_tflite_replay_and_a_bad_record_fails_the_load(
+    tmp_path: Path, caplog: pytest.LogCaptureFixture, platform: str, make: Callable[[Path], dict[str, np.ndarray]],
+) -> None:
+    good, bad = tmp_path / "good" / "1", tmp_path / "bad" / "1"
+    inputs = make(good)
+    write_warmup(good, inputs)
+    make(bad)
+    write_warmup(bad, {**inputs, "x": inputs["x"].astype(np.int64)})  # a type only running the model refuses
+    settled(good)
+    settled(bad)
+
+    def options(base: Path) -> ServerOptions:
+        return ServerOptions(models=(ModelConfig(name="m", base_path=str(base), platform=platform),),
+                             lifecycle=LifecycleOptions(max_num_load_retries=0))
+
+    with caplog.at_level(logging.INFO, logger="pyserving.warmup"), run_server(options(good.parent)) as server:
+        assert rest_predict(server, "m", {"inputs": {k: v.tolist() for k, v in inputs.items()}}).status_code == 200
+    assert "Number of warmup records read: 1." in caplog.text
+    with pytest.raises(StartupError) as info, run_server(options(bad.parent)):
+        pass
+    assert "Warmup record 1 of" in str(info.value)
+    assert "Expects arg[0] to be float but int64 is provided" in str(info.value)
