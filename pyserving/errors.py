@@ -65,3 +65,8 @@ class SignatureNotFoundError(ServingError):
 
 class StartupError(RuntimeError):
     """The server could not start (a model failed to load, a port is taken); the message says what to fix."""
+
+
+class PermanentError(ServingError):
+    """A load failure that waiting cannot fix (python models not allowed, a framework not installed): the manager
+    fails the version at once instead of retrying it --max_num_load_retries times."""

@@ -383,8 +383,10 @@ def main(argv: Sequence[str] | None = None) -> int:
                 # setuptools builds pyserving's wheel in the tree: leave no build/ or egg-info that was not there.
                 by_products = [p for p in (REPO / "build", REPO / "pyserving.egg-info") if not p.exists()]
                 try:
+                    # [tensorflow]: the image serves SavedModels, and TensorFlow is an extra (pyproject.toml)
                     run([sys.executable, "-m", "pip", "wheel", "--quiet", "--disable-pip-version-check",
-                         f"--wheel-dir={wheels}", str(REPO), "setuptools"], timeout=900, log=logs / "pip-wheel.log")
+                         f"--wheel-dir={wheels}", f"{REPO}[tensorflow]", "setuptools"], timeout=900,
+                        log=logs / "pip-wheel.log")
                 finally:
                     for path in by_products:
                         shutil.rmtree(path, ignore_errors=True)

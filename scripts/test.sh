@@ -14,7 +14,7 @@ fi
 PY=python3.11
 command -v "$PY" >/dev/null 2>&1 || PY=python3
 "$PY" -m venv .venv
-.venv/bin/pip install -q -e '.[test]'
+.venv/bin/pip install -q -e '.[tensorflow,test]'  # TensorFlow is an extra; the suite serves SavedModels
 # Triton's own client, to prove Open Inference Protocol clients work unchanged. It pins protobuf<7 although it runs
 # on 7 (its tests pass); our generated protos need >=7.35.1, so it is installed apart and protobuf put back.
 .venv/bin/pip install -q "tritonclient[http,grpc]>=2.40"

@@ -24,7 +24,7 @@ from pyserving.core.batching import Batcher
 from pyserving.core.ids import ServableId, ServableRequest
 from pyserving.core.states import ServableState, VersionStatus
 from pyserving.core.transitions import VersionSnapshot, next_actions
-from pyserving.errors import Code, ServingError
+from pyserving.errors import Code, PermanentError, ServingError
 from pyserving.malloc import release_free_memory
 from pyserving.options import LifecycleOptions, ModelConfig, RuntimeOptions, TrafficSplit
 from pyserving.runtimes.base import Runtime, Servable
@@ -347,8 +347,12 @@ class ModelManager:
     def _fail(self, version: _Version, cause: ServingError) -> None:
         retries = self._lifecycle.max_num_load_retries
         error = self._shown(cause, version.path)
+        # A permanent error (python models not allowed, a framework not installed) would fail every retry the same
+        # way: retrying would only keep the version LOADING for retries x --load_retry_interval.
+        permanent = isinstance(cause, PermanentError)
         with self._lock:
-            if version.attempts <= retries and version.id.version in self._models[version.id.name].aspired:
+            if (not permanent and version.attempts <= retries
+                    and version.id.version in self._models[version.id.name].aspired):
                 version.retry_at = time.monotonic() + max(self._lifecycle.load_retry_interval_s, 0.0)
                 version.error = error
                 log.warning(

@@ -33,6 +33,7 @@ from typing import Any, Literal, Protocol
 import numpy as np
 import orjson
 
+from pyserving.codecs.tfrecord import FRAMING_BYTES, TFRecordWriter
 from pyserving.codecs.tfserving.protos import example_pb2, prediction_log_pb2
 from pyserving.codecs.tfserving.results import fill_classifications, fill_regressions
 from pyserving.codecs.tfserving.tensor import to_proto
@@ -45,7 +46,6 @@ Api = Literal["predict", "classify", "regress", "multi_inference"]
 AUDIT_FIELD = 424242
 """PredictionLog field number (unused by TF Serving) that holds pyserving's audit fields as a protobuf Struct."""
 REDACTED = "<redacted>"
-_TFRECORD_FRAMING_BYTES = 16  # uint64 length + crc32 of it + crc32 of the data
 _ERROR_LOG_INTERVAL_S = 60.0
 
 
@@ -83,7 +83,7 @@ class LoggedRequest:
 
 
 class _Sink(Protocol):
-    """An open log file: tf.io.TFRecordWriter or a binary file."""
+    """An open log file: a TFRecordWriter or a binary file."""
 
     def write(self, data: bytes, /) -> Any: ...
 
@@ -166,7 +166,7 @@ class RequestLogger:
             self._encode_tfrecord if self.format == "tfrecord" else self._encode_jsonl
         )
         self._extension = "." + self.format
-        self._framing = _TFRECORD_FRAMING_BYTES if self.format == "tfrecord" else 0
+        self._framing = FRAMING_BYTES if self.format == "tfrecord" else 0
         self._sink: _Sink | None = None
         self._sink_bytes = 0
         self._files: deque[str] | None = None  # oldest first; None until the first file is opened
@@ -302,9 +302,7 @@ class RequestLogger:
                 break
         sink: _Sink
         if self.format == "tfrecord":
-            import tensorflow as tf
-
-            sink = tf.io.TFRecordWriter(path)
+            sink = TFRecordWriter(path)
         else:
             sink = open(path, "xb")  # noqa: SIM115 - closed by _close_sink
         self._sink, self._sink_bytes = sink, 0

@@ -6,14 +6,16 @@ the codecs render in each protocol's shape (TF Serving's SignatureDef, later the
 
 from __future__ import annotations
 
+import importlib
 from collections.abc import Callable, Iterable, Mapping, Sequence
 from dataclasses import dataclass, field
+from types import ModuleType
 from typing import Protocol
 
 import numpy as np
 
 from pyserving.dtypes import DType
-from pyserving.errors import Code, ServingError, SignatureNotFoundError
+from pyserving.errors import Code, PermanentError, ServingError, SignatureNotFoundError
 from pyserving.options import RuntimeOptions
 
 PREDICT_METHOD = "tensorflow/serving/predict"
@@ -45,6 +47,25 @@ class Signature:
     outputs: Mapping[str, TensorSpec]
     defaults: Mapping[str, np.ndarray] = field(default_factory=dict)
     """Inputs a request may leave out, with the value the model then uses (TF2's default arguments)."""
+
+
+def missing_framework(framework: str, extra: str, path: str) -> PermanentError:
+    """The load error for a model whose framework is not installed: permanent (installing it needs a restart
+    anyway), and it says what to install."""
+    return PermanentError(Code.FAILED_PRECONDITION,
+                          f"Cannot load {path}: it needs {framework}, which is not installed: "
+                          f"pip install 'pyserving[{extra}]'")
+
+
+def import_framework(module: str, framework: str, extra: str, path: str) -> ModuleType:
+    """Import a runtime's framework for loading `path`; when it is not installed, raise `missing_framework`.
+    Other import failures (a broken installation) propagate as they are."""
+    try:
+        return importlib.import_module(module)
+    except ModuleNotFoundError as exc:
+        if exc.name is None or exc.name.split(".")[0] != module.split(".")[0]:
+            raise
+        raise missing_framework(framework, extra, path) from None
 
 
 def find_signature(signatures: Mapping[str, Signature], name: str) -> Signature:

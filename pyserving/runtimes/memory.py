@@ -57,6 +57,7 @@ class MemoryServable:
     """Thread-safe: `run` keeps no state but a call counter."""
 
     def __init__(self, path: str) -> None:
+        self._path = path
         file = os.path.join(path, MODEL_FILE)
         try:
             with open(file, encoding="utf-8") as f:
@@ -115,7 +116,9 @@ class MemoryServable:
         return out
 
     def warm_up(self, run: RunFn, iterations: int) -> int:
-        return 0
+        from pyserving.runtimes.tensorflow_warmup import warm_up
+
+        return warm_up(self.signatures, run, self._path, iterations)
 
     def unload(self) -> None:
         pass

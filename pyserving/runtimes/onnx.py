@@ -7,6 +7,7 @@ signature whose inputs and outputs are the graph's, named as the graph names the
 
 from __future__ import annotations
 
+import importlib.util
 import os
 from collections.abc import Mapping, Sequence
 from typing import Any
@@ -16,7 +17,7 @@ import numpy as np
 from pyserving.dtypes import DType
 from pyserving.errors import Code, ServingError
 from pyserving.options import RuntimeOptions
-from pyserving.runtimes.base import DEFAULT_SIGNATURE, PREDICT_METHOD, RunFn, Signature, TensorSpec
+from pyserving.runtimes.base import DEFAULT_SIGNATURE, PREDICT_METHOD, RunFn, Signature, TensorSpec, import_framework
 from pyserving.runtimes.single_file import find_model_file, model_file_is_complete
 
 MODEL_FILE = "model.onnx"
@@ -65,8 +66,8 @@ class OnnxServable:
     state of its own."""
 
     def __init__(self, path: str, options: RuntimeOptions) -> None:
-        import onnxruntime as ort
-
+        ort = import_framework("onnxruntime", "ONNX Runtime", "onnx", path)
+        self._path = path
         file = find_model_file(path, (MODEL_FILE,))
         if file is None:
             raise ServingError(Code.NOT_FOUND,
@@ -117,7 +118,9 @@ class OnnxServable:
         return out
 
     def warm_up(self, run: RunFn, iterations: int) -> int:
-        return 0
+        from pyserving.runtimes.tensorflow_warmup import warm_up
+
+        return warm_up(self.signatures, run, self._path, iterations)
 
     def unload(self) -> None:
         # Dropping the session frees its arena (and GPU memory); nobody calls run after unload.
@@ -129,8 +132,10 @@ class OnnxRuntime:
         return model_file_is_complete(version_dir, (MODEL_FILE,), now=now)
 
     def prepare(self) -> None:
-        """Import ONNX Runtime before models load, so the server can freeze it out of garbage collection."""
-        import onnxruntime  # noqa: F401
+        """Import ONNX Runtime before models load, so the server can freeze it out of garbage collection (without
+        it installed, each ONNX model's load says what to install)."""
+        if importlib.util.find_spec("onnxruntime") is not None:
+            import onnxruntime  # noqa: F401
 
     def load(self, path: str, options: RuntimeOptions) -> OnnxServable:
         return OnnxServable(path, options)

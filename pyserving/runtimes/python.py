@@ -39,7 +39,7 @@ from typing import Any
 import numpy as np
 
 from pyserving.dtypes import DType
-from pyserving.errors import Code, ServingError
+from pyserving.errors import Code, PermanentError, ServingError
 from pyserving.options import RuntimeOptions
 from pyserving.runtimes.base import PREDICT_METHOD, RunFn, Signature, TensorSpec
 from pyserving.runtimes.single_file import find_model_file, model_file_is_complete
@@ -116,9 +116,11 @@ class PythonServable:
 
     def __init__(self, path: str, options: RuntimeOptions) -> None:
         if not options.allow_python_models:
-            raise ServingError(Code.FAILED_PRECONDITION,
-                               f"Serving a python model runs its code in the server, which this server does not "
-                               f"allow. Start it with {FLAG} to serve {os.path.join(path, MODEL_FILE)}.")
+            # Permanent: the flag is read at start-up, so retrying cannot succeed
+            raise PermanentError(Code.FAILED_PRECONDITION,
+                                 f"Serving a python model runs its code in the server, which this server does not "
+                                 f"allow. Start it with {FLAG} to serve {os.path.join(path, MODEL_FILE)}.")
+        self._path = path
         file = find_model_file(path, (MODEL_FILE,))
         if file is None:
             raise ServingError(Code.NOT_FOUND,
@@ -190,7 +192,9 @@ class PythonServable:
         return {key: _output(key, result[key]) for key in output_keys}
 
     def warm_up(self, run: RunFn, iterations: int) -> int:
-        return 0
+        from pyserving.runtimes.tensorflow_warmup import warm_up
+
+        return warm_up(self.signatures, run, self._path, iterations)
 
     def unload(self) -> None:
         unload = getattr(self._model, "unload", None)

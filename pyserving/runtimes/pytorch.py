@@ -17,6 +17,7 @@ every poll. (Named after the platform, not `torch.py`, so that no traceback show
 
 from __future__ import annotations
 
+import importlib.util
 import json
 import os
 import threading
@@ -29,7 +30,7 @@ import numpy as np
 from pyserving.dtypes import DType
 from pyserving.errors import Code, ServingError
 from pyserving.options import RuntimeOptions
-from pyserving.runtimes.base import DEFAULT_SIGNATURE, PREDICT_METHOD, RunFn, Signature, TensorSpec
+from pyserving.runtimes.base import DEFAULT_SIGNATURE, PREDICT_METHOD, RunFn, Signature, TensorSpec, import_framework
 from pyserving.runtimes.single_file import find_model_file, model_file_is_complete
 
 SCRIPT_FILE = "model.pt"
@@ -119,8 +120,8 @@ class TorchServable:
     from several threads at once), and `run` keeps none of its own."""
 
     def __init__(self, path: str, options: RuntimeOptions) -> None:
-        import torch
-
+        torch = import_framework("torch", "PyTorch", "torch", path)
+        self._path = path
         file = find_model_file(path, MODEL_FILES)
         if file is None:
             raise ServingError(Code.NOT_FOUND, f"Could not find {SCRIPT_FILE} or {EXPORT_FILE} at supplied export "
@@ -187,7 +188,9 @@ class TorchServable:
         return out
 
     def warm_up(self, run: RunFn, iterations: int) -> int:
-        return 0
+        from pyserving.runtimes.tensorflow_warmup import warm_up
+
+        return warm_up(self.signatures, run, self._path, iterations)
 
     def unload(self) -> None:
         self._module = None
@@ -198,8 +201,10 @@ class TorchRuntime:
         return model_file_is_complete(version_dir, MODEL_FILES, now=now, also=(SIGNATURE_FILE,))
 
     def prepare(self) -> None:
-        """Import torch before models load (seconds), so the server can freeze it out of garbage collection."""
-        import torch  # noqa: F401
+        """Import torch before models load (seconds), so the server can freeze it out of garbage collection
+        (without it installed, each torch model's load says what to install)."""
+        if importlib.util.find_spec("torch") is not None:
+            import torch  # noqa: F401
 
     def load(self, path: str, options: RuntimeOptions) -> TorchServable:
         return TorchServable(path, options)

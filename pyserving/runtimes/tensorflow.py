@@ -6,12 +6,13 @@ imports the framework, in `tensorflow_session`.
 
 from __future__ import annotations
 
+import importlib.util
 import os
 import re
 import time
 
 from pyserving.options import RuntimeOptions
-from pyserving.runtimes.base import Servable
+from pyserving.runtimes.base import Servable, import_framework
 from pyserving.runtimes.single_file import INCOMPLETE_GRACE_S, SETTLE_S, newest_mtime
 
 SAVED_MODEL_FILES = ("saved_model.pb", "saved_model.pbtxt")
@@ -58,8 +59,10 @@ class TensorFlowRuntime:
 
     def prepare(self) -> None:
         """Import TensorFlow now (~2 s, ~300k objects), so that the server can freeze it out of garbage collection
-        before any model is loaded."""
-        import pyserving.runtimes.tensorflow_session  # noqa: F401
+        before any model is loaded. Without TensorFlow installed this does nothing: each TensorFlow model's load
+        then fails, naming the model and what to install, while the other models serve."""
+        if importlib.util.find_spec("tensorflow") is not None:
+            import pyserving.runtimes.tensorflow_session  # noqa: F401
 
     def load(self, path: str, options: RuntimeOptions) -> Servable:
         if options.prefer_tflite_model and os.path.isfile(os.path.join(path, TFLITE_FILE)):
@@ -67,6 +70,7 @@ class TensorFlowRuntime:
             from pyserving.runtimes.tflite import TfLiteServable
 
             return TfLiteServable(path, options)
+        import_framework("tensorflow", "TensorFlow", "tensorflow", path)
         from pyserving.runtimes.tensorflow_session import TensorFlowServable
 
         return TensorFlowServable(path, options)

@@ -1,7 +1,9 @@
-"""SavedModel warm-up: replay `assets.extra/tf_serving_warmup_requests` before a version serves, as TF Serving does.
+"""TF Serving's warm-up: replay `assets.extra/tf_serving_warmup_requests` before a version serves.
 
 The file is a TFRecord of tensorflow.serving.PredictionLog. Predict, classify, regress and multi-inference records
-are replayed (each `iterations` times); any failure fails the load, so a version never serves half-warm.
+are replayed (each `iterations` times); any failure fails the load, so a version never serves half-warm. Every
+runtime's servable replays it (the manager calls `Servable.warm_up` after a load), and nothing here needs
+TensorFlow: the file is read by codecs.tfrecord.
 """
 
 from __future__ import annotations
@@ -10,8 +12,7 @@ import logging
 import os
 from collections.abc import Iterator, Mapping
 
-import tensorflow as tf
-
+from pyserving.codecs.tfrecord import TFRecordError, read_records
 from pyserving.codecs.tfserving.examples import serialized_examples
 from pyserving.codecs.tfserving.protos import prediction_log_pb2
 from pyserving.codecs.tfserving.tensor import to_ndarray
@@ -26,12 +27,12 @@ MAX_WARMUP_RECORDS = 1000
 
 def _records(path: str) -> Iterator[bytes]:
     try:
-        for record in tf.compat.v1.io.tf_record_iterator(path):
-            yield record
-    except tf.errors.OpError as exc:
+        yield from read_records(path)
+    except (TFRecordError, OSError) as exc:
+        why = str(exc) if isinstance(exc, TFRecordError) else exc.strerror or str(exc)
         raise ServingError(
             Code.DATA_LOSS,
-            f"Failed to read warmup record from {path}: {exc.message}. Please verify your warmup data is in "
+            f"Failed to read warmup record from {path}: {why}. Please verify your warmup data is in "
             "TFRecord format.",
         ) from None
 

@@ -9,18 +9,25 @@ directory, run by TensorFlow's Lite interpreter, answering as TF Serving's TfLit
   the TFLite tensor names.
 
 An interpreter runs one call at a time (TF Serving locks its session). Calls run on a pool of interpreters, made
-as concurrent calls need them, up to --num_tflite_pools x --num_tflite_interpreters_per_pool. TensorFlow is
-imported by `load`, never by importing this module.
+as concurrent calls need them, up to --num_tflite_pools x --num_tflite_interpreters_per_pool.
+
+The interpreter comes from LiteRT (`pip install 'pyserving[tflite]'`, the ai-edge-litert package, a few tens of MB)
+when it is installed, else from TensorFlow's tf.lite: both are the same interpreter and both ship the flatbuffer
+schema the SignatureDef metadata is read with. (tflite_runtime, LiteRT's deprecated predecessor, ships no schema,
+so it is not used.) The framework is imported by `load`, never by importing this module.
 """
 
 from __future__ import annotations
 
+import importlib
+import importlib.util
 import os
 import queue
 import threading
 import warnings
 from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass
+from types import ModuleType
 from typing import Any
 
 import numpy as np
@@ -28,7 +35,8 @@ import numpy as np
 from pyserving.dtypes import DType
 from pyserving.errors import Code, ServingError
 from pyserving.options import RuntimeOptions
-from pyserving.runtimes.base import DEFAULT_SIGNATURE, PREDICT_METHOD, RunFn, Signature, TensorSpec
+from pyserving.runtimes.base import (DEFAULT_SIGNATURE, PREDICT_METHOD, RunFn, Signature, TensorSpec,
+                                     missing_framework)
 from pyserving.runtimes.single_file import model_file_is_complete
 
 MODEL_FILE = "model.tflite"
@@ -40,11 +48,39 @@ def _tf_name(name: str) -> str:
     return name.split(":", 1)[0]
 
 
-def _metadata_signature_defs(content: bytes) -> dict[str, Any]:
+@dataclass(frozen=True, slots=True)
+class _Lite:
+    """Where the interpreter and the model schema come from."""
+
+    interpreter: Callable[..., Any]
+    schema: ModuleType
+
+
+def _lite(path: str) -> _Lite:
+    """LiteRT when it is installed, else TensorFlow's tf.lite; neither: a permanent load error naming the extra."""
+    if importlib.util.find_spec("ai_edge_litert") is not None:
+        from ai_edge_litert import schema_py_generated
+        from ai_edge_litert.interpreter import Interpreter
+
+        return _Lite(Interpreter, schema_py_generated)
+    if importlib.util.find_spec("tensorflow") is None:
+        raise missing_framework("LiteRT (the ai-edge-litert package) or TensorFlow", "tflite", path)
+    import tensorflow as tf
+    from tensorflow.lite.python import schema_py_generated
+
+    def interpreter(**kwargs: Any) -> Any:
+        with warnings.catch_warnings():
+            # TF 2.20+ points at ai_edge_litert; tf.lite is what ships with the TensorFlow we already have
+            warnings.simplefilter("ignore")
+            return tf.lite.Interpreter(**kwargs)
+
+    return _Lite(interpreter, schema_py_generated)
+
+
+def _metadata_signature_defs(content: bytes, schema_fb: ModuleType) -> dict[str, Any]:
     """The TF SignatureDefs TFLite's signature_def_util stores in the model's metadata: a flexbuffer map of
     signature key -> serialized tensorflow.SignatureDef. Empty when the model has none."""
     from flatbuffers import flexbuffers
-    from tensorflow.lite.python import schema_py_generated as schema_fb
 
     from pyserving.codecs.tfserving.protos import meta_graph_pb2
 
@@ -80,6 +116,7 @@ class TfLiteServable:
     """One TFLite model. Thread-safe: each call takes an interpreter of its own from the pool."""
 
     def __init__(self, path: str, options: RuntimeOptions) -> None:
+        self._path = path
         file = os.path.join(path, MODEL_FILE)
         try:
             with open(file, "rb") as f:
@@ -88,9 +125,10 @@ class TfLiteServable:
             raise ServingError(Code.NOT_FOUND,
                                f"Could not find {MODEL_FILE} at supplied export directory path: {path}.") from None
         self._threads = options.intra_op_parallelism if options.intra_op_parallelism > 0 else None
+        self._lite = _lite(path)
         try:
             interpreter = self._new_interpreter()
-            sigdefs = _metadata_signature_defs(self._content)
+            sigdefs = _metadata_signature_defs(self._content, self._lite.schema)
         except Exception as exc:  # TFLite raises ValueError/RuntimeError for bad flatbuffers
             raise ServingError(Code.INVALID_ARGUMENT,
                                f"Cannot load TFLite model {file}: {type(exc).__name__}: {exc}") from None
@@ -103,12 +141,7 @@ class TfLiteServable:
         self._lock = threading.Lock()
 
     def _new_interpreter(self) -> Any:
-        import tensorflow as tf
-
-        with warnings.catch_warnings():
-            # TF 2.20+ points at ai_edge_litert; tf.lite is what ships with the TensorFlow we already have
-            warnings.simplefilter("ignore")
-            interpreter = tf.lite.Interpreter(model_content=self._content, num_threads=self._threads)
+        interpreter = self._lite.interpreter(model_content=self._content, num_threads=self._threads)
         interpreter.allocate_tensors()
         return interpreter
 
@@ -221,7 +254,9 @@ class TfLiteServable:
         return {key: np.array(result[str(binding.outputs[key])]) for key in output_keys}
 
     def warm_up(self, run: RunFn, iterations: int) -> int:
-        return 0
+        from pyserving.runtimes.tensorflow_warmup import warm_up
+
+        return warm_up(self.signatures, run, self._path, iterations)
 
     def unload(self) -> None:
         while True:
@@ -236,8 +271,12 @@ class TfLiteRuntime:
         return model_file_is_complete(version_dir, (MODEL_FILE,), now=now)
 
     def prepare(self) -> None:
-        """Import TensorFlow before models load (~2 s), so the server can freeze it out of garbage collection."""
-        import tensorflow  # noqa: F401
+        """Import the interpreter's framework before models load (TensorFlow: ~2 s), so the server can freeze it out
+        of garbage collection (with neither installed, each TFLite model's load says what to install)."""
+        for module in ("ai_edge_litert.interpreter", "tensorflow"):
+            if importlib.util.find_spec(module.split(".")[0]) is not None:
+                importlib.import_module(module)
+                return
 
     def load(self, path: str, options: RuntimeOptions) -> TfLiteServable:
         return TfLiteServable(path, options)
