@@ -1,4 +1,5 @@
-"""`pyserving` command line: `pyserving serve [TF Serving flags]`, `pyserving auth new-key ...`.
+"""`pyserving` command line: `pyserving serve [TF Serving flags]`, `pyserving auth new-key ...`, and the
+operator tools `show`, `status`, `predict`.
 
 Parses into ServerOptions and calls the server; nothing runs at import time and TensorFlow is imported only
 when a server actually starts.
@@ -55,6 +56,18 @@ def main(argv: Sequence[str] | None = None) -> int:
         from pyserving.cli.auth import main as auth_main
 
         return auth_main(args[1:])
+    if args and args[0] == "show":
+        from pyserving.cli.show import main as show_main
+
+        return show_main(args[1:])
+    if args and args[0] == "status":
+        from pyserving.cli.status import main as status_main
+
+        return status_main(args[1:])
+    if args and args[0] == "predict":
+        from pyserving.cli.predict import main as predict_main
+
+        return predict_main(args[1:])
     parser = argparse.ArgumentParser(
         prog="pyserving",
         description="A model server that speaks TensorFlow Serving's REST and gRPC APIs.",
@@ -64,6 +77,12 @@ def main(argv: Sequence[str] | None = None) -> int:
     sub.add_parser("serve", help="serve models (takes tensorflow_model_server's flags; see `serve --help`)",
                    add_help=False)
     sub.add_parser("auth", help="credentials for --auth_config_file (`auth new-key --name N --scope M:predict`)",
+                   add_help=False)
+    sub.add_parser("show", help="a model's signatures, as `saved_model_cli show` prints them (`show --dir D --all`)",
+                   add_help=False)
+    sub.add_parser("status", help="models, versions, states, labels and traffic splits of a running server",
+                   add_help=False)
+    sub.add_parser("predict", help="send one request from a JSON, .npy or image file and print the outputs",
                    add_help=False)
     ns = parser.parse_args(args)
     if ns.version:
