@@ -90,8 +90,8 @@ class Target:
 def _spec_from_json(raw: Mapping[str, Any]) -> Spec:
     shape_raw = raw.get("tensor_shape", {})
     shape = None if shape_raw.get("unknown_rank") else tuple(int(d.get("size", -1)) for d in shape_raw.get("dim", []))
-    return Spec(DType[raw.get("dtype", "DT_INVALID")] if raw.get("dtype", "DT_INVALID") in DType.__members__
-                else DType.DT_INVALID, shape)
+    # A type pyserving has no name for (a reference type, say) cannot be built from a file: DT_INVALID says so later.
+    return Spec(DType.__members__.get(raw.get("dtype", ""), DType.DT_INVALID), shape)
 
 
 def _pick(signatures: Mapping[str, Any], target: Target) -> Any:
@@ -226,6 +226,26 @@ def body_tensors(body: Mapping[str, Any], sig: SignatureInfo, input_name: str | 
     raise InputError('a JSON request body needs "instances" or "inputs" (TF Serving\'s REST format)')
 
 
+def body_signature(path: str) -> str | None:
+    """The signature_name of a JSON request body, which picks the signature whose metadata the file is read by."""
+    if not path.lower().endswith(".json") or not os.path.isfile(path) or os.path.getsize(path) > MAX_INPUT_BYTES:
+        return None  # read_input reports what is wrong with the file
+    try:
+        with open(path, encoding="utf-8") as f:
+            doc = json.load(f)
+    except (OSError, ValueError):
+        return None
+    name = doc.get("signature_name") if isinstance(doc, dict) else None
+    return str(name) if name else None
+
+
+def _signature(option: str | None, in_body: str | None) -> str:
+    if option and in_body and option != in_body:
+        raise InputError(f"--signature {option} but the request body names signature_name {in_body!r}: "
+                         "drop one of them")
+    return option or in_body or DEFAULT_SIGNATURE
+
+
 @dataclass
 class Request:
     body: dict[str, Any] | None
@@ -280,8 +300,7 @@ def _json_value(array: np.ndarray) -> Any:
 def predict_rest(url: str, target: Target, request: Request, sig: SignatureInfo, token: str | None,
                  timeout_s: float) -> dict[str, np.ndarray]:
     if request.body is not None:
-        body = dict(request.body)
-        body.setdefault("signature_name", target.signature)
+        body = {**request.body, "signature_name": target.signature}
     else:
         assert request.tensors is not None
         body = {"signature_name": target.signature,
@@ -326,8 +345,6 @@ def predict_grpc(address: str, target: Target, request: Request, sig: SignatureI
     tensors = request.tensors if request.tensors is not None else body_tensors(request.body or {}, sig, input_name)
     proto = PredictRequest()
     target.fill_spec(proto.model_spec)
-    if request.body and request.body.get("signature_name"):
-        proto.model_spec.signature_name = str(request.body["signature_name"])
     for alias, array in tensors.items():
         fill_proto(proto.inputs[alias], array, tensor_content=array.dtype != object)
     response = grpc_call(address, PREDICTION_SERVICE, "Predict", proto, PredictResponse, token=token,
@@ -391,7 +408,8 @@ def parser() -> argparse.ArgumentParser:
     )
     p.add_argument("--model", required=True, help="the model name")
     p.add_argument("--input", required=True, metavar="FILE", help=".json, .npy, .png, .jpg or .jpeg")
-    p.add_argument("--signature", default=DEFAULT_SIGNATURE, help="signature name (default serving_default)")
+    p.add_argument("--signature", help="signature name (default: a JSON body's signature_name, else "
+                                       "serving_default)")
     which = p.add_mutually_exclusive_group()
     which.add_argument("--version", type=int, help="a specific version (default: the one the server picks)")
     which.add_argument("--label", help="a version label, e.g. stable")
@@ -415,8 +433,9 @@ def main(argv: Sequence[str]) -> int:
         p.error("--timeout must be positive")
     if args.top_k < 0:
         p.error("--top_k must be 0 or more")
-    target = Target(args.model, args.version, args.label, args.signature)
     try:
+        signature = _signature(args.signature, body_signature(args.input))
+        target = Target(args.model, args.version, args.label, signature)
         labels = _labels(args.labels)
         if args.grpc:
             sig = metadata_grpc(args.grpc, target, args.token, args.timeout)

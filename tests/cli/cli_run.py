@@ -9,9 +9,10 @@ import sys
 ENV = {**os.environ, "PYTHONUNBUFFERED": "1", "TF_CPP_MIN_LOG_LEVEL": "3"}
 
 
-def pyserving(*args: object, timeout: float = 60) -> subprocess.CompletedProcess[str]:
+def pyserving(*args: object, timeout: float = 60, env: dict[str, str] | None = None
+              ) -> subprocess.CompletedProcess[str]:
     return subprocess.run([sys.executable, "-m", "pyserving", *map(str, args)], capture_output=True, text=True,
-                          timeout=timeout, env=ENV)
+                          timeout=timeout, env={**ENV, **(env or {})})
 
 
 def one_line_error(result: subprocess.CompletedProcess[str], prog: str) -> str:

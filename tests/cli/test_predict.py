@@ -102,6 +102,11 @@ def test_half_plus_two_from_json_and_npy(tf1_server: RunningServer, tmp_path: Pa
     regress = run_json("--model", "default", "--signature", "regress_x2_to_y3", "--input", tmp_path / "batch.npy",
                        "--grpc", tf1_server.grpc_target)
     assert regress["outputs"] == {"outputs": [[3.5], [4.0], [5.5]]}  # y3 = x2 / 2 + 3
+    # or named by the request body itself
+    (tmp_path / "named.json").write_text('{"signature_name": "regress_x2_to_y3", "inputs": [[1.0]]}')
+    for where in transports(tf1_server):
+        assert run_json("--model", "default", "--input", tmp_path / "named.json", *where)["outputs"] == {
+            "outputs": [[3.5]]}, where
 
 
 def test_images_are_resized_scaled_and_classified(colours: RunningServer, images: dict[str, Path]) -> None:
@@ -164,6 +169,9 @@ def test_errors_are_one_line(tf1_server: RunningServer, colours: RunningServer, 
     (tmp_path / "broken.png").write_bytes(b"\x89PNG not really")
     assert "not an image Pillow can read" in error("--model", "colours", "--input", tmp_path / "broken.png",
                                                    "--rest", colours.rest_url)
+    (tmp_path / "named.json").write_text('{"signature_name": "regress_x2_to_y3", "inputs": [[1.0]]}')
+    assert "--signature serving_default but the request body names signature_name 'regress_x2_to_y3'" in error(
+        "--model", "default", "--signature", "serving_default", "--input", tmp_path / "named.json", *rest)
     # the server's own refusal (a TF Serving error) comes back as its message
     (tmp_path / "short.json").write_text('{"inputs": {"nope": [1.0]}}')
     assert "HTTP 400" in error("--model", "default", "--input", tmp_path / "short.json", *rest)

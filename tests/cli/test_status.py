@@ -10,6 +10,7 @@ import requests
 
 from cli_run import one_line_error, pyserving
 from conftest import RunningServer, free_port, run_server
+from pyserving.cli.auth import new_key_line
 from pyserving.config.flags import server_options
 from pyserving.runtimes.memory import write_model
 
@@ -90,3 +91,27 @@ def test_errors_are_one_line(tf1_server: RunningServer) -> None:
         pyserving("status", "--rest", f"{tf1_server.rest_url}/elsewhere", "--model", "default"), PROG)
     usage = pyserving("status", "--grpc", tf1_server.grpc_target)
     assert usage.returncode == 2 and "--grpc needs --model" in usage.stderr
+
+
+def test_a_server_with_auth_takes_the_token(tmp_path: Path) -> None:
+    key = "k" * 43
+    write_model(str(tmp_path / "m" / "1"), {"signatures": SIGNATURES})
+    auth = tmp_path / "auth.config"
+    auth.write_text(new_key_line("operator", ["*:metadata", "m:predict"], key) + "\n")
+    (tmp_path / "x.json").write_text("[1.0, 2.0]")
+    config = tmp_path / "models.config"
+    config.write_text(f'model_config_list {{ config {{ name: "m" base_path: "{tmp_path / "m"}" '
+                      'model_platform: "memory" } }')
+    with run_server(server_options({"model_config_file": str(config), "auth_config_file": str(auth)})) as server:
+        assert "HTTP 401" in one_line_error(pyserving("status", "--rest", server.rest_url), PROG)
+        assert "UNAUTHENTICATED" in one_line_error(
+            pyserving("status", "--grpc", server.grpc_target, "--model", "m"), PROG)
+        for result in (pyserving("status", "--rest", server.rest_url, "--token", key),
+                       pyserving("status", "--grpc", server.grpc_target, "--model", "m",
+                                 env={"PYSERVING_TOKEN": key})):
+            assert result.returncode == 0, result.stderr
+            assert rows(result.stdout)[1] == ["m", "1", "AVAILABLE", "OK"]
+        for where in (["--rest", server.rest_url], ["--grpc", server.grpc_target]):
+            predicted = pyserving("predict", "--model", "m", "--input", tmp_path / "x.json", *where, "--token", key)
+            assert predicted.returncode == 0, predicted.stderr
+            assert predicted.stdout.splitlines() == ["outputs['y']: float32 shape (2,)", "  [1., 2.]"]
