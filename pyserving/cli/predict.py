@@ -201,7 +201,10 @@ def _b64_decoded(value: Any) -> Any:
     """TF Serving's {"b64": ...} values as bytes, for the gRPC request (REST sends them as they are)."""
     if isinstance(value, dict):
         if set(value) == {"b64"}:
-            return base64.b64decode(value["b64"])
+            try:
+                return base64.b64decode(str(value["b64"]), validate=True)
+            except ValueError as exc:
+                raise InputError(f"a \"b64\" value is not base64: {exc}") from None
         return {k: _b64_decoded(v) for k, v in value.items()}
     if isinstance(value, list):
         return [_b64_decoded(v) for v in value]
@@ -210,17 +213,22 @@ def _b64_decoded(value: Any) -> Any:
 
 def body_tensors(body: Mapping[str, Any], sig: SignatureInfo, input_name: str | None) -> dict[str, np.ndarray]:
     """A TF Serving REST body as the tensors gRPC sends (row format stacked per input)."""
+    def spec(alias: str) -> Spec:
+        if alias not in sig.inputs:
+            raise InputError(f"signature {sig.name} has no input {alias!r}; "
+                             f"its inputs: {', '.join(sorted(sig.inputs))}")
+        return sig.inputs[alias]
+
     if "instances" in body:
         rows = _b64_decoded(body["instances"])
-        if rows and all(isinstance(r, dict) for r in rows):
-            return {k: _as_dtype(k, [r.get(k) for r in rows], sig.inputs.get(k, Spec(DType.DT_FLOAT, None)))
-                    for k in rows[0]}
+        if isinstance(rows, list) and rows and all(isinstance(r, dict) for r in rows):
+            return {k: _as_dtype(k, [r.get(k) for r in rows], spec(k)) for k in rows[0]}
         alias = _only_input(sig, input_name)
         return {alias: _as_dtype(alias, rows, sig.inputs[alias])}
     if "inputs" in body:
         inputs = _b64_decoded(body["inputs"])
         if isinstance(inputs, dict):
-            return {k: _as_dtype(k, v, sig.inputs.get(k, Spec(DType.DT_FLOAT, None))) for k, v in inputs.items()}
+            return {k: _as_dtype(k, v, spec(k)) for k, v in inputs.items()}
         alias = _only_input(sig, input_name)
         return {alias: _as_dtype(alias, inputs, sig.inputs[alias])}
     raise InputError('a JSON request body needs "instances" or "inputs" (TF Serving\'s REST format)')

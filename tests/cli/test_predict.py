@@ -172,6 +172,11 @@ def test_errors_are_one_line(tf1_server: RunningServer, colours: RunningServer, 
     (tmp_path / "named.json").write_text('{"signature_name": "regress_x2_to_y3", "inputs": [[1.0]]}')
     assert "--signature serving_default but the request body names signature_name 'regress_x2_to_y3'" in error(
         "--model", "default", "--signature", "serving_default", "--input", tmp_path / "named.json", *rest)
-    # the server's own refusal (a TF Serving error) comes back as its message
-    (tmp_path / "short.json").write_text('{"inputs": {"nope": [1.0]}}')
-    assert "HTTP 400" in error("--model", "default", "--input", tmp_path / "short.json", *rest)
+    (tmp_path / "other.json").write_text('{"inputs": {"nope": [1.0]}}')
+    assert "signature serving_default has no input 'nope'; its inputs: x" in error(
+        "--model", "default", "--input", tmp_path / "other.json", *rest)
+    (tmp_path / "b64.json").write_text('{"instances": [{"b64": "%%%"}]}')
+    assert 'a "b64" value is not base64' in error("--model", "default", "--input", tmp_path / "b64.json", *rest)
+    # the server's own refusal (TF Serving's words) comes back as it is
+    assert "HTTP 404: Servable not found for request: Specific(default, 7)" in error(
+        "--model", "default", "--version", "7", "--input", good, *rest)

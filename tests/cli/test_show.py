@@ -183,3 +183,21 @@ def test_errors_are_one_line_without_a_traceback(testdata: Path, tmp_path: Path,
     assert result.returncode == 1
     assert message in result.stderr
     assert "Traceback" not in result.stderr and len(result.stderr.strip().splitlines()) == 1, result.stderr
+
+
+def test_python_model(tmp_path: Path) -> None:
+    (tmp_path / "1").mkdir()
+    (tmp_path / "1" / "model.py").write_text(
+        "class Model:\n"
+        "    signatures = {'serving_default': {\n"
+        "        'inputs': {'text': {'dtype': 'string', 'shape': [-1]}},\n"
+        "        'outputs': {'tokens': {'dtype': 'DT_INT64', 'shape': [-1, None]}}}}\n"
+        "    def predict(self, inputs):\n"
+        "        raise NotImplementedError\n")
+    result = pyserving_show("--dir", tmp_path, "--format", "json")  # a base path: its newest (only) version
+    assert result.returncode == 0, result.stderr
+    doc = json.loads(result.stdout)
+    assert doc["platform"] == "python"
+    sig = doc["meta_graphs"][0]["signature_def"]["serving_default"]
+    assert sig["inputs"]["text"]["dtype"] == "DT_STRING" and sig["inputs"]["text"]["shape"] == [-1]
+    assert sig["outputs"]["tokens"] == {"dtype": "DT_INT64", "shape": [-1, -1], "name": "tokens"}
