@@ -49,7 +49,8 @@ CASES += [(MODELS[0], ["--tag_set", "serve", "--signature_def", "classify_x_to_y
           (MODELS[0], ["--tag_set", "serve", "--list_ops"])]
 
 
-@pytest.mark.parametrize("model, flags", CASES)
+@pytest.mark.parametrize("model, flags", CASES,
+                         ids=[f"{'tf2' if 'tf2' in m else 'tf1'}:{' '.join(f) or 'tag-sets'}" for m, f in CASES])
 def test_show_matches_saved_model_cli_line_for_line(testdata: Path, model: str, flags: list[str]) -> None:
     version_dir = testdata / model / "00000123"
     theirs = run(SAVED_MODEL_CLI, "show", "--dir", version_dir, *flags)
