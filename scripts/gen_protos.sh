@@ -13,4 +13,5 @@ fi
 # -I . makes the import paths (and so the descriptor file names) repo-relative:
 # pyserving/codecs/tfserving/protos/x.proto, which cannot collide with TensorFlow's.
 "$PYTHON" -m grpc_tools.protoc -I . --python_out=. --pyi_out=. \
-  pyserving/codecs/tfserving/protos/*.proto pyserving/codecs/oip/protos/*.proto
+  pyserving/codecs/tfserving/protos/*.proto pyserving/codecs/oip/protos/*.proto \
+  pyserving/codecs/tfserving/view/*.proto

@@ -1,5 +1,5 @@
-"""`pyserving` command line: `pyserving serve [TF Serving flags]`, `pyserving doctor [serve flags]`, `pyserving auth
-new-key ...`.
+"""`pyserving` command line: `pyserving serve [TF Serving flags]`, `pyserving auth new-key ...`, and the operator
+tools (`doctor`, `show`, `status`, `predict`, ...): one module each, imported only when its command runs.
 
 Parses into ServerOptions and calls the server; nothing runs at import time and TensorFlow is imported only
 when a server actually starts.
@@ -8,11 +8,22 @@ when a server actually starts.
 from __future__ import annotations
 
 import argparse
+import importlib
 import sys
 from collections.abc import Sequence
 from importlib import metadata
 
 from pyserving import __version__
+
+
+# command -> (module under pyserving.cli with main(argv) -> int, help line)
+COMMANDS: dict[str, tuple[str, str]] = {
+    "doctor": ("doctor", "check a set-up before serving it (takes serve's flags; see `doctor --help`)"),
+    "auth": ("auth", "credentials for --auth_config_file (`auth new-key --name N --scope M:predict`)"),
+    "show": ("show", "a model's signatures, as `saved_model_cli show` prints them (`show --dir D --all`)"),
+    "status": ("status", "models, versions, states, labels and traffic splits of a running server"),
+    "predict": ("predict", "send one request from a JSON, .npy or image file and print the outputs"),
+}
 
 
 def _version_text() -> str:
@@ -52,14 +63,9 @@ def main(argv: Sequence[str] | None = None) -> int:
     args = list(sys.argv[1:] if argv is None else argv)
     if args and args[0] == "serve":
         return serve_main(args[1:])
-    if args and args[0] == "doctor":
-        from pyserving.cli.doctor import main as doctor_main
-
-        return doctor_main(args[1:])
-    if args and args[0] == "auth":
-        from pyserving.cli.auth import main as auth_main
-
-        return auth_main(args[1:])
+    if args and args[0] in COMMANDS:
+        module = importlib.import_module(f"pyserving.cli.{COMMANDS[args[0]][0]}")
+        return int(module.main(args[1:]))
     parser = argparse.ArgumentParser(
         prog="pyserving",
         description="A model server that speaks TensorFlow Serving's REST and gRPC APIs.",
@@ -68,10 +74,8 @@ def main(argv: Sequence[str] | None = None) -> int:
     sub = parser.add_subparsers(dest="command", metavar="COMMAND")
     sub.add_parser("serve", help="serve models (takes tensorflow_model_server's flags; see `serve --help`)",
                    add_help=False)
-    sub.add_parser("doctor", help="check a set-up before serving it (takes serve's flags; see `doctor --help`)",
-                   add_help=False)
-    sub.add_parser("auth", help="credentials for --auth_config_file (`auth new-key --name N --scope M:predict`)",
-                   add_help=False)
+    for name, (_, text) in COMMANDS.items():
+        sub.add_parser(name, help=text, add_help=False)
     ns = parser.parse_args(args)
     if ns.version:
         print(_version_text())
