@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import argparse
 import importlib
+import os
 import sys
 from collections.abc import Sequence
 from importlib import metadata
@@ -65,7 +66,11 @@ def main(argv: Sequence[str] | None = None) -> int:
         return serve_main(args[1:])
     if args and args[0] in COMMANDS:
         module = importlib.import_module(f"pyserving.cli.{COMMANDS[args[0]][0]}")
-        return int(module.main(args[1:]))
+        try:
+            return int(module.main(args[1:]))
+        except BrokenPipeError:  # `pyserving doctor | head`: the reader left, which is no error of ours
+            os.dup2(os.open(os.devnull, os.O_WRONLY), sys.stdout.fileno())  # Python's flush at exit would raise
+            return 0
     parser = argparse.ArgumentParser(
         prog="pyserving",
         description="A model server that speaks TensorFlow Serving's REST and gRPC APIs.",

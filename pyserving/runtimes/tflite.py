@@ -34,6 +34,7 @@ import numpy as np
 
 from pyserving.dtypes import DType
 from pyserving.errors import Code, ServingError
+from pyserving.observability.logs import quiet_framework
 from pyserving.options import RuntimeOptions
 from pyserving.runtimes.base import (DEFAULT_SIGNATURE, PREDICT_METHOD, RunFn, Signature, TensorSpec,
                                      missing_framework)
@@ -125,9 +126,13 @@ class TfLiteServable:
             raise ServingError(Code.NOT_FOUND,
                                f"Could not find {MODEL_FILE} at supplied export directory path: {path}.") from None
         self._threads = options.intra_op_parallelism if options.intra_op_parallelism > 0 else None
-        self._lite = _lite(path)
+        # The import (TensorFlow's notices) and the first interpreter (LiteRT's "Created TensorFlow Lite XNNPACK
+        # delegate" INFO line) write straight to stderr: logged at DEBUG instead, as TensorFlow's import is.
+        with quiet_framework("tflite"):
+            self._lite = _lite(path)
         try:
-            interpreter = self._new_interpreter()
+            with quiet_framework("tflite"):
+                interpreter = self._new_interpreter()
             sigdefs = _metadata_signature_defs(self._content, self._lite.schema)
         except Exception as exc:  # TFLite raises ValueError/RuntimeError for bad flatbuffers
             raise ServingError(Code.INVALID_ARGUMENT,
@@ -275,7 +280,8 @@ class TfLiteRuntime:
         of garbage collection (with neither installed, each TFLite model's load says what to install)."""
         for module in ("ai_edge_litert.interpreter", "tensorflow"):
             if importlib.util.find_spec(module.split(".")[0]) is not None:
-                importlib.import_module(module)
+                with quiet_framework(module):
+                    importlib.import_module(module)
                 return
 
     def load(self, path: str, options: RuntimeOptions) -> TfLiteServable:
