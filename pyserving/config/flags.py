@@ -40,6 +40,8 @@ FLAGS: tuple[Flag, ...] = (
     Flag("rest_api_enable_cors_support", bool, False, "add CORS headers to REST responses"),
     Flag("model_name", str, "default", "name of the model (single-model mode)"),
     Flag("model_base_path", str, "", "directory holding the model's numbered version directories"),
+    Flag("model_platform", str, "tensorflow", "single-model mode's model_platform: tensorflow, onnx, pytorch, "
+         "tflite, python, auto (by each version's files) ... (pyserving; TF Serving serves tensorflow only)"),
     Flag("model_config_file", str, "", "model_config_list text proto (multi-model mode)"),
     Flag("model_config_file_poll_wait_seconds", int, 0, "re-read --model_config_file every N seconds"),
     Flag("file_system_poll_wait_seconds", int, 1, "poll base paths for new versions every N seconds"),
@@ -215,12 +217,21 @@ def server_options(values: dict[str, Any], warnings: list[str] | None = None) ->
     if v["model_config_file"]:
         from pyserving.config.model_config import load_model_config_file
 
+        if v["model_platform"] != "tensorflow":
+            raise FlagError(f"--model_platform={v['model_platform']} applies to --model_base_path only: with "
+                            "--model_config_file, write model_platform in each model's config")
+
         try:
             models = tuple(load_model_config_file(v["model_config_file"]))
         except ValueError as exc:
             raise FlagError(f"--model_config_file={v['model_config_file']}: {exc}") from None
     else:
-        models = (ModelConfig(name=v["model_name"], base_path=os.path.abspath(os.path.expanduser(v["model_base_path"]))),)
+        from pyserving.platforms import PLATFORMS
+
+        if v["model_platform"] not in PLATFORMS:
+            raise FlagError(f"--model_platform={v['model_platform']}: use one of {', '.join(sorted(PLATFORMS))}")
+        models = (ModelConfig(name=v["model_name"], platform=v["model_platform"],
+                              base_path=os.path.abspath(os.path.expanduser(v["model_base_path"]))),)
     _non_negative(v, "max_num_load_retries", "num_load_threads", "num_request_iterations_for_warmup",
                   "num_tflite_pools", "num_tflite_interpreters_per_pool")
     batching = None

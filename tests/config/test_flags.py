@@ -120,3 +120,16 @@ def test_grpc_channel_arguments() -> None:
 def test_inconsistent_settings_are_errors(values: dict[str, object], message: str) -> None:
     with pytest.raises(FlagError, match=message):
         server_options(values)
+
+
+def test_model_platform_picks_the_single_models_runtime(tmp_path: Path) -> None:
+    values, warnings = parse_flags([f"--model_base_path={tmp_path}", "--model_platform=onnx"])
+    assert server_options(values, warnings).models[0].platform == "onnx"
+    values, warnings = parse_flags([f"--model_base_path={tmp_path}"])
+    assert server_options(values, warnings).models[0].platform == "tensorflow"  # TF Serving's only platform
+    with pytest.raises(FlagError, match="--model_platform=keras: use one of auto, memory, onnx"):
+        server_options(*parse_flags([f"--model_base_path={tmp_path}", "--model_platform=keras"]))
+    config = tmp_path / "models.config"
+    config.write_text(f'model_config_list {{ config {{ name: "m" base_path: "{tmp_path}" }} }}')
+    with pytest.raises(FlagError, match="applies to --model_base_path only"):
+        server_options(*parse_flags([f"--model_config_file={config}", "--model_platform=onnx"]))
