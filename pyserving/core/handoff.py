@@ -3,8 +3,8 @@
 `loop.run_in_executor` pays, per call, a `concurrent.futures.Future`, an asyncio Future chained to it with two
 callbacks, a `SimpleQueue.put` that wakes an idle worker thread (a futex wake and a GIL hand-over), and a
 `call_soon_threadsafe` that writes to the loop's self-pipe. For a model that answers in tens of microseconds that
-hand-off costs more than the model (measured on the small dense model: ~60 us of the event loop's wall time per
-request in the queue put alone, at concurrency 32).
+hand-off costs more than the model (cProfile of the small dense model's server at concurrency 32: the queue put
+was the loop's most expensive single call, GIL hand-over included).
 
 `ModelCalls` keeps its own queue of calls and runs them on the same executor's threads in "lanes": a lane is one
 executor task that runs queued calls back to back until the queue is empty. Under load, a call joins the queue
