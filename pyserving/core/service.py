@@ -21,6 +21,7 @@ from typing import Any, Protocol
 
 import numpy as np
 
+from pyserving.core.handoff import ModelCalls
 from pyserving.core.canary import ArmId, TrafficController, TrafficControllers
 from pyserving.core.ids import ServableId, ServableRequest
 from pyserving.core.manager import Lease, ModelManager
@@ -186,6 +187,23 @@ class _Held:
     arm: ArmId | None = None
 
 
+class _Expired(Exception):
+    """A model call's deadline passed before its answer came (a lane skips the call if it has not started)."""
+
+
+def _expire(call: asyncio.Future[Any]) -> None:
+    if not call.done():
+        call.set_exception(_Expired())
+
+
+def _deadline_exceeded(timeout_s: float) -> ServingError:
+    return ServingError(
+        Code.DEADLINE_EXCEEDED,
+        f"Deadline exceeded: the model did not answer within {timeout_s * 1000:.0f} ms. Raise the client's "
+        "deadline (REST: --rest_api_timeout_in_ms) or send smaller requests.",
+    )
+
+
 class _NoEvents:
     def on_runtime(self, model: str, api: str, seconds: float) -> None:
         pass
@@ -212,6 +230,7 @@ class InferenceService:
         runtime_latency with batching)."""
         self._manager = manager
         self._executor = executor
+        self._calls = ModelCalls(executor)
         self._method_name_check = method_name_check
         self._events: ServiceEvents = events or _NoEvents()
         self.traffic = TrafficControllers(manager.traffic_split, self._events.on_rollback)
@@ -320,23 +339,25 @@ class InferenceService:
     async def _await_model(
         self, lease: Lease, signature: str, inputs: Inputs, output_keys: Sequence[str], timeout_s: float | None
     ) -> dict[str, np.ndarray]:
-        future: Awaitable[dict[str, np.ndarray]]
-        if lease.batcher is not None:
-            future = lease.batcher.run(signature, inputs, output_keys)
-        else:
-            future = asyncio.get_running_loop().run_in_executor(
-                self._executor, lease.servable.run, signature, inputs, output_keys
-            )
+        if lease.batcher is None:
+            call = self._calls.run(lease.servable.run, signature, inputs, output_keys)
+            if timeout_s is None:
+                return await call
+            # A timer on the call's own future: asyncio.wait_for would wrap it in another future and task
+            timer = asyncio.get_running_loop().call_later(timeout_s, _expire, call)
+            try:
+                return await call
+            except _Expired:
+                raise _deadline_exceeded(timeout_s) from None
+            finally:
+                timer.cancel()
+        future = lease.batcher.run(signature, inputs, output_keys)
         if timeout_s is None:
             return await future
         try:
             return await asyncio.wait_for(future, timeout_s)
         except TimeoutError:
-            raise ServingError(
-                Code.DEADLINE_EXCEEDED,
-                f"Deadline exceeded: the model did not answer within {timeout_s * 1000:.0f} ms. Raise the client's "
-                "deadline (REST: --rest_api_timeout_in_ms) or send smaller requests.",
-            ) from None
+            raise _deadline_exceeded(timeout_s) from None
 
     # --- predict ----------------------------------------------------------------------------------------------
 

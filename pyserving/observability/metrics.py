@@ -168,6 +168,7 @@ class Metrics:
             registry=r,
         )
         self._request_children: dict[tuple[str, ...], tuple[Any, Any, Any]] = {}
+        self._runtime_children: dict[tuple[str, str], Any] = {}
         self._tfs = _TfServingCounters()
         r.register(self._tfs)
         ProcessCollector(registry=r)  # process_resident_memory_bytes, process_cpu_seconds_total, open fds
@@ -197,7 +198,11 @@ class Metrics:
             tfs_latency.observe(micros)
 
     def observe_runtime(self, *, model: str, api: str, seconds: float) -> None:
-        self.tfs_runtime_latency.labels(model, _TFS_API.get(api, api), "TF1").observe(seconds * 1e6)
+        child = self._runtime_children.get((model, api))
+        if child is None:  # labels() once per model and API, as for requests
+            child = self._runtime_children[(model, api)] = self.tfs_runtime_latency.labels(
+                model, _TFS_API.get(api, api), "TF1")
+        child.observe(seconds * 1e6)
 
     def observe_load(self, *, model: str, version: int, path: str, seconds: float, ok: bool) -> None:
         status = "success" if ok else "fail"

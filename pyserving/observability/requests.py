@@ -51,12 +51,15 @@ class RequestObserver:
 
     def __init__(self, metrics: Metrics | None, loggers: RequestLoggers | None = None) -> None:
         self.metrics = metrics
-        self._in_flight = {p: metrics.in_flight.labels(p) for p in ("rest", "grpc")} if metrics else {}
+        # Plain counts read at scrape time: a Gauge's inc()/dec() take a lock each, twice per request.
+        self._in_flight = {"rest": 0, "grpc": 0}
+        if metrics is not None:
+            for protocol in self._in_flight:
+                metrics.in_flight.labels(protocol).set_function(lambda p=protocol: self._in_flight[p])
         self.loggers = loggers if loggers is not None else RequestLoggers()
 
     def start(self, info: RequestInfo) -> None:
-        if self.metrics is not None:
-            self._in_flight[info.protocol].inc()
+        self._in_flight[info.protocol] += 1
 
     def failed(self, info: RequestInfo, version: int | None, signature: str) -> None:
         """What the service said of a failed request: the servable it had reached, if any."""
@@ -67,8 +70,7 @@ class RequestObserver:
 
     def finish(self, info: RequestInfo, code: str) -> None:
         latency_s = time.perf_counter() - info.started
-        if self.metrics is not None:
-            self._in_flight[info.protocol].dec()
+        self._in_flight[info.protocol] -= 1
         version = str(info.version) if info.version is not None else ""
         if self.metrics is not None:
             self.metrics.observe_request(

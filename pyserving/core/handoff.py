@@ -1,0 +1,133 @@
+"""Blocking model calls handed from the event loop to worker threads, cheaper per call than `run_in_executor`.
+
+`loop.run_in_executor` pays, per call, a `concurrent.futures.Future`, an asyncio Future chained to it with two
+callbacks, a `SimpleQueue.put` that wakes an idle worker thread (a futex wake and a GIL hand-over), and a
+`call_soon_threadsafe` that writes to the loop's self-pipe. For a model that answers in tens of microseconds that
+hand-off costs more than the model (cProfile of the small dense model's server at concurrency 32: the queue put
+was the loop's most expensive single call, GIL hand-over included).
+
+`ModelCalls` keeps its own queue of calls and runs them on the same executor's threads in "lanes": a lane is one
+executor task that runs queued calls back to back until the queue is empty. Under load, a call joins the queue
+and wakes nobody: a running lane picks it up. Answers go back in bulk: a lane appends to the loop's outbox and
+schedules one delivery callback for as many answers as arrive before the loop runs it. With one call in flight it
+costs what `run_in_executor` costs.
+
+Fairness with the executor's other work (batches of batching models share it): a lane gives its thread back after
+`LANE_CALLS` calls, queueing a fresh lane behind whatever else the executor has waiting.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import threading
+from collections import deque
+from collections.abc import Callable
+from concurrent.futures import Executor
+from typing import Any
+
+LANE_CALLS = 16
+"""Calls a lane runs before it yields its executor thread to other queued work."""
+DEFAULT_LANES = 4
+
+
+class _Outbox:
+    """Answers on their way back to one event loop, delivered by as few loop wake-ups as possible."""
+
+    __slots__ = ("loop", "answers", "scheduled")
+
+    def __init__(self, loop: asyncio.AbstractEventLoop) -> None:
+        self.loop = loop
+        self.answers: deque[tuple[asyncio.Future[Any], BaseException | None, Any]] = deque()
+        self.scheduled = False
+
+    def post(self, future: asyncio.Future[Any], error: BaseException | None, value: Any) -> None:
+        """From a worker thread. The answer is queued before the flag is read, and the loop clears the flag before
+        it drains: an answer is never left behind (at worst a delivery finds nothing to do)."""
+        self.answers.append((future, error, value))
+        if not self.scheduled:
+            self.scheduled = True
+            try:
+                self.loop.call_soon_threadsafe(self.deliver)
+            except RuntimeError:  # the loop is closed: nobody is waiting any more
+                pass
+
+    def deliver(self) -> None:
+        self.scheduled = False
+        answers = self.answers
+        while answers:
+            future, error, value = answers.popleft()
+            if future.done():  # cancelled meanwhile (client gone, deadline): the answer is nobody's
+                continue
+            if error is not None:
+                future.set_exception(error)
+            else:
+                future.set_result(value)
+
+
+class ModelCalls:
+    """Run `fn(*args)` on `executor`'s threads, at most `lanes` at once, and await the answer on the loop."""
+
+    def __init__(self, executor: Executor, lanes: int | None = None) -> None:
+        self._executor = executor
+        # A ThreadPoolExecutor's size is what --num_worker_threads asked for: as many model calls at once as before.
+        self._max_lanes = max(1, lanes or getattr(executor, "_max_workers", DEFAULT_LANES))
+        self._lanes = 0
+        self._lock = threading.Lock()
+        self._queue: deque[tuple[_Outbox, asyncio.Future[Any], Callable[..., Any], tuple[Any, ...]]] = deque()
+        self._outboxes: dict[asyncio.AbstractEventLoop, _Outbox] = {}
+
+    def run(self, fn: Callable[..., Any], *args: Any) -> asyncio.Future[Any]:
+        """On the event loop: queue the call; the future holds its answer (or its exception). A future cancelled
+        (or given an exception) before a lane reaches the call skips the call."""
+        loop = asyncio.get_running_loop()
+        outbox = self._outboxes.get(loop)
+        if outbox is None:
+            outbox = self._outboxes[loop] = _Outbox(loop)
+            for old in [lp for lp in self._outboxes if lp.is_closed()]:
+                del self._outboxes[old]
+        future = loop.create_future()
+        with self._lock:
+            self._queue.append((outbox, future, fn, args))
+            start = self._lanes < self._max_lanes
+            if start:
+                self._lanes += 1
+        if start:
+            try:
+                self._executor.submit(self._lane)
+            except RuntimeError:  # executor shut down (server stopping): refuse this call as run_in_executor would
+                with self._lock:
+                    self._lanes -= 1
+                    try:
+                        self._queue.remove((outbox, future, fn, args))
+                    except ValueError:  # a running lane took it already
+                        return future
+                raise
+        return future
+
+    def _lane(self) -> None:
+        ran = 0
+        while True:
+            with self._lock:
+                if not self._queue:
+                    self._lanes -= 1
+                    return
+                if ran >= LANE_CALLS:
+                    requeue = True
+                else:
+                    requeue = False
+                    outbox, future, fn, args = self._queue.popleft()
+            if requeue:
+                try:
+                    self._executor.submit(self._lane)  # the lane count stays: the fresh lane is this one
+                    return
+                except RuntimeError:  # executor shutting down: finish the queue on this thread
+                    ran = 0
+                    continue
+            ran += 1
+            if future.done():  # cancelled, or its deadline passed, before its turn: nobody waits for it
+                continue
+            try:
+                outbox.post(future, None, fn(*args))
+            except BaseException as exc:  # noqa: BLE001 - the caller's await re-raises it
+                outbox.post(future, exc, None)
+            del future, fn, args  # a lane idle in the executor must not keep big tensors alive
