@@ -21,8 +21,8 @@ from typing import Any, Protocol
 
 import numpy as np
 
-from pyserving.core.handoff import ModelCalls
 from pyserving.core.canary import ArmId, TrafficController, TrafficControllers
+from pyserving.core.handoff import ModelCalls
 from pyserving.core.ids import ServableId, ServableRequest
 from pyserving.core.manager import Lease, ModelManager
 from pyserving.core.routing import resolve
