@@ -172,3 +172,38 @@ def test_a_new_version_replaces_the_old(tmp_path: Path) -> None:
         wait_for(lambda: version_status(server, "m").get(1, ("",))[0] == "END")
         assert version_status(server, "m")[2][0] == "AVAILABLE"
         assert rest_predict(server, "m", {"inputs": {"x": [[1.0]]}}).json()["outputs"]["y"] == [[11.0]]
+
+
+def test_triton_clients_unchanged(tmp_path: Path) -> None:
+    """tritonclient (http with JSON and with binary tensors, grpc with raw contents) against an ONNX model:
+    liveness, readiness, metadata and inference, as a Triton server would answer them."""
+    grpcclient = pytest.importorskip("tritonclient.grpc")
+    httpclient = pytest.importorskip("tritonclient.http")
+    write_affine(tmp_path / "m" / "1")
+    x = np.array([[2.0], [8.0]], np.float32)
+    with run_server(onnx_options(tmp_path / "m")) as server:
+        http = httpclient.InferenceServerClient(server.rest_url.removeprefix("http://"), network_timeout=30)
+        try:
+            assert http.is_server_live() and http.is_server_ready() and http.is_model_ready("m")
+            metadata = http.get_model_metadata("m")
+            assert metadata["inputs"] == [{"name": "x", "datatype": "FP32", "shape": [-1, 1]}]
+            assert {o["name"]: o["datatype"] for o in metadata["outputs"]} == {"y": "FP32", "k": "INT64"}
+            for binary in (False, True):
+                inp = httpclient.InferInput("x", [2, 1], "FP32")
+                inp.set_data_from_numpy(x, binary_data=binary)
+                result = http.infer("m", [inp], outputs=[httpclient.InferRequestedOutput("y", binary_data=binary),
+                                                         httpclient.InferRequestedOutput("k", binary_data=binary)])
+                np.testing.assert_array_equal(result.as_numpy("y"), [[3.0], [6.0]])
+                np.testing.assert_array_equal(result.as_numpy("k"), [[3], [6]])
+        finally:
+            http.close()
+        client = grpcclient.InferenceServerClient(server.grpc_target)
+        try:
+            assert client.is_server_live() and client.is_model_ready("m")
+            assert [i.datatype for i in client.get_model_metadata("m").inputs] == ["FP32"]
+            inp = grpcclient.InferInput("x", [2, 1], "FP32")
+            inp.set_data_from_numpy(x)
+            result = client.infer("m", [inp], client_timeout=30)
+            np.testing.assert_array_equal(result.as_numpy("y"), [[3.0], [6.0]])
+        finally:
+            client.close()
