@@ -174,7 +174,7 @@ def main(out_dir: Path) -> int:
                 except grpc.RpcError as exc:
                     code, detail = exc.code(), exc.details()
                 check("a request past --per_process_gpu_memory_fraction fails alone with RESOURCE_EXHAUSTED",
-                      code == grpc.StatusCode.RESOURCE_EXHAUSTED, f"{code.name}: {detail[:300]}")
+                      code == grpc.StatusCode.RESOURCE_EXHAUSTED, f"{code.name}: {detail[:400]}")
             else:
                 checks["memory fraction"] = "skipped (no CUDA)"
             again = predict(request, timeout=60)

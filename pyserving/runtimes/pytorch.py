@@ -115,6 +115,17 @@ def _device(options: RuntimeOptions) -> Any:
     return device
 
 
+def _out_of_memory(exc: Exception) -> str:
+    """torch's out-of-memory line, or "". TorchScript re-raises a CUDA OutOfMemoryError as a RuntimeError holding
+    its own traceback, so the type alone does not tell."""
+    import torch
+
+    lines = str(exc).splitlines()
+    if isinstance(exc, torch.cuda.OutOfMemoryError):
+        return lines[0] if lines else "out of memory"
+    return next((line.strip() for line in lines if "CUDA out of memory" in line), "")
+
+
 class TorchServable:
     """One torch model in eval mode. Thread-safe: inference keeps no state in the module (torch runs forward
     from several threads at once), and `run` keeps none of its own."""
@@ -158,11 +169,12 @@ class TorchServable:
         try:
             with torch.inference_mode():
                 result = self._module(*args)
-        except torch.cuda.OutOfMemoryError as exc:
-            # this request (or this batch) needs more GPU memory than the cap leaves: retrying smaller can work
-            raise ServingError(Code.RESOURCE_EXHAUSTED, f"GPU out of memory running the torch model ({exc}); send "
-                               "fewer rows, or raise --per_process_gpu_memory_fraction") from None
         except Exception as exc:  # shapes the module refuses: the request's fault
+            oom = _out_of_memory(exc)
+            if oom:
+                # this request (or this batch) needs more GPU memory than the cap leaves: retrying smaller can work
+                raise ServingError(Code.RESOURCE_EXHAUSTED, f"GPU out of memory running the torch model ({oom}); "
+                                   "send fewer rows, or raise --per_process_gpu_memory_fraction") from None
             raise ServingError(Code.INVALID_ARGUMENT, f"{type(exc).__name__}: {exc}") from None
         names = list(sig.outputs)
         if isinstance(result, torch.Tensor):
