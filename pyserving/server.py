@@ -13,8 +13,12 @@ import gc
 import logging
 import os
 import signal
+import socket
 from collections.abc import Sequence
 from concurrent.futures import ThreadPoolExecutor
+from typing import Any
+
+from prometheus_client.exposition import choose_encoder
 
 from starlette.middleware.cors import CORSMiddleware
 from starlette.types import ASGIApp
@@ -39,6 +43,7 @@ from pyserving.frontends.rest.oip_v2 import V2_PATH, OipV2
 from pyserving.frontends.rest.openapi import OpenApiEndpoint
 from pyserving.frontends.rest.server import RestListener
 from pyserving.frontends.rest.tfserving_v1 import CORS_HEADERS, TfServingV1
+from pyserving.ipc.model_side import FrontendSupervisor, ModelEndpoint, SnapshotSource
 from pyserving.observability.gpu import add_gpu_metrics
 from pyserving.observability.metrics import Metrics
 from pyserving.observability.request_log import RequestLoggers
@@ -108,6 +113,8 @@ class Server:
         """Why the server is shutting down, once it is ("" until then): /readyz answers 503 with it."""
         self.grpc_port: int | None = None
         self.rest_port: int | None = None
+        self._frontends: FrontendSupervisor | None = None
+        self._reserved: list[socket.socket] = []
 
     # --- hooks handed to the layers -------------------------------------------------------------------------
 
@@ -135,11 +142,19 @@ class Server:
 
     # --- start and stop -------------------------------------------------------------------------------------
 
-    def _build_listeners(self) -> None:
+    _reuse_port = False
+    """Front-end processes bind the REST port with SO_REUSEPORT (gRPC sets it by default)."""
+
+    def _metrics_app(self) -> ASGIApp:
+        return metrics_app(self.metrics.registry)
+
+    def _build_listeners(self, *, transports: bool = True) -> None:
+        """The REST and gRPC listeners (unless not `transports`: the model process under front-end processes)
+        and the metrics port's."""
         opts = self.options
         ssl_context = server_ssl_context(opts.tls) if opts.tls is not None else None
         auth = self.authenticator
-        if opts.grpc_port or opts.grpc_socket_path:
+        if transports and (opts.grpc_port or opts.grpc_socket_path):
             self._grpc = GrpcListener(
                 PredictionServicer(self.service, tensor_content=opts.enable_serialization_as_tensor_content,
                                    observer=self.observer, max_decoded_bytes=opts.max_request_bytes or None),
@@ -157,8 +172,8 @@ class Server:
             )
         # TF Serving's CORS is a fixed `*`; a list of origins goes to starlette's CORS middleware instead.
         cors = CORS_HEADERS if opts.rest_api_enable_cors_support and not opts.cors_allowed_origins else {}
-        metrics = metrics_app(self.metrics.registry)
-        if opts.rest_api_port:
+        metrics = self._metrics_app()
+        if transports and opts.rest_api_port:
             if opts.rest_api_port == opts.grpc_port:
                 raise StartupError(f"--rest_api_port={opts.rest_api_port} is the same as the gRPC --port; give "
                                    "them different ports.")
@@ -179,7 +194,7 @@ class Server:
             self._rest = RestListener(
                 app, host=opts.host, port=opts.rest_api_port, what="REST", flag="--rest_api_port",
                 grace_s=opts.shutdown_grace_s, announce="Exporting HTTP/REST API at %s:%s", ssl_context=ssl_context,
-                limits=opts.http,
+                limits=opts.http, reuse_port=self._reuse_port,
             )
         if opts.metrics_port:
             # Like prometheus_client's own server (and TF Serving's users' scrape configs): metrics on any path.
@@ -209,21 +224,70 @@ class Server:
             await self.control.load_initial()
         except ServingError as exc:
             raise StartupError(exc.message) from None
-        self._build_listeners()
+        self._build_listeners(transports=not self.options.frontend_processes)
         for listener in (self._grpc, self._rest, self._metrics_listener):
             if listener is not None:
                 await listener.start()
+        if self.options.frontend_processes:
+            await self._start_frontends()
         if self._auth_watcher is not None:
             self._auth_watcher.start()
         elif self.options.host not in _LOOPBACK:
             log.warning("No --auth_config_file: anyone who can reach %s may call every model and reload the "
                         "configuration. Give an --auth_config_file (API keys or JWT) or bind --host=127.0.0.1.",
                         self.options.host)
-        self.grpc_port = self._grpc.port if self._grpc is not None else None
-        self.rest_port = self._rest.port if self._rest is not None else None
+        if not self.options.frontend_processes:
+            self.grpc_port = self._grpc.port if self._grpc is not None else None
+            self.rest_port = self._rest.port if self._rest is not None else None
         lifecycle = self.options.lifecycle
         self.control.start_polling(lifecycle.file_system_poll_wait_seconds,
                                    lifecycle.model_config_file_poll_wait_seconds)
+
+    async def _start_frontends(self) -> None:
+        """--frontend_processes=N: this process keeps the models; N front-end processes serve REST and gRPC on
+        the same ports (SO_REUSEPORT) and call it over shared memory. The ports are reserved here first (bound,
+        never listening: the kernel hands connections only to listening sockets), which also resolves port 0."""
+        opts = self.options
+        grpc_port = self._reserve(opts.grpc_port, "--port") if opts.grpc_port else 0
+        rest_port = self._reserve(opts.rest_api_port, "--rest_api_port") if opts.rest_api_port else 0
+
+        def observe(header: dict[str, Any]) -> None:
+            for protocol, delta in header["d"].items():
+                if delta:
+                    self.metrics.in_flight.labels(protocol).inc(delta)
+            for model, version, signature, api, protocol, code, latency_s in header["r"]:
+                self.metrics.observe_request(model=model, version=version, signature=signature, api=api,
+                                             protocol=protocol, code=code, latency_s=latency_s)
+
+        def metrics_body(accept: str) -> tuple[bytes, str]:
+            encoder, content_type = choose_encoder(accept)
+            return encoder(self.metrics.registry), content_type
+
+        self._frontends = FrontendSupervisor(
+            opts, opts.frontend_processes, SnapshotSource(self.manager, self.control, lambda: self.draining),
+            lambda: ModelEndpoint(self.service, self.control, observe, metrics_body), observe,
+            grpc_port=grpc_port, rest_port=rest_port,
+        )
+        try:
+            await self._frontends.start()
+        except TimeoutError as exc:
+            raise StartupError(f"Front-end processes: {exc}; see their log lines above.") from None
+        self.grpc_port, self.rest_port = grpc_port or None, rest_port or None
+        log.info("Serving REST and gRPC from %d front-end processes (pids %s) over this model process",
+                 opts.frontend_processes, ", ".join(map(str, self._frontends.pids)))
+
+    def _reserve(self, port: int, flag: str) -> int:
+        sock = socket.socket(socket.AF_INET6 if ":" in self.options.host else socket.AF_INET, socket.SOCK_STREAM)
+        sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+        sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEPORT, 1)
+        try:
+            sock.bind((self.options.host, port))
+        except OSError as exc:
+            sock.close()
+            raise StartupError(f"Cannot listen on {self.options.host}:{port} ({exc}). Is the port in use? Pick "
+                               f"another with {flag}.") from None
+        self._reserved.append(sock)
+        return sock.getsockname()[1]
 
     async def reload(self, models: Sequence[ModelConfig]) -> None:
         """Replace the model list (config reload); raises ServingError when a new model cannot be served."""
@@ -247,6 +311,8 @@ class Server:
         self.draining = reason
         if self._rest is not None:
             self._rest.drain()
+        if self._frontends is not None:
+            self._frontends.push_now()  # front ends turn not ready (health NOT_SERVING, Connection: close)
         if self.options.drain_delay_s > 0:
             log.info("Draining: /readyz answers 503; closing the listeners in %g s (--drain_delay_s)",
                      self.options.drain_delay_s)
@@ -255,8 +321,12 @@ class Server:
         waits = [asyncio.ensure_future(self._rest.stop())] if self._rest is not None else []
         if self._grpc is not None:
             waits.append(asyncio.ensure_future(self._grpc.stop(grace)))
+        if self._frontends is not None:
+            waits.append(asyncio.ensure_future(self._frontends.stop(grace)))
         if waits:
             await asyncio.wait(waits, timeout=grace + 5)
+        for sock in self._reserved:
+            sock.close()
         if self._metrics_listener is not None:  # scrapes see the drain through
             await self._metrics_listener.stop()
         if self._auth_watcher is not None:
