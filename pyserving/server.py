@@ -43,10 +43,12 @@ from pyserving.frontends.rest.oip_v2 import V2_PATH, OipV2
 from pyserving.frontends.rest.openapi import OpenApiEndpoint
 from pyserving.frontends.rest.server import RestListener
 from pyserving.frontends.rest.tfserving_v1 import CORS_HEADERS, TfServingV1
+from pyserving.ipc.channel import Channel
+from pyserving.ipc.client import decode_results
 from pyserving.ipc.model_side import FrontendSupervisor, ModelEndpoint, SnapshotSource
 from pyserving.observability.gpu import add_gpu_metrics
 from pyserving.observability.metrics import Metrics
-from pyserving.observability.request_log import RequestLoggers
+from pyserving.observability.request_log import LoggedRequest, RequestLoggers
 from pyserving.observability.requests import RequestObserver
 from pyserving.options import BatchingOptions, ModelConfig, ServerOptions
 from pyserving.runtimes.registry import get_runtime, prepare_runtime
@@ -259,13 +261,31 @@ class Server:
                 self.metrics.observe_request(model=model, version=version, signature=signature, api=api,
                                              protocol=protocol, code=code, latency_s=latency_s)
 
+        def request_log(h: dict[str, Any], channel: Channel, payload: memoryview) -> None:
+            logger = self.request_loggers.get(h["model"])
+            if logger is None:
+                return
+            tensors = {key: channel.decode_tensors(h[key], payload) if key in h else None
+                       for key in ("inputs", "outputs", "examples")}
+            examples = tensors["examples"]
+            logger.log(LoggedRequest(
+                model=h["model"], version=h["version"], signature=h["signature"], api=h["api"],
+                inputs=tensors["inputs"], outputs=tensors["outputs"],
+                examples=list(examples["x"].reshape(-1)) if examples is not None else None,
+                results=decode_results(channel, h["api"], h["results"], payload) if "results" in h else None,
+                latency_s=h["latency_s"], code=h["code"], protocol=h["protocol"], timestamp=h["timestamp"],
+                request_id=h["request_id"], principal=h["principal"],
+            ))
+
         def metrics_body(accept: str) -> tuple[bytes, str]:
             encoder, content_type = choose_encoder(accept)
             return encoder(self.metrics.registry), content_type
 
         self._frontends = FrontendSupervisor(
-            opts, opts.frontend_processes, SnapshotSource(self.manager, self.control, lambda: self.draining),
-            lambda: ModelEndpoint(self.service, self.control, observe, metrics_body), observe,
+            opts, opts.frontend_processes,
+            SnapshotSource(self.manager, self.control, lambda: self.draining,
+                           lambda name: self.request_loggers.get(name) is not None),
+            lambda: ModelEndpoint(self.service, self.control, observe, metrics_body, request_log), observe,
             grpc_port=grpc_port, rest_port=rest_port,
         )
         try:

@@ -74,10 +74,14 @@ class FrontendServer(Server):
         self._rest = None
         self._metrics_listener = None
         self._drained = False
+        self._drain_reason = ""
 
     @property  # type: ignore[override]
     def draining(self) -> str:
-        return self.link.not_ready_reason()
+        """Why /readyz answers 503 whatever the models' states ("" while it does not)."""
+        if not self.link.connected:
+            return "the model process is not reachable"
+        return self._drain_reason
 
     def _metrics_app(self) -> ASGIApp:
         return _RemoteMetrics(self.control)  # type: ignore[arg-type]
@@ -95,8 +99,10 @@ class FrontendServer(Server):
         if self._drained:
             return
         self._drained = True
+        # As in Server.stop: gRPC health first, so that no client sees /readyz 503 with health SERVING.
         if self._grpc is not None:
             await self._grpc.drain()
+        self._drain_reason = self.link.snapshot.draining or "the server is shutting down"
         if self._rest is not None:
             self._rest.drain()
 
@@ -129,11 +135,8 @@ async def run(options: ServerOptions, index: int, fds: Sequence[int]) -> None:
     loop.add_signal_handler(signal.SIGTERM, stop.set)
 
     async def follow_drain() -> None:
-        while not stop.is_set():
-            if link.not_ready_reason():
-                await server.drain()
-                return
-            await asyncio.sleep(0.05)
+        await link.draining.wait()
+        await server.drain()
 
     watching = asyncio.create_task(follow_drain())
     await asyncio.wait([reading, asyncio.ensure_future(stop.wait())], return_when=asyncio.FIRST_COMPLETED)

@@ -32,9 +32,9 @@ from pyserving.core.service import (
 from pyserving.core.states import VersionStatus
 from pyserving.errors import ServingError
 from pyserving.ipc.channel import Channel, Payload, error_from, unavailable
-from pyserving.ipc.model_side import decode_classes
+from pyserving.ipc.model_side import decode_classes, encode_classes
 from pyserving.ipc.state import Snapshot
-from pyserving.observability.requests import RequestInfo, RequestObserver
+from pyserving.observability.requests import LOGGED_APIS, RequestInfo, RequestObserver
 from pyserving.runtimes.base import Signature, find_signature
 
 import numpy as np
@@ -49,21 +49,20 @@ class ModelLink:
         self.channel: Channel | None = None
         self.snapshot = Snapshot()
         self.has_state = asyncio.Event()
+        self.draining = asyncio.Event()
+        """Set once the model process says the server is draining."""
 
     def on_push(self, header: dict[str, Any], payload: memoryview) -> None:
         if header.get("op") == "state":
             self.snapshot = Snapshot(orjson.loads(payload))
             self.has_state.set()
+            if self.snapshot.draining:
+                self.draining.set()
 
     @property
     def connected(self) -> bool:
         return self.channel is not None and not self.channel.closed
 
-    def not_ready_reason(self) -> str:
-        """Why /readyz is 503 regardless of the models ("" when it is not)."""
-        if not self.connected:
-            return "the model process is not reachable"
-        return self.snapshot.draining
 
     async def call(self, header: dict[str, Any], payload: Payload) -> tuple[dict[str, Any], memoryview]:
         channel = self.channel
@@ -235,4 +234,61 @@ class RemoteObserver(RequestObserver):
         self._done.append([info.model, str(info.version) if info.version is not None else "", info.signature,
                            info.api, info.protocol, code, latency_s])
         self._schedule()
-        super().finish(info, code)  # its request log line at DEBUG (metrics are None here)
+        if info.api in LOGGED_APIS and info.model in self._link.snapshot.logged:
+            self._send_log(info, code, latency_s)
+        super().finish(info, code)  # its request log line at DEBUG (metrics and request logs are elsewhere)
+
+    def _send_log(self, info: RequestInfo, code: str, latency_s: float) -> None:
+        """The request's payloads to the model process, which writes the model's request log (one writer per
+        file) and samples it."""
+        channel = self._link.channel
+        if channel is None or channel.closed:
+            return
+        payload: Payload = []
+        header: dict[str, Any] = {
+            "op": "log", "model": info.model, "version": info.version or 0, "signature": info.signature,
+            "api": info.api, "latency_s": latency_s, "code": code, "protocol": info.protocol,
+            "timestamp": info.arrived, "request_id": info.request_id, "principal": info.principal,
+        }
+        if info.inputs is not None:
+            header["inputs"] = channel.encode_tensors(info.inputs, payload)
+        if info.outputs is not None:
+            header["outputs"] = channel.encode_tensors(info.outputs, payload)
+        if info.examples is not None:
+            header["examples"] = _examples_meta(channel, info.examples, payload)
+        if info.results is not None:
+            header["results"] = encode_results(channel, info.api, info.results, payload)
+        try:
+            channel.send(header, payload)
+        except ServingError:
+            pass
+
+
+def _examples_meta(channel: Channel, examples: Sequence[bytes], payload: Payload) -> list[Any]:
+    array = np.empty(len(examples), dtype=object)
+    array[:] = list(examples)
+    return channel.encode_tensors({"x": array}, payload)
+
+
+def _result(channel: Channel, result: Any, payload: Payload) -> list[Any]:
+    if result is None:
+        return ["n", None]
+    if result and isinstance(result[0], list):
+        return ["c", encode_classes(channel, result, payload)]
+    return ["r", list(result)]
+
+
+def encode_results(channel: Channel, api: str, results: Any, payload: Payload) -> list[Any]:
+    if api == "multi_inference":
+        return [[signature, method, _result(channel, result, payload)] for signature, method, result in results]
+    return _result(channel, results, payload)
+
+
+def decode_results(channel: Channel, api: str, data: Any, payload: memoryview) -> Any:
+    def one(item: list[Any]) -> Any:
+        kind, value = item
+        return None if kind == "n" else decode_classes(channel, value, payload) if kind == "c" else value
+
+    if api == "multi_inference":
+        return [(signature, method, one(item)) for signature, method, item in data]
+    return one(data)

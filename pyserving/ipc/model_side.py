@@ -73,7 +73,10 @@ class ModelEndpoint:
     """Answers one front end's calls with the model process's service and control plane."""
 
     def __init__(self, service: InferenceService, control: ControlPlane, observe: Callable[[dict[str, Any]], None],
-                 metrics_body: Callable[[str], tuple[bytes, str]]) -> None:
+                 metrics_body: Callable[[str], tuple[bytes, str]],
+                 request_log: Callable[[dict[str, Any], Channel, memoryview], None] | None = None) -> None:
+        """`request_log(header, channel, payload)` writes a front end's request to its model's request log."""
+        self._request_log = request_log
         self._service = service
         self._control = control
         self._observe = observe
@@ -87,6 +90,8 @@ class ModelEndpoint:
             for protocol, delta in header["d"].items():
                 self.in_flight[protocol] = self.in_flight.get(protocol, 0) + delta
             self._observe(header)
+        elif header.get("op") == "log" and self._request_log is not None and self.channel is not None:
+            self._request_log(header, self.channel, payload)
 
     async def handle(self, h: dict[str, Any], payload: memoryview) -> tuple[dict[str, Any], Payload]:
         ch = self.channel
@@ -134,7 +139,10 @@ class ModelEndpoint:
 class SnapshotSource:
     """Builds the snapshot front ends answer from; signatures are read once per loaded version."""
 
-    def __init__(self, manager: ModelManager, control: ControlPlane, draining: Callable[[], str]) -> None:
+    def __init__(self, manager: ModelManager, control: ControlPlane, draining: Callable[[], str],
+                 logged: Callable[[str], bool] = lambda name: False) -> None:
+        """`logged(name)`: whether the model has a request log (front ends then send their requests' payloads)."""
+        self._logged = logged
         self._manager = manager
         self._control = control
         self._draining = draining
@@ -171,7 +179,7 @@ class SnapshotSource:
         for sid in [s for s in self._signatures if s not in live]:
             del self._signatures[sid]
         return orjson.dumps({"models": models, "unready": self._control.unready_models(),
-                             "draining": self._draining()})
+                             "draining": self._draining(), "logged": [n for n in models if self._logged(n)]})
 
 
 @dataclass

@@ -86,10 +86,12 @@ class Snapshot:
     """The front end's view of the models, answering as ModelManager would."""
 
     def __init__(self, data: Mapping[str, Any] | None = None) -> None:
-        data = data or {"models": {}, "unready": {}, "draining": ""}
+        data = data or {"models": {}, "unready": {}, "draining": "", "logged": []}
         self.models = {name: ModelState(name, m) for name, m in data["models"].items()}
         self.unready: dict[str, str] = dict(data["unready"])
         self.draining: str = data["draining"]
+        self.logged = frozenset(data["logged"])
+        """Models with a request log (written by the model process)."""
 
     def pick(self, request: ServableRequest) -> ServableId:
         """The AVAILABLE version `request` means, or ModelManager.lease's error for it."""
