@@ -3,6 +3,7 @@ processes), called over real sockets with requests and gRPC stubs."""
 
 from __future__ import annotations
 
+import json
 import re
 import signal
 import threading
@@ -19,11 +20,17 @@ import pytest
 import requests
 from conftest import GRPC_OPTIONS, TESTDATA, free_port, serve_subprocess
 
+from google.protobuf import text_format
+
 from pyserving.codecs.tfserving.protos import get_model_metadata_pb2, predict_pb2
+from pyserving.codecs.tfserving.protos.model_management_pb2 import ReloadConfigRequest, ReloadConfigResponse
 from pyserving.codecs.tfserving.tensor import fill_proto, to_ndarray
+from pyserving.runtimes.memory import write_model
 
 MODEL = TESTDATA / "saved_model_half_plus_two_cpu"
 METRICS_PATH = "/monitoring/prometheus/metrics"
+SIGNATURES = {"serving_default": {"inputs": {"x": {"dtype": "DT_FLOAT", "shape": [-1]}},
+                                  "outputs": {"y": {"dtype": "DT_FLOAT", "shape": [-1]}}}}
 PREDICT = "/tensorflow.serving.PredictionService/Predict"
 METADATA = "/tensorflow.serving.PredictionService/GetModelMetadata"
 
@@ -53,10 +60,13 @@ class Tree:
 
 @contextmanager
 def serve_tree(tmp: Path, *extra: str) -> Iterator[Tree]:
+    """The server with two front ends; "default" is half_plus_two unless `extra` gives a --model_config_file."""
     grpc_port, rest_port = free_port(), free_port()
     (tmp / "monitoring.txt").write_text(f'prometheus_config {{ enable: true, path: "{METRICS_PATH}" }}\n')
-    flags = [f"--port={grpc_port}", f"--rest_api_port={rest_port}", "--host=127.0.0.1", "--model_name=default",
-             f"--model_base_path={MODEL}", "--frontend_processes=2", "--file_system_poll_wait_seconds=0",
+    models = [] if any(f.startswith("--model_config_file") for f in extra) else [
+        "--model_name=default", f"--model_base_path={MODEL}"]
+    flags = [f"--port={grpc_port}", f"--rest_api_port={rest_port}", "--host=127.0.0.1", *models,
+             "--frontend_processes=2", "--file_system_poll_wait_seconds=0",
              f"--monitoring_config_file={tmp / 'monitoring.txt'}", *extra]
     rest = f"http://127.0.0.1:{rest_port}"
     ready = lambda: requests.get(f"{rest}/readyz", timeout=2).status_code == 200  # noqa: E731
@@ -201,9 +211,47 @@ def test_killed_frontend_fails_only_its_requests_and_comes_back(tree: Tree) -> N
     assert answers == [200] * 20
 
 
-def test_sigterm_drains_the_whole_server(tmp_path: Path) -> None:
-    with serve_tree(tmp_path, "--drain_delay_s=2") as running:
+def test_v2_predict_through_the_model_process(tree: Tree) -> None:
+    answer = requests.post(f"{tree.rest}/v2/models/default/infer", timeout=5, json={
+        "inputs": [{"name": "x", "shape": [2], "datatype": "FP32", "data": [1.0, 3.0]}]})
+    assert answer.status_code == 200, answer.text
+    assert answer.json()["outputs"][0]["data"] == [2.5, 3.5]
+    assert requests.get(f"{tree.rest}/v2/health/ready", timeout=5).status_code == 200
+
+
+def _reload(target: str, config: str) -> ReloadConfigResponse:
+    request = ReloadConfigRequest()
+    text_format.Parse(config, request.config)
+    with grpc.insecure_channel(target) as channel:
+        call = channel.unary_unary("/tensorflow.serving.ModelService/HandleReloadConfigRequest",
+                                   request_serializer=ReloadConfigRequest.SerializeToString,
+                                   response_deserializer=ReloadConfigResponse.FromString)
+        return call(request, timeout=60)
+
+
+def test_reload_request_log_and_sigterm_act_on_the_whole_server(tmp_path: Path) -> None:
+    """A config reload sent to a front end reaches the model process and every front end sees its result; the
+    model process writes the request log of requests served by both front ends; SIGTERM drains them all."""
+    logs = tmp_path / "requests"
+    logged = (f'config {{ name: "default" base_path: "{MODEL}" logging_config {{ sampling_config {{ sampling_rate: '
+              f'1.0 }} log_collector_config {{ type: "jsonl" filename_prefix: "{logs}" }} }} }}')
+    (tmp_path / "models.config").write_text(f"model_config_list {{ {logged} }}\n")
+    with serve_tree(tmp_path, "--drain_delay_s=2", f"--model_config_file={tmp_path / 'models.config'}") as running:
         frontends = running.frontends()
+        for i in range(10):
+            assert requests.post(f"{running.rest}/v1/models/default:predict", json={"instances": [float(i)]},
+                                 headers={"Connection": "close"}, timeout=5).status_code == 200
+        response = _reload(running.grpc_target, f'model_config_list {{ {logged} config {{ name: "other" '
+                                                f'base_path: "{MODEL}" }} }}')
+        assert response.status.error_code == 0, response.status.error_message
+        deadline = time.monotonic() + 30
+        while requests.post(f"{running.rest}/v1/models/other:predict", json={"instances": [1.0]},
+                            headers={"Connection": "close"}, timeout=5).status_code != 200:
+            assert time.monotonic() < deadline, "the reloaded model never reached the front ends"
+            time.sleep(0.1)
+        for _ in range(6):  # both front ends know it (a new connection lands on either)
+            other = requests.get(f"{running.rest}/v1/models/other", headers={"Connection": "close"}, timeout=5)
+            assert other.json()["model_version_status"][0]["state"] == "AVAILABLE"
         session = requests.Session()
         assert session.get(f"{running.rest}/readyz", timeout=5).status_code == 200
         running.process.send_signal(signal.SIGTERM)
@@ -216,3 +264,31 @@ def test_sigterm_drains_the_whole_server(tmp_path: Path) -> None:
         assert running.process.wait(30) == 0
         for frontend in frontends:
             assert not frontend.is_running() or frontend.status() == psutil.STATUS_ZOMBIE
+    lines = [json.loads(line) for path in tmp_path.glob("requests*.jsonl") for line in path.read_text().splitlines()]
+    inputs = sorted(line["inputs"]["x"][0] for line in lines if line["model"] == "default")
+    assert inputs == sorted([float(i) for i in range(10)] + [1.0] * 4)  # one log, every front end's requests
+
+
+def test_front_ends_follow_the_model_process_out(tmp_path: Path) -> None:
+    """The model process SIGKILLed while a slow request is in flight: that request fails 503 with a message saying
+    why, and the front ends exit (they cannot serve without it, and must not keep the ports)."""
+    write_model(str(tmp_path / "slow" / "1"), {"signatures": SIGNATURES, "function": "affine", "scale": 1.0,
+                                                 "offset": 0.0, "delay_ms": 3000})
+    (tmp_path / "models.config").write_text(
+        f'model_config_list {{ config {{ name: "slow" base_path: "{tmp_path / "slow"}" model_platform: "memory" }} }}\n')
+    with serve_tree(tmp_path, f"--model_config_file={tmp_path / 'models.config'}") as running:
+        frontends = running.frontends()
+        answers: list[requests.Response] = []
+        held = threading.Thread(target=lambda: answers.append(requests.post(
+            f"{running.rest}/v1/models/slow:predict", json={"instances": [1.0]}, timeout=30)))
+        held.start()
+        time.sleep(1)
+        running.process.kill()
+        held.join(30)
+        assert answers[0].status_code == 503
+        assert answers[0].json() == {"error": "The model process is not reachable (it exited or is restarting). "
+                                              "Retry the request shortly."}
+        gone, alive = psutil.wait_procs(frontends, timeout=30)
+        assert not alive
+        with pytest.raises(requests.ConnectionError):
+            running.predict([1.0], timeout=5)
