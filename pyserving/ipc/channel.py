@@ -99,6 +99,9 @@ class Channel:
         self._loop = asyncio.get_running_loop()
         self._tasks: set[asyncio.Task[None]] = set()
         self.closed = False
+        self.before_send: Callable[[dict[str, Any]], None] | None = None
+        """Adds to each outgoing header what may ride along (request observations: fewer frames, fewer
+        wake-ups of the peer)."""
 
     # --- tensors ----------------------------------------------------------------------------------------------
 
@@ -176,6 +179,8 @@ class Channel:
         if self._done_with:
             done, self._done_with = self._done_with, []
             header["f"] = done
+        if self.before_send is not None:
+            self.before_send(header)
         head = orjson.dumps(header)
         size = len(head) + sum(len(p) if isinstance(p, bytes) else p.nbytes for p in payload)
         self._writer.writelines([_PREFIX.pack(size, len(head)), head, *payload])
@@ -205,6 +210,8 @@ class Channel:
                 payload = memoryview(body)[head_len:]
                 for off in header.get("f", ()):
                     self._out.free(off)
+                if "obs" in header and self._on_push is not None:
+                    self._on_push({"op": "obs", **header["obs"]}, payload)
                 self._dispatch(header, payload)
         except (asyncio.IncompleteReadError, ConnectionError, OSError):
             pass
@@ -214,7 +221,7 @@ class Channel:
     def _dispatch(self, header: dict[str, Any], payload: memoryview) -> None:
         call_id = header.get("id")
         op = header.get("op")
-        if op is None:
+        if op is None or op == "obs":
             if call_id is not None:  # an answer
                 future = self._calls.get(call_id)
                 if future is not None and not future.done():

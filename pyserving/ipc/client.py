@@ -199,28 +199,39 @@ class RemoteControl:
 
 class RemoteObserver(RequestObserver):
     """Sends each request's count and latency to the model process, which owns the metrics: one scrape sees every
-    front end's requests once. Observations are batched per event-loop turn."""
+    front end's requests once. Observations ride on the next frame to the model process (under load, the next
+    request's), or go on their own within FLUSH_S."""
+
+    FLUSH_S = 0.02
 
     def __init__(self, link: ModelLink) -> None:
         super().__init__(None)
         self._link = link
         self._in_flight_delta = {"rest": 0, "grpc": 0}
         self._done: list[list[Any]] = []
-        self._scheduled = False
+        self._timer: asyncio.TimerHandle | None = None
+        self._attached: Channel | None = None
+
+    def _attach(self, header: dict[str, Any]) -> None:
+        """Channel.before_send: hand over what is pending."""
+        if self._done or self._in_flight_delta["rest"] or self._in_flight_delta["grpc"]:
+            header["obs"] = {"d": self._in_flight_delta, "r": self._done}
+            self._in_flight_delta, self._done = {"rest": 0, "grpc": 0}, []
 
     def _schedule(self) -> None:
-        if not self._scheduled:
-            self._scheduled = True
-            asyncio.get_running_loop().call_soon(self._flush)
+        channel = self._link.channel
+        if channel is not None and self._attached is not channel:
+            channel.before_send = self._attach
+            self._attached = channel
+        if self._timer is None:
+            self._timer = asyncio.get_running_loop().call_later(self.FLUSH_S, self._flush)
 
     def _flush(self) -> None:
-        self._scheduled = False
+        self._timer = None
         channel = self._link.channel
-        done, self._done = self._done, []
-        delta, self._in_flight_delta = self._in_flight_delta, {"rest": 0, "grpc": 0}
-        if channel is not None and not channel.closed:
+        if channel is not None and not channel.closed and (self._done or any(self._in_flight_delta.values())):
             try:
-                channel.send({"op": "obs", "d": delta, "r": done}, [])
+                channel.send({"op": "obs"}, [])  # before_send fills it in
             except ServingError:
                 pass
 
