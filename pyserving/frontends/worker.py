@@ -12,6 +12,7 @@ from __future__ import annotations
 import argparse
 import asyncio
 import dataclasses
+import gc
 import logging
 import os
 import pickle
@@ -129,6 +130,10 @@ async def run(options: ServerOptions, index: int, fds: Sequence[int]) -> None:
         return
     server = FrontendServer(options, link)
     await server.start()
+    # As in the model process (Server.start): what is imported by now lives as long as the process; keep the
+    # cyclic GC from rescanning it on every collection.
+    gc.collect()
+    gc.freeze()
     channel.send({"op": "listening"}, [])
     loop = asyncio.get_running_loop()
     stop = asyncio.Event()
