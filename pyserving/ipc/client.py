@@ -199,17 +199,16 @@ class RemoteControl:
 
 class RemoteObserver(RequestObserver):
     """Sends each request's count and latency to the model process, which owns the metrics: one scrape sees every
-    front end's requests once. Observations ride on the next frame to the model process (under load, the next
-    request's), or go on their own within FLUSH_S."""
-
-    FLUSH_S = 0.02
+    front end's requests once. A request's start rides on its call to the model process; its end goes at the end
+    of the event-loop turn (with every other end of that turn), before the answer reaches the client, so that a
+    scrape made after an answer counts it."""
 
     def __init__(self, link: ModelLink) -> None:
         super().__init__(None)
         self._link = link
         self._in_flight_delta = {"rest": 0, "grpc": 0}
         self._done: list[list[Any]] = []
-        self._timer: asyncio.TimerHandle | None = None
+        self._scheduled = False
         self._attached: Channel | None = None
 
     def _attach(self, header: dict[str, Any]) -> None:
@@ -223,11 +222,12 @@ class RemoteObserver(RequestObserver):
         if channel is not None and self._attached is not channel:
             channel.before_send = self._attach
             self._attached = channel
-        if self._timer is None:
-            self._timer = asyncio.get_running_loop().call_later(self.FLUSH_S, self._flush)
+        if not self._scheduled:
+            self._scheduled = True
+            asyncio.get_running_loop().call_soon(self._flush)
 
     def _flush(self) -> None:
-        self._timer = None
+        self._scheduled = False
         channel = self._link.channel
         if channel is not None and not channel.closed and (self._done or any(self._in_flight_delta.values())):
             try:

@@ -82,6 +82,7 @@ class ModelEndpoint:
         self._observe = observe
         self._metrics_body = metrics_body
         self.channel: Channel | None = None
+        self.after_reload: Callable[[], None] | None = None
         self.in_flight = {"rest": 0, "grpc": 0}
         """This front end's requests in flight as the model process counted them (taken back if it dies)."""
 
@@ -128,7 +129,12 @@ class ModelEndpoint:
             r = await self._service.regress(request)
             return {"v": r.servable.version, "s": r.signature_name, "r": r.values}, out
         if op == "reload":
-            await self._control.reload_text(h["text"])
+            try:
+                await self._control.reload_text(h["text"])
+            finally:
+                # Every front end hears the new model list before the caller hears the reload is done.
+                if self.after_reload is not None:
+                    self.after_reload()
             return {}, out
         if op == "metrics":
             body, content_type = self._metrics_body(h["accept"])
@@ -251,6 +257,7 @@ class FrontendSupervisor:
         process.stdin.close()
         reader, writer = await asyncio.open_unix_connection(sock=ours)
         endpoint = slot.endpoint = self._endpoint()
+        endpoint.after_reload = self.push_now
         slot.channel = endpoint.channel = Channel(reader, writer, out_arena, in_arena, handler=endpoint.handle,
                                                   on_push=self._started_or(slot, endpoint))
         slot.sent = b""
