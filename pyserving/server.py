@@ -16,9 +16,6 @@ import signal
 import socket
 from collections.abc import Sequence
 from concurrent.futures import ThreadPoolExecutor
-from typing import Any
-
-from prometheus_client.exposition import choose_encoder
 
 from starlette.middleware.cors import CORSMiddleware
 from starlette.types import ASGIApp
@@ -43,12 +40,10 @@ from pyserving.frontends.rest.oip_v2 import V2_PATH, OipV2
 from pyserving.frontends.rest.openapi import OpenApiEndpoint
 from pyserving.frontends.rest.server import RestListener
 from pyserving.frontends.rest.tfserving_v1 import CORS_HEADERS, TfServingV1
-from pyserving.ipc.channel import Channel
-from pyserving.ipc.client import decode_results
-from pyserving.ipc.model_side import FrontendSupervisor, ModelEndpoint, SnapshotSource
+from pyserving.ipc.model_side import FrontendSupervisor, ModelEndpoint, ModelProcessRecords, SnapshotSource, reserve_port
 from pyserving.observability.gpu import add_gpu_metrics
 from pyserving.observability.metrics import Metrics
-from pyserving.observability.request_log import LoggedRequest, RequestLoggers
+from pyserving.observability.request_log import RequestLoggers
 from pyserving.observability.requests import RequestObserver
 from pyserving.options import BatchingOptions, ModelConfig, ServerOptions
 from pyserving.runtimes.registry import get_runtime, prepare_runtime
@@ -250,43 +245,20 @@ class Server:
         the same ports (SO_REUSEPORT) and call it over shared memory. The ports are reserved here first (bound,
         never listening: the kernel hands connections only to listening sockets), which also resolves port 0."""
         opts = self.options
-        grpc_port = self._reserve(opts.grpc_port, "--port") if opts.grpc_port else 0
-        rest_port = self._reserve(opts.rest_api_port, "--rest_api_port") if opts.rest_api_port else 0
-
-        def observe(header: dict[str, Any]) -> None:
-            for protocol, delta in header["d"].items():
-                if delta:
-                    self.metrics.in_flight.labels(protocol).inc(delta)
-            for model, version, signature, api, protocol, code, latency_s in header["r"]:
-                self.metrics.observe_request(model=model, version=version, signature=signature, api=api,
-                                             protocol=protocol, code=code, latency_s=latency_s)
-
-        def request_log(h: dict[str, Any], channel: Channel, payload: memoryview) -> None:
-            logger = self.request_loggers.get(h["model"])
-            if logger is None:
-                return
-            tensors = {key: channel.decode_tensors(h[key], payload) if key in h else None
-                       for key in ("inputs", "outputs", "examples")}
-            examples = tensors["examples"]
-            logger.log(LoggedRequest(
-                model=h["model"], version=h["version"], signature=h["signature"], api=h["api"],
-                inputs=tensors["inputs"], outputs=tensors["outputs"],
-                examples=list(examples["x"].reshape(-1)) if examples is not None else None,
-                results=decode_results(channel, h["api"], h["results"], payload) if "results" in h else None,
-                latency_s=h["latency_s"], code=h["code"], protocol=h["protocol"], timestamp=h["timestamp"],
-                request_id=h["request_id"], principal=h["principal"],
-            ))
-
-        def metrics_body(accept: str) -> tuple[bytes, str]:
-            encoder, content_type = choose_encoder(accept)
-            return encoder(self.metrics.registry), content_type
-
+        grpc_port = rest_port = 0
+        if opts.grpc_port:
+            self._reserved.append(reserve_port(opts.host, opts.grpc_port, "--port"))
+            grpc_port = self._reserved[-1].getsockname()[1]
+        if opts.rest_api_port:
+            self._reserved.append(reserve_port(opts.host, opts.rest_api_port, "--rest_api_port"))
+            rest_port = self._reserved[-1].getsockname()[1]
+        records = ModelProcessRecords(self.metrics, self.request_loggers)
         self._frontends = FrontendSupervisor(
-            opts, opts.frontend_processes,
-            SnapshotSource(self.manager, self.control, lambda: self.draining,
-                           lambda name: self.request_loggers.get(name) is not None),
-            lambda: ModelEndpoint(self.service, self.control, observe, metrics_body, request_log), observe,
-            grpc_port=grpc_port, rest_port=rest_port,
+            opts, opts.frontend_processes, SnapshotSource(self.manager, self.control, lambda: self.draining,
+                                                          records.logged),
+            lambda: ModelEndpoint(self.service, self.control, records.observe, records.metrics_body,
+                                  records.request_log),
+            records.observe, grpc_port=grpc_port, rest_port=rest_port,
         )
         try:
             await self._frontends.start()
@@ -295,19 +267,6 @@ class Server:
         self.grpc_port, self.rest_port = grpc_port or None, rest_port or None
         log.info("Serving REST and gRPC from %d front-end processes (pids %s) over this model process",
                  opts.frontend_processes, ", ".join(map(str, self._frontends.pids)))
-
-    def _reserve(self, port: int, flag: str) -> int:
-        sock = socket.socket(socket.AF_INET6 if ":" in self.options.host else socket.AF_INET, socket.SOCK_STREAM)
-        sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
-        sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEPORT, 1)
-        try:
-            sock.bind((self.options.host, port))
-        except OSError as exc:
-            sock.close()
-            raise StartupError(f"Cannot listen on {self.options.host}:{port} ({exc}). Is the port in use? Pick "
-                               f"another with {flag}.") from None
-        self._reserved.append(sock)
-        return sock.getsockname()[1]
 
     async def reload(self, models: Sequence[ModelConfig]) -> None:
         """Replace the model list (config reload); raises ServingError when a new model cannot be served."""

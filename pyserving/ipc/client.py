@@ -11,7 +11,7 @@ from __future__ import annotations
 
 import asyncio
 import time
-from collections.abc import Mapping, Sequence
+from collections.abc import Mapping
 from typing import Any
 
 import orjson
@@ -32,12 +32,11 @@ from pyserving.core.service import (
 from pyserving.core.states import VersionStatus
 from pyserving.errors import ServingError
 from pyserving.ipc.channel import Channel, Payload, error_from, unavailable
-from pyserving.ipc.model_side import decode_classes, encode_classes
+from pyserving.ipc.results import decode_classes, encode_results, examples_meta
 from pyserving.ipc.state import Snapshot
 from pyserving.observability.requests import LOGGED_APIS, RequestInfo, RequestObserver
 from pyserving.runtimes.base import Signature, find_signature
 
-import numpy as np
 
 _NO_HEADERS: Mapping[str, str] = {}
 
@@ -127,18 +126,13 @@ class RemoteService:
         return PredictResult(ServableId(request.model.name, reply["v"]), reply["s"],
                              channel.decode_tensors(reply["t"], data))
 
-    def _examples(self, channel: Channel, examples: Sequence[bytes], payload: Payload) -> list[Any]:
-        array = np.empty(len(examples), dtype=object)
-        array[:] = list(examples)
-        return channel.encode_tensors({"x": array}, payload)
-
     async def _on_examples(self, op: str, request: ExamplesRequest) -> tuple[dict[str, Any], memoryview, Channel]:
         channel = self._link.channel
         if channel is None or channel.closed:
             raise unavailable()
         payload: Payload = []
         header = {"op": op, "m": _model(request.model), "s": request.signature_name, "to": request.timeout_s,
-                  "h": dict(request.headers), "t": self._examples(channel, request.examples, payload)}
+                  "h": dict(request.headers), "t": examples_meta(channel, request.examples, payload)}
         reply, data = await self._link.call(header, payload)
         return reply, data, channel
 
@@ -158,7 +152,7 @@ class RemoteService:
         payload: Payload = []
         header = {"op": "multi", "m": _model(request.model), "to": request.timeout_s, "h": dict(request.headers),
                   "k": [[t.signature_name, t.method_name] for t in request.tasks],
-                  "t": self._examples(channel, request.examples, payload)}
+                  "t": examples_meta(channel, request.examples, payload)}
         reply, data = await self._link.call(header, payload)
         servable = ServableId(request.model.name, reply["v"])
         results: list[Classifications | Regressions] = [
@@ -266,40 +260,10 @@ class RemoteObserver(RequestObserver):
         if info.outputs is not None:
             header["outputs"] = channel.encode_tensors(info.outputs, payload)
         if info.examples is not None:
-            header["examples"] = _examples_meta(channel, info.examples, payload)
+            header["examples"] = examples_meta(channel, info.examples, payload)
         if info.results is not None:
             header["results"] = encode_results(channel, info.api, info.results, payload)
         try:
             channel.send(header, payload)
         except ServingError:
             pass
-
-
-def _examples_meta(channel: Channel, examples: Sequence[bytes], payload: Payload) -> list[Any]:
-    array = np.empty(len(examples), dtype=object)
-    array[:] = list(examples)
-    return channel.encode_tensors({"x": array}, payload)
-
-
-def _result(channel: Channel, result: Any, payload: Payload) -> list[Any]:
-    if result is None:
-        return ["n", None]
-    if result and isinstance(result[0], list):
-        return ["c", encode_classes(channel, result, payload)]
-    return ["r", list(result)]
-
-
-def encode_results(channel: Channel, api: str, results: Any, payload: Payload) -> list[Any]:
-    if api == "multi_inference":
-        return [[signature, method, _result(channel, result, payload)] for signature, method, result in results]
-    return _result(channel, results, payload)
-
-
-def decode_results(channel: Channel, api: str, data: Any, payload: memoryview) -> Any:
-    def one(item: list[Any]) -> Any:
-        kind, value = item
-        return None if kind == "n" else decode_classes(channel, value, payload) if kind == "c" else value
-
-    if api == "multi_inference":
-        return [(signature, method, one(item)) for signature, method, item in data]
-    return one(data)

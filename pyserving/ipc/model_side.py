@@ -17,12 +17,12 @@ import signal
 import socket
 import sys
 import time
-from collections.abc import Callable, Sequence
+from collections.abc import Callable
 from dataclasses import dataclass
 from typing import Any
 
-import numpy as np
 import orjson
+from prometheus_client.exposition import choose_encoder
 
 from pyserving.core.control import ControlPlane
 from pyserving.core.ids import ServableId, ServableRequest
@@ -36,10 +36,13 @@ from pyserving.core.service import (
     PredictRequest,
     Route,
 )
-from pyserving.errors import Code, ServingError
+from pyserving.errors import Code, ServingError, StartupError
 from pyserving.ipc.arena import Arena, new_memfd
 from pyserving.ipc.channel import Channel, Payload
+from pyserving.ipc.results import decode_results, encode_classes
 from pyserving.ipc.state import signature_data, status_data
+from pyserving.observability.metrics import Metrics
+from pyserving.observability.request_log import LoggedRequest, RequestLoggers
 from pyserving.options import ServerOptions
 
 log = logging.getLogger("pyserving.frontends")
@@ -50,23 +53,6 @@ SNAPSHOT_EVERY_S = 0.1
 RESTART_BACKOFF_S = (0.5, 1, 2, 5, 10)
 HEALTHY_AFTER_S = 30.0
 """A front end that stayed up this long starts its restart backoff over."""
-
-
-def encode_classes(channel: Channel, classes: list[list[tuple[bytes, float]]], payload: Payload) -> list[Any]:
-    n = len(classes)
-    width = len(classes[0]) if n else 0
-    labels = np.empty((n, width), dtype=object)
-    scores = np.zeros((n, width), dtype=np.float64)  # float64: Python's floats round-trip exactly
-    for i, row in enumerate(classes):
-        for j, (label, score) in enumerate(row):
-            labels[i, j], scores[i, j] = label, score
-    return channel.encode_tensors({"labels": labels, "scores": scores}, payload)
-
-
-def decode_classes(channel: Channel, meta: list[Any], payload: memoryview) -> list[list[tuple[bytes, float]]]:
-    t = channel.decode_tensors(meta, payload)
-    labels, scores = t["labels"], t["scores"].tolist()
-    return [[(labels[i, j], scores[i][j]) for j in range(labels.shape[1])] for i in range(labels.shape[0])]
 
 
 class ModelEndpoint:
@@ -186,6 +172,61 @@ class SnapshotSource:
             del self._signatures[sid]
         return orjson.dumps({"models": models, "unready": self._control.unready_models(),
                              "draining": self._draining(), "logged": [n for n in models if self._logged(n)]})
+
+
+class ModelProcessRecords:
+    """What front ends report, recorded in the model process: request counts and latencies (one registry: a scrape
+    counts every front end's requests once), request logs (one writer per file), and the metrics exposition."""
+
+    def __init__(self, metrics: Metrics, loggers: RequestLoggers) -> None:
+        self._metrics = metrics
+        self._loggers = loggers
+
+    def observe(self, header: dict[str, Any]) -> None:
+        for protocol, delta in header["d"].items():
+            if delta:
+                self._metrics.in_flight.labels(protocol).inc(delta)
+        for model, version, signature, api, protocol, code, latency_s in header["r"]:
+            self._metrics.observe_request(model=model, version=version, signature=signature, api=api,
+                                          protocol=protocol, code=code, latency_s=latency_s)
+
+    def logged(self, model: str) -> bool:
+        return self._loggers.get(model) is not None
+
+    def request_log(self, h: dict[str, Any], channel: Channel, payload: memoryview) -> None:
+        logger = self._loggers.get(h["model"])
+        if logger is None:
+            return
+        tensors = {key: channel.decode_tensors(h[key], payload) if key in h else None
+                   for key in ("inputs", "outputs", "examples")}
+        examples = tensors["examples"]
+        logger.log(LoggedRequest(
+            model=h["model"], version=h["version"], signature=h["signature"], api=h["api"],
+            inputs=tensors["inputs"], outputs=tensors["outputs"],
+            examples=list(examples["x"].reshape(-1)) if examples is not None else None,
+            results=decode_results(channel, h["api"], h["results"], payload) if "results" in h else None,
+            latency_s=h["latency_s"], code=h["code"], protocol=h["protocol"], timestamp=h["timestamp"],
+            request_id=h["request_id"], principal=h["principal"],
+        ))
+
+    def metrics_body(self, accept: str) -> tuple[bytes, str]:
+        encoder, content_type = choose_encoder(accept)
+        return encoder(self._metrics.registry), content_type
+
+
+def reserve_port(host: str, port: int, flag: str) -> socket.socket:
+    """Bind (never listen on) host:port with SO_REUSEPORT: the port is ours (port 0 resolved) and front ends bind
+    it too; the kernel hands connections only to listening sockets."""
+    sock = socket.socket(socket.AF_INET6 if ":" in host else socket.AF_INET, socket.SOCK_STREAM)
+    sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+    sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEPORT, 1)
+    try:
+        sock.bind((host, port))
+    except OSError as exc:
+        sock.close()
+        raise StartupError(f"Cannot listen on {host}:{port} ({exc}). Is the port in use? Pick another with "
+                           f"{flag}.") from None
+    return sock
 
 
 @dataclass
