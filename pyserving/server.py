@@ -260,10 +260,7 @@ class Server:
                                   records.request_log),
             records.observe, grpc_port=grpc_port, rest_port=rest_port,
         )
-        try:
-            await self._frontends.start()
-        except TimeoutError as exc:
-            raise StartupError(f"Front-end processes: {exc}; see their log lines above.") from None
+        await self._frontends.start()
         self.grpc_port, self.rest_port = grpc_port or None, rest_port or None
         log.info("Serving REST and gRPC from %d front-end processes (pids %s) over this model process",
                  opts.frontend_processes, ", ".join(map(str, self._frontends.pids)))

@@ -26,6 +26,7 @@ from starlette.types import ASGIApp, Receive, Scope, Send
 from pyserving.ipc.arena import Arena
 from pyserving.ipc.channel import Channel
 from pyserving.ipc.client import ModelLink, RemoteControl, RemoteObserver, RemoteService
+from pyserving.errors import StartupError
 from pyserving.options import ServerOptions
 from pyserving.security.auth import AuthConfigWatcher, Authenticator
 from pyserving.server import Server
@@ -171,7 +172,11 @@ def main(argv: Sequence[str] | None = None) -> int:
     from pyserving.observability import logs
 
     logs.configure(os.environ.get("PYSERVING_VERBOSITY", "INFO"))
-    asyncio.run(run(options, args.index, [int(fd) for fd in args.fds.split(",")]))
+    try:
+        asyncio.run(run(options, args.index, [int(fd) for fd in args.fds.split(",")]))
+    except StartupError as exc:
+        log.error("Front-end process %d: %s", args.index, exc)
+        return 1
     return 0
 
 

@@ -259,21 +259,25 @@ class FrontendSupervisor:
         self._tasks: list[asyncio.Task[None]] = []
         self._stopping = False
         self._state = b""
-        self._ready = asyncio.Event()
 
     @property
     def pids(self) -> list[int]:
         return [s.process.pid for s in self._slots if s.process is not None and s.process.returncode is None]
 
     async def start(self, timeout_s: float = 60) -> None:
-        """Start every front end and return once each is listening (it says so on the channel)."""
+        """Start every front end and return once each is listening (it says so on the channel); StartupError if
+        one exits first or they take longer than `timeout_s`."""
         self._state = self._snapshot.build()
         self._tasks = [asyncio.create_task(self._keep(slot)) for slot in self._slots]
         self._tasks.append(asyncio.create_task(self._push_snapshots()))
         deadline = time.monotonic() + timeout_s
-        while not all(s.started and s.channel is not None and s.failures == 0 and s.sent for s in self._slots):
-            if time.monotonic() > deadline:
-                raise TimeoutError(f"the {self._count} front-end processes did not start within {timeout_s:g} s")
+        while not all(s.started and s.channel is not None and s.sent for s in self._slots):
+            failed = [s.index for s in self._slots if s.failures]
+            if failed or time.monotonic() > deadline:
+                await self.stop(0)
+                raise StartupError(
+                    f"Front-end process {failed[0]} exited while starting; its log lines above say why."
+                    if failed else f"The {self._count} front-end processes did not start within {timeout_s:g} s.")
             await asyncio.sleep(0.05)
 
     async def _spawn(self, slot: _Slot) -> asyncio.subprocess.Process:

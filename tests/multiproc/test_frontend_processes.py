@@ -6,6 +6,8 @@ from __future__ import annotations
 import json
 import re
 import signal
+import subprocess
+import sys
 import threading
 import time
 from collections.abc import Iterator
@@ -292,3 +294,25 @@ def test_front_ends_follow_the_model_process_out(tmp_path: Path) -> None:
         assert not alive
         with pytest.raises(requests.ConnectionError):
             running.predict([1.0], timeout=5)
+
+
+def test_a_front_end_that_cannot_start_fails_the_start_up(tmp_path: Path) -> None:
+    """Front end 0 serves --grpc_socket_path; a socket it cannot create stops the server with exit status 1 and a
+    line saying which front end failed and why, and no process is left behind."""
+    with open(tmp_path / "stderr.log", "wb") as err:
+        proc = subprocess.Popen(
+            [sys.executable, "-m", "pyserving", "serve", "--host=127.0.0.1", f"--port={free_port()}",
+             f"--rest_api_port={free_port()}", "--model_name=default", f"--model_base_path={MODEL}",
+             "--frontend_processes=2", f"--grpc_socket_path={tmp_path / 'missing' / 'grpc.sock'}"],
+            stdout=subprocess.DEVNULL, stderr=err)
+        try:
+            assert proc.wait(120) == 1
+        finally:
+            if proc.poll() is None:
+                proc.kill()
+    log = (tmp_path / "stderr.log").read_text()
+    assert f"unix:{tmp_path / 'missing' / 'grpc.sock'}" in log  # the front end's own reason
+    assert "Front-end process 0 exited while starting" in log
+    time.sleep(1)
+    assert not [p for p in psutil.process_iter(["cmdline"])
+                if str(tmp_path) in " ".join(p.info["cmdline"] or ()) and p.pid != proc.pid]
