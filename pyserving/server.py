@@ -40,7 +40,8 @@ from pyserving.frontends.rest.oip_v2 import V2_PATH, OipV2
 from pyserving.frontends.rest.openapi import OpenApiEndpoint
 from pyserving.frontends.rest.server import RestListener
 from pyserving.frontends.rest.tfserving_v1 import CORS_HEADERS, TfServingV1
-from pyserving.ipc.model_side import FrontendSupervisor, ModelEndpoint, ModelProcessRecords, SnapshotSource, reserve_port
+from pyserving.ipc.model_side import (FrontendSupervisor, ModelEndpoint, ModelProcessRecords, SnapshotSource,
+                                      reserve_port)
 from pyserving.observability.gpu import add_gpu_metrics
 from pyserving.observability.metrics import Metrics
 from pyserving.observability.request_log import RequestLoggers
@@ -100,7 +101,8 @@ class Server:
         if options.auth_config_file:
             self.authenticator = Authenticator(load_auth_config_file(options.auth_config_file))
             self._auth_watcher = AuthConfigWatcher(options.auth_config_file, load_auth_config_file,
-                                                   self.authenticator, options.auth_poll_seconds)
+                                                   self.authenticator, options.auth_poll_seconds,
+                                                   on_change=self._auth_changed)
         self._grpc: GrpcListener | None = None
         self._rest: RestListener | None = None
         self._metrics_listener: RestListener | None = None
@@ -124,6 +126,10 @@ class Server:
             )
         except ValueError as exc:
             raise ServingError(Code.INVALID_ARGUMENT, str(exc)) from None
+
+    def _auth_changed(self) -> None:
+        if self._frontends is not None:
+            self._frontends.broadcast("auth")  # they re-read the file now, together
 
     def _ready(self) -> bool:
         """Ready for traffic, as /readyz and the V2 ready endpoints say: not draining, every model AVAILABLE."""

@@ -1,7 +1,7 @@
 """A front-end process (`--frontend_processes=N`): the REST and gRPC listeners, built by the same code as in one
 process (Server._build_listeners), over stand-ins that call the model process (pyserving.ipc.client).
 
-Started by the model process only: `python -m pyserving.frontends.worker --index=I --fds=CHANNEL,OUT,IN
+Started by the model process only: `python -m pyserving.frontends.worker --index=I --fds=CHANNEL,OUT,IN,RATE_LIMITS
 --grpc_port=P --rest_port=Q`, with the pickled ServerOptions on stdin. It imports no TensorFlow. It stops on
 SIGTERM (from the model process, after the drain) and when the model process goes away; SIGINT (a terminal's ^C
 reaches the whole process group) is the model process's to handle.
@@ -24,6 +24,7 @@ from collections.abc import Sequence
 from starlette.types import ASGIApp, Receive, Scope, Send
 
 from pyserving.ipc.arena import Arena
+from pyserving.ipc.buckets import SharedBuckets
 from pyserving.ipc.channel import Channel
 from pyserving.ipc.client import ModelLink, RemoteControl, RemoteObserver, RemoteService
 from pyserving.errors import StartupError
@@ -48,7 +49,8 @@ class _RemoteMetrics:
         except Exception as exc:  # the model process is away: say so, as a scrape error
             body, content_type, status = f"{exc}\n".encode(), "text/plain; charset=utf-8", 503
         await send({"type": "http.response.start", "status": status,
-                    "headers": [(b"content-type", content_type.encode()), (b"content-length", str(len(body)).encode())]})
+                    "headers": [(b"content-type", content_type.encode()),
+                                (b"content-length", str(len(body)).encode())]})
         await send({"type": "http.response.body", "body": body})
 
 
@@ -58,7 +60,8 @@ class FrontendServer(Server):
 
     _reuse_port = True
 
-    def __init__(self, options: ServerOptions, link: ModelLink) -> None:  # no super().__init__: no models here
+    def __init__(self, options: ServerOptions, link: ModelLink,
+                 buckets: SharedBuckets | None = None) -> None:  # no super().__init__: no models here
         self.options = options
         self.link = link
         self.service = RemoteService(link)  # type: ignore[assignment]
@@ -69,9 +72,12 @@ class FrontendServer(Server):
         if options.auth_config_file:
             from pyserving.config.auth_config import load_auth_config_file
 
-            self.authenticator = Authenticator(load_auth_config_file(options.auth_config_file))
+            # Rate limits count the whole server's requests: the buckets are shared by every front end.
+            self.authenticator = Authenticator(load_auth_config_file(options.auth_config_file),
+                                               shared_buckets=buckets.take if buckets is not None else None)
             self._auth_watcher = AuthConfigWatcher(options.auth_config_file, load_auth_config_file,
                                                    self.authenticator, options.auth_poll_seconds)
+            link.on_auth_change = self._auth_watcher.poll_once  # when the model process's watcher saw a change
         self._grpc = None
         self._rest = None
         self._metrics_listener = None
@@ -93,8 +99,7 @@ class FrontendServer(Server):
         for listener in (self._grpc, self._rest):
             if listener is not None:
                 await listener.start()
-        if self._auth_watcher is not None:
-            self._auth_watcher.start()
+        # No polling of the auth file here: the model process polls it and tells every front end at once.
 
     async def drain(self) -> None:
         """Not ready from now on: gRPC health NOT_SERVING, REST connections closed after their next response."""
@@ -116,12 +121,10 @@ class FrontendServer(Server):
             waits.append(asyncio.ensure_future(self._grpc.stop(grace)))
         if waits:
             await asyncio.wait(waits, timeout=grace + 5)
-        if self._auth_watcher is not None:
-            self._auth_watcher.stop()
 
 
 async def run(options: ServerOptions, index: int, fds: Sequence[int]) -> None:
-    channel_fd, out_fd, in_fd = fds
+    channel_fd, out_fd, in_fd, buckets_fd = fds
     reader, writer = await asyncio.open_unix_connection(sock=socket.socket(fileno=channel_fd))
     link = ModelLink()
     channel = link.channel = Channel(reader, writer, Arena(out_fd), Arena(in_fd), on_push=link.on_push)
@@ -129,7 +132,7 @@ async def run(options: ServerOptions, index: int, fds: Sequence[int]) -> None:
     await asyncio.wait([reading, asyncio.ensure_future(link.has_state.wait())], return_when=asyncio.FIRST_COMPLETED)
     if channel.closed:
         return
-    server = FrontendServer(options, link)
+    server = FrontendServer(options, link, SharedBuckets(buckets_fd))
     await server.start()
     # As in the model process (Server.start): what is imported by now lives as long as the process; keep the
     # cyclic GC from rescanning it on every collection.

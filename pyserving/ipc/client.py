@@ -11,7 +11,7 @@ from __future__ import annotations
 
 import asyncio
 import time
-from collections.abc import Mapping
+from collections.abc import Callable, Mapping
 from typing import Any
 
 import orjson
@@ -50,6 +50,8 @@ class ModelLink:
         self.has_state = asyncio.Event()
         self.draining = asyncio.Event()
         """Set once the model process says the server is draining."""
+        self.on_auth_change: Callable[[], object] | None = None
+        """Re-reads --auth_config_file (the model process watches it and says when it changed)."""
 
     def on_push(self, header: dict[str, Any], payload: memoryview) -> None:
         if header.get("op") == "state":
@@ -57,6 +59,8 @@ class ModelLink:
             self.has_state.set()
             if self.snapshot.draining:
                 self.draining.set()
+        elif header.get("op") == "auth" and self.on_auth_change is not None:
+            self.on_auth_change()
 
     @property
     def connected(self) -> bool:

@@ -38,6 +38,7 @@ from pyserving.core.service import (
 )
 from pyserving.errors import Code, ServingError, StartupError
 from pyserving.ipc.arena import Arena, new_memfd
+from pyserving.ipc.buckets import new_bucket_table
 from pyserving.ipc.channel import Channel, Payload
 from pyserving.ipc.results import decode_results, encode_classes
 from pyserving.ipc.state import signature_data, status_data
@@ -98,8 +99,8 @@ class ModelEndpoint:
             examples = list(ch.decode_tensors(h["t"], payload)["x"].reshape(-1))
             if op == "multi":
                 multi = await self._service.multi_inference(MultiInferenceRequest(
-                    model=model, tasks=[InferenceTask(s, m) for s, m in h["k"]], examples=examples,  # type: ignore[arg-type]
-                    timeout_s=h["to"], headers=h["h"]))
+                    model=model, tasks=[InferenceTask(s, m) for s, m in h["k"]],  # type: ignore[arg-type]
+                    examples=examples, timeout_s=h["to"], headers=h["h"]))
                 answers = []
                 for answer in multi.results:
                     if isinstance(answer, Classifications):
@@ -256,6 +257,7 @@ class FrontendSupervisor:
         self._grpc_port = grpc_port
         self._rest_port = rest_port
         self._slots = [_Slot(i) for i in range(count)]
+        self._buckets_fd = new_bucket_table()  # one for the server's life: limits hold across front-end restarts
         self._tasks: list[asyncio.Task[None]] = []
         self._stopping = False
         self._state = b""
@@ -282,16 +284,18 @@ class FrontendSupervisor:
 
     async def _spawn(self, slot: _Slot) -> asyncio.subprocess.Process:
         ours, theirs = socket.socketpair(socket.AF_UNIX, socket.SOCK_STREAM)
-        to_front, to_model = new_memfd(ARENA_BYTES, "pyserving-to-frontend"), new_memfd(ARENA_BYTES, "pyserving-to-model")
+        to_front = new_memfd(ARENA_BYTES, "pyserving-to-frontend")
+        to_model = new_memfd(ARENA_BYTES, "pyserving-to-model")
         # Each side maps both arenas: the model process writes answers into to_front and reads to_model.
-        fds = (theirs.fileno(), to_model, to_front)
+        fds = (theirs.fileno(), to_model, to_front, self._buckets_fd)
         out_arena, in_arena = Arena(os.dup(to_front)), Arena(os.dup(to_model))
         try:
             process = await asyncio.create_subprocess_exec(
                 sys.executable, "-m", "pyserving.frontends.worker", f"--index={slot.index}",
-                f"--fds={','.join(map(str, fds))}", f"--grpc_port={self._grpc_port}", f"--rest_port={self._rest_port}",
-                stdin=asyncio.subprocess.PIPE, pass_fds=fds,
-                env={**os.environ, "PYSERVING_VERBOSITY": logging.getLevelName(logging.getLogger().getEffectiveLevel())},
+                f"--fds={','.join(map(str, fds))}", f"--grpc_port={self._grpc_port}",
+                f"--rest_port={self._rest_port}", stdin=asyncio.subprocess.PIPE, pass_fds=fds,
+                env={**os.environ,
+                     "PYSERVING_VERBOSITY": logging.getLevelName(logging.getLogger().getEffectiveLevel())},
             )
         finally:
             theirs.close()
@@ -368,6 +372,15 @@ class FrontendSupervisor:
         for slot in self._slots:
             self._send_state(slot)
 
+    def broadcast(self, op: str) -> None:
+        """Tell every front end `op` (one-way): "auth" makes them re-read --auth_config_file now."""
+        for slot in self._slots:
+            if slot.channel is not None and not slot.channel.closed:
+                try:
+                    slot.channel.send({"op": op}, [])
+                except ServingError:
+                    pass
+
     async def stop(self, grace_s: float) -> None:
         """SIGTERM every front end (each stops accepting and lets its in-flight requests finish), then wait."""
         self._stopping = True
@@ -386,6 +399,7 @@ class FrontendSupervisor:
         for slot in self._slots:
             if slot.channel is not None:
                 slot.channel.close()
+        os.close(self._buckets_fd)
 
 
 def _exit_text(code: int) -> str:

@@ -14,6 +14,7 @@ import pytest
 
 from pyserving.errors import Code, ServingError, SignatureNotFoundError
 from pyserving.ipc.arena import ALIGN, Arena, new_memfd
+from pyserving.ipc.buckets import SharedBuckets, new_bucket_table
 from pyserving.ipc.channel import INLINE_BYTES, Channel, Payload, error_from
 
 
@@ -96,6 +97,18 @@ def test_tensors_round_trip_inline_and_through_shared_memory() -> None:
 
 
 def test_error_round_trip_keeps_version_and_signature() -> None:
-    exc = error_from([int(Code.NOT_FOUND), "Servable not found for request: Latest(x)", 3, "sig", None])
-    assert (exc.code, exc.message, exc.version, exc.signature) == (Code.NOT_FOUND,
-                                                                   "Servable not found for request: Latest(x)", 3, "sig")
+    message = "Servable not found for request: Latest(x)"
+    exc = error_from([int(Code.NOT_FOUND), message, 3, "sig", None])
+    assert (exc.code, exc.message, exc.version, exc.signature) == (Code.NOT_FOUND, message, 3, "sig")
+
+
+def test_shared_rate_limit_buckets_are_one_budget() -> None:
+    """Two mappings of one table (as two front ends hold it) draw from the same bucket."""
+    fd = new_bucket_table()
+    first, second = SharedBuckets(os.dup(fd)), SharedBuckets(fd)
+    taken = [first.take("key:a", 4.0, 1.0, 100.0) == 0.0 for _ in range(3)]
+    taken += [second.take("key:a", 4.0, 1.0, 100.0) == 0.0 for _ in range(3)]
+    assert taken == [True] * 4 + [False] * 2  # burst 4 for both together
+    assert second.take("key:a", 4.0, 1.0, 100.5) == pytest.approx(0.5)  # half a token refilled: wait 0.5 s
+    assert first.take("key:a", 4.0, 1.0, 101.0) == 0.0  # one token a second
+    assert first.take("key:b", 1.0, 1.0, 101.0) == 0.0  # another caller has its own bucket

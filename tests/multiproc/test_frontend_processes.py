@@ -277,7 +277,8 @@ def test_front_ends_follow_the_model_process_out(tmp_path: Path) -> None:
     write_model(str(tmp_path / "slow" / "1"), {"signatures": SIGNATURES, "function": "affine", "scale": 1.0,
                                                  "offset": 0.0, "delay_ms": 3000})
     (tmp_path / "models.config").write_text(
-        f'model_config_list {{ config {{ name: "slow" base_path: "{tmp_path / "slow"}" model_platform: "memory" }} }}\n')
+        f'model_config_list {{ config {{ name: "slow" base_path: "{tmp_path / "slow"}" model_platform: "memory" }} }}'
+        "\n")
     with serve_tree(tmp_path, f"--model_config_file={tmp_path / 'models.config'}") as running:
         frontends = running.frontends()
         answers: list[requests.Response] = []
