@@ -13,6 +13,7 @@ import gc
 import logging
 import os
 import signal
+import socket
 from collections.abc import Sequence
 from concurrent.futures import ThreadPoolExecutor
 
@@ -39,6 +40,8 @@ from pyserving.frontends.rest.oip_v2 import V2_PATH, OipV2
 from pyserving.frontends.rest.openapi import OpenApiEndpoint
 from pyserving.frontends.rest.server import RestListener
 from pyserving.frontends.rest.tfserving_v1 import CORS_HEADERS, TfServingV1
+from pyserving.ipc.model_side import (FrontendSupervisor, ModelEndpoint, ModelProcessRecords, SnapshotSource,
+                                      reserve_port)
 from pyserving.observability.gpu import add_gpu_metrics
 from pyserving.observability.metrics import Metrics
 from pyserving.observability.request_log import RequestLoggers
@@ -98,7 +101,8 @@ class Server:
         if options.auth_config_file:
             self.authenticator = Authenticator(load_auth_config_file(options.auth_config_file))
             self._auth_watcher = AuthConfigWatcher(options.auth_config_file, load_auth_config_file,
-                                                   self.authenticator, options.auth_poll_seconds)
+                                                   self.authenticator, options.auth_poll_seconds,
+                                                   on_change=self._auth_changed)
         self._grpc: GrpcListener | None = None
         self._rest: RestListener | None = None
         self._metrics_listener: RestListener | None = None
@@ -108,6 +112,8 @@ class Server:
         """Why the server is shutting down, once it is ("" until then): /readyz answers 503 with it."""
         self.grpc_port: int | None = None
         self.rest_port: int | None = None
+        self._frontends: FrontendSupervisor | None = None
+        self._reserved: list[socket.socket] = []
 
     # --- hooks handed to the layers -------------------------------------------------------------------------
 
@@ -120,6 +126,10 @@ class Server:
             )
         except ValueError as exc:
             raise ServingError(Code.INVALID_ARGUMENT, str(exc)) from None
+
+    def _auth_changed(self) -> None:
+        if self._frontends is not None:
+            self._frontends.broadcast("auth")  # they re-read the file now, together
 
     def _ready(self) -> bool:
         """Ready for traffic, as /readyz and the V2 ready endpoints say: not draining, every model AVAILABLE."""
@@ -135,11 +145,19 @@ class Server:
 
     # --- start and stop -------------------------------------------------------------------------------------
 
-    def _build_listeners(self) -> None:
+    _reuse_port = False
+    """Front-end processes bind the REST port with SO_REUSEPORT (gRPC sets it by default)."""
+
+    def _metrics_app(self) -> ASGIApp:
+        return metrics_app(self.metrics.registry)
+
+    def _build_listeners(self, *, transports: bool = True) -> None:
+        """The REST and gRPC listeners (unless not `transports`: the model process under front-end processes)
+        and the metrics port's."""
         opts = self.options
         ssl_context = server_ssl_context(opts.tls) if opts.tls is not None else None
         auth = self.authenticator
-        if opts.grpc_port or opts.grpc_socket_path:
+        if transports and (opts.grpc_port or opts.grpc_socket_path):
             self._grpc = GrpcListener(
                 PredictionServicer(self.service, tensor_content=opts.enable_serialization_as_tensor_content,
                                    observer=self.observer, max_decoded_bytes=opts.max_request_bytes or None),
@@ -157,8 +175,8 @@ class Server:
             )
         # TF Serving's CORS is a fixed `*`; a list of origins goes to starlette's CORS middleware instead.
         cors = CORS_HEADERS if opts.rest_api_enable_cors_support and not opts.cors_allowed_origins else {}
-        metrics = metrics_app(self.metrics.registry)
-        if opts.rest_api_port:
+        metrics = self._metrics_app()
+        if transports and opts.rest_api_port:
             if opts.rest_api_port == opts.grpc_port:
                 raise StartupError(f"--rest_api_port={opts.rest_api_port} is the same as the gRPC --port; give "
                                    "them different ports.")
@@ -179,7 +197,7 @@ class Server:
             self._rest = RestListener(
                 app, host=opts.host, port=opts.rest_api_port, what="REST", flag="--rest_api_port",
                 grace_s=opts.shutdown_grace_s, announce="Exporting HTTP/REST API at %s:%s", ssl_context=ssl_context,
-                limits=opts.http,
+                limits=opts.http, reuse_port=self._reuse_port,
             )
         if opts.metrics_port:
             # Like prometheus_client's own server (and TF Serving's users' scrape configs): metrics on any path.
@@ -209,18 +227,21 @@ class Server:
             await self.control.load_initial()
         except ServingError as exc:
             raise StartupError(exc.message) from None
-        self._build_listeners()
+        self._build_listeners(transports=not self.options.frontend_processes)
         for listener in (self._grpc, self._rest, self._metrics_listener):
             if listener is not None:
                 await listener.start()
+        if self.options.frontend_processes:
+            await self._start_frontends()
         if self._auth_watcher is not None:
             self._auth_watcher.start()
         elif self.options.host not in _LOOPBACK:
             log.warning("No --auth_config_file: anyone who can reach %s may call every model and reload the "
                         "configuration. Give an --auth_config_file (API keys or JWT) or bind --host=127.0.0.1.",
                         self.options.host)
-        self.grpc_port = self._grpc.port if self._grpc is not None else None
-        self.rest_port = self._rest.port if self._rest is not None else None
+        if not self.options.frontend_processes:
+            self.grpc_port = self._grpc.port if self._grpc is not None else None
+            self.rest_port = self._rest.port if self._rest is not None else None
         self._announce_available()
         lifecycle = self.options.lifecycle
         self.control.start_polling(lifecycle.file_system_poll_wait_seconds,
@@ -255,6 +276,31 @@ class Server:
             endpoints.append(f"metrics {scheme}://{host}:{self.rest_port}{opts.monitoring_path}")
         log.info("pyserving is serving: %s", ", ".join(endpoints))
 
+    async def _start_frontends(self) -> None:
+        """--frontend_processes=N: this process keeps the models; N front-end processes serve REST and gRPC on
+        the same ports (SO_REUSEPORT) and call it over shared memory. The ports are reserved here first (bound,
+        never listening: the kernel hands connections only to listening sockets), which also resolves port 0."""
+        opts = self.options
+        grpc_port = rest_port = 0
+        if opts.grpc_port:
+            self._reserved.append(reserve_port(opts.host, opts.grpc_port, "--port"))
+            grpc_port = self._reserved[-1].getsockname()[1]
+        if opts.rest_api_port:
+            self._reserved.append(reserve_port(opts.host, opts.rest_api_port, "--rest_api_port"))
+            rest_port = self._reserved[-1].getsockname()[1]
+        records = ModelProcessRecords(self.metrics, self.request_loggers)
+        self._frontends = FrontendSupervisor(
+            opts, opts.frontend_processes, SnapshotSource(self.manager, self.control, lambda: self.draining,
+                                                          records.logged),
+            lambda: ModelEndpoint(self.service, self.control, records.observe, records.metrics_body,
+                                  records.request_log),
+            records.observe, grpc_port=grpc_port, rest_port=rest_port,
+        )
+        await self._frontends.start()
+        self.grpc_port, self.rest_port = grpc_port or None, rest_port or None
+        log.info("Serving REST and gRPC from %d front-end processes (pids %s) over this model process",
+                 opts.frontend_processes, ", ".join(map(str, self._frontends.pids)))
+
     async def reload(self, models: Sequence[ModelConfig]) -> None:
         """Replace the model list (config reload); raises ServingError when a new model cannot be served."""
         await self.control.reload(models)
@@ -277,6 +323,8 @@ class Server:
         self.draining = reason
         if self._rest is not None:
             self._rest.drain()
+        if self._frontends is not None:
+            self._frontends.push_now()  # front ends turn not ready (health NOT_SERVING, Connection: close)
         if self.options.drain_delay_s > 0:
             log.info("Draining: /readyz answers 503; closing the listeners in %g s (--drain_delay_s)",
                      self.options.drain_delay_s)
@@ -285,8 +333,12 @@ class Server:
         waits = [asyncio.ensure_future(self._rest.stop())] if self._rest is not None else []
         if self._grpc is not None:
             waits.append(asyncio.ensure_future(self._grpc.stop(grace)))
+        if self._frontends is not None:
+            waits.append(asyncio.ensure_future(self._frontends.stop(grace)))
         if waits:
             await asyncio.wait(waits, timeout=grace + 5)
+        for sock in self._reserved:
+            sock.close()
         if self._metrics_listener is not None:  # scrapes see the drain through
             await self._metrics_listener.stop()
         if self._auth_watcher is not None:

@@ -25,6 +25,8 @@ from pyserving.server import Server
 REPO = Path(__file__).resolve().parents[1]
 SHARED = Path(os.environ.get("PYSERVING_SHARED", REPO.parent / "shared"))
 TESTDATA = SHARED / "testdata" / "tfserving"
+FRONTEND_PROCESSES = int(os.environ.get("PYSERVING_TEST_FRONTEND_PROCESSES", "0"))
+"""Set (e.g. 2) to run every in-process server of the suite with --frontend_processes, as tests/multiproc does."""
 GRPC_OPTIONS = [("grpc.max_send_message_length", -1), ("grpc.max_receive_message_length", -1)]
 
 
@@ -50,6 +52,8 @@ def run_server(options: ServerOptions) -> Iterator[RunningServer]:
     if options.rest_api_port == 8501 or options.grpc_port == 8500:
         options = replace(options, rest_api_port=free_port(), grpc_port=free_port())
     options = replace(options, host="127.0.0.1", shutdown_grace_s=2.0)
+    if FRONTEND_PROCESSES and not options.frontend_processes:  # the same tests through front-end processes
+        options = replace(options, frontend_processes=FRONTEND_PROCESSES)
     loop = asyncio.new_event_loop()
     server_box: list[Server] = []
     started = threading.Event()

@@ -109,6 +109,9 @@ FLAGS: tuple[Flag, ...] = (
     Flag("max_header_count", int, 100, "headers per REST request (431 beyond)"),
     Flag("max_header_bytes", int, 64 << 10, "bytes of a REST request's line and headers (431 beyond); gRPC "
          "metadata too"),
+    Flag("frontend_processes", int, 0, "pyserving's own: serve REST and gRPC from N processes sharing the ports "
+         "(HTTP, JSON, protobuf and auth work spread over N cores), over one process holding the models; 0: one "
+         "process for everything"),
     Flag("drain_delay_s", float, 0.0, "on SIGTERM, answer /readyz 503 (and gRPC health NOT_SERVING) and keep "
          "serving this long before closing the listeners, so load balancers stop sending first"),
     Flag("cors_allowed_origins", str, "", "with --rest_api_enable_cors_support: comma-separated allowed origins "
@@ -317,6 +320,8 @@ def server_options(values: dict[str, Any], warnings: list[str] | None = None) ->
             raise FlagError(f"--auth_config_file={v['auth_config_file']}: {exc}") from None
     _non_negative(v, "max_request_bytes", "http_header_timeout_s", "http_body_timeout_s", "http_keepalive_timeout_s",
                   "drain_delay_s")
+    if not 0 <= v["frontend_processes"] <= 64:
+        raise FlagError(f"--frontend_processes={v['frontend_processes']}: use 0 (one process) to 64")
     for name in ("max_connections", "max_header_count", "max_header_bytes"):
         if v[name] < 1:
             raise FlagError(f"--{name}={v[name]}: must be 1 or more")
@@ -334,6 +339,7 @@ def server_options(values: dict[str, Any], warnings: list[str] | None = None) ->
         ),
         cors_allowed_origins=origins,
         drain_delay_s=v["drain_delay_s"],
+        frontend_processes=v["frontend_processes"],
         models=models,
         monitoring_path=monitoring_path,
         metrics_port=metrics_port,

@@ -13,7 +13,7 @@ from typing import Any
 from pyserving.observability.metrics import Metrics
 from pyserving.observability.request_log import LoggedRequest, RequestLoggers
 
-_LOGGED_APIS = frozenset(("predict", "classify", "regress", "multi_inference"))
+LOGGED_APIS = frozenset(("predict", "classify", "regress", "multi_inference"))
 
 log = logging.getLogger("pyserving.request")
 _ids = itertools.count(1)
@@ -78,7 +78,7 @@ class RequestObserver:
                 protocol=info.protocol, code=code, latency_s=latency_s,
             )
         logger = self.loggers.get(info.model)
-        if logger is not None and info.api in _LOGGED_APIS:
+        if logger is not None and info.api in LOGGED_APIS:
             logger.log(LoggedRequest(
                 model=info.model, version=info.version or 0, signature=info.signature, api=info.api,  # type: ignore[arg-type]
                 inputs=info.inputs, outputs=info.outputs, examples=info.examples, results=info.results,

@@ -80,7 +80,11 @@ class Authenticator:
     """Checks credentials against the current policy; `set_policy` swaps it (key rotation) without a restart.
     Rate-limit buckets are kept per caller across policy changes. Event-loop confined."""
 
-    def __init__(self, policy: AuthPolicy, *, clock: Callable[[], float] = time.monotonic) -> None:
+    def __init__(self, policy: AuthPolicy, *, clock: Callable[[], float] = time.monotonic,
+                 shared_buckets: Callable[[str, float, float, float], float] | None = None) -> None:
+        """`shared_buckets(key, burst, per_second, now)` takes a token from buckets kept beyond this process
+        (front-end processes share them) and returns 0.0, or the seconds to wait; None: buckets kept here."""
+        self._shared = shared_buckets
         self._clock = clock
         self._buckets: dict[str, _Bucket] = {}
         self.set_policy(policy)
@@ -192,17 +196,23 @@ class Authenticator:
         limit = principal.rate_limit
         assert limit is not None
         now = self._clock()
-        bucket = self._buckets.get(principal.rate_key)
-        if bucket is None:
-            bucket = self._buckets[principal.rate_key] = _Bucket(float(limit.burst), now)
-        bucket.tokens = min(float(limit.burst), bucket.tokens + (now - bucket.updated) * limit.requests_per_second)
-        bucket.updated = now
-        if bucket.tokens < 1.0:
-            wait = (1.0 - bucket.tokens) / limit.requests_per_second
+        if self._shared is not None:
+            wait = self._shared(principal.rate_key, float(limit.burst), limit.requests_per_second, now)
+            if not wait:
+                return
+        else:
+            bucket = self._buckets.get(principal.rate_key)
+            if bucket is None:
+                bucket = self._buckets[principal.rate_key] = _Bucket(float(limit.burst), now)
+            bucket.tokens = min(float(limit.burst),
+                                bucket.tokens + (now - bucket.updated) * limit.requests_per_second)
+            bucket.updated = now
+            wait = (1.0 - bucket.tokens) / limit.requests_per_second if bucket.tokens < 1.0 else 0.0
+        if wait:
             raise AuthError(Code.RESOURCE_EXHAUSTED, f'Rate limit of "{principal.name}" exceeded '
                             f"({limit.requests_per_second:g} requests/s, burst {limit.burst}): retry in "
                             f"{wait:.2f} s.", retry_after_s=wait)
-        bucket.tokens -= 1.0
+        bucket.tokens -= 1.0  # (the shared buckets took theirs)
 
 
 def _scopes(claim: object) -> frozenset[str]:
@@ -218,7 +228,10 @@ class AuthConfigWatcher:
     last good policy and logs why."""
 
     def __init__(self, path: str, load: Callable[[str], AuthPolicy], authenticator: Authenticator,
-                 every_s: float = 1.0) -> None:
+                 every_s: float = 1.0, on_change: Callable[[], None] | None = None) -> None:
+        """`on_change()` hears of each new policy the poll puts in force (front-end processes re-read the file
+        then, all at once, instead of each on its own poll)."""
+        self._on_change = on_change
         self._path, self._load, self._auth, self._every_s = path, load, authenticator, every_s
         self._seen = self._stamp()
         self._task: asyncio.Task[None] | None = None
@@ -240,7 +253,8 @@ class AuthConfigWatcher:
     async def _run(self) -> None:
         while True:
             await asyncio.sleep(self._every_s)
-            self.poll_once()
+            if self.poll_once() and self._on_change is not None:
+                self._on_change()
 
     def poll_once(self) -> bool:
         """True if a new policy took effect."""

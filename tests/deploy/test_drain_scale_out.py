@@ -32,7 +32,7 @@ import grpc
 import pytest
 from grpc_health.v1 import health_pb2, health_pb2_grpc
 
-from conftest import free_port
+from conftest import FRONTEND_PROCESSES, free_port
 from pyserving.codecs.tfserving.protos import predict_pb2
 from pyserving.config.flags import FlagError, parse_flags, server_options
 from pyserving.runtimes.memory import write_model
@@ -44,6 +44,8 @@ __all__ = ["tls"]  # the module-scoped certificate fixture, shared with test_ngi
 REPO = Path(__file__).resolve().parents[2]
 DELAY_MS = 200
 OFFSET = 100_000.0
+FRONTEND_FLAGS = [f"--frontend_processes={FRONTEND_PROCESSES}"] if FRONTEND_PROCESSES else []
+"""PYSERVING_TEST_FRONTEND_PROCESSES=N runs these replicas with front-end processes too."""
 """Replica r answers x + r * OFFSET: exact in float32 for the ids and replica numbers used here (< 2**24)."""
 TIMEOUT = 30
 PREDICT = "/tensorflow.serving.PredictionService/Predict"
@@ -90,7 +92,7 @@ class Replica:
             self.proc = subprocess.Popen(
                 [sys.executable, "-m", "pyserving", "serve", f"--port={self.grpc_port}",
                  f"--rest_api_port={self.rest_port}", "--host=127.0.0.1", f"--model_config_file={config}",
-                 "--file_system_poll_wait_seconds=0", *self.flags],
+                 "--file_system_poll_wait_seconds=0", *FRONTEND_FLAGS, *self.flags],
                 stdout=subprocess.DEVNULL, stderr=stderr, stdin=subprocess.DEVNULL,
                 env={**os.environ, "PYTHONPATH": os.pathsep.join(filter(None, [str(REPO), os.environ.get("PYTHONPATH")]))},
             )

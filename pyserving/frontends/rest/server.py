@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import asyncio
 import logging
+import socket
 import ssl
 from collections.abc import Iterator
 from contextlib import contextmanager
@@ -32,10 +33,12 @@ class RestListener:
     def __init__(
         self, app: ASGIApp, *, host: str, port: int, what: str, flag: str, grace_s: float = 0,
         announce: str = "Exporting HTTP at %s:%s", ssl_context: ssl.SSLContext | None = None,
-        limits: HttpLimits | None = None,
+        limits: HttpLimits | None = None, reuse_port: bool = False,
     ) -> None:
         """`what` and `flag` name the listener in errors ("REST", "--rest_api_port"); `announce` is the log line
-        (with host and port) once it listens."""
+        (with host and port) once it listens. `reuse_port`: bind with SO_REUSEPORT, so that several front-end
+        processes share the port (the kernel spreads connections over them)."""
+        self._reuse_port = reuse_port
         self._app = app
         self._host = host
         self._requested_port = port
@@ -63,7 +66,8 @@ class RestListener:
             ssl_context_factory=(lambda _config, _default: self._ssl) if self._ssl is not None else None,
         )
         server = self._server = _UvicornServer(config)
-        task = self._task = asyncio.create_task(server.serve())
+        sockets = [self._reuse_port_socket()] if self._reuse_port else None
+        task = self._task = asyncio.create_task(server.serve(sockets=sockets))
         while not server.started:
             if task.done():
                 # uvicorn reports bind errors by logging and exiting (SystemExit) instead of raising.
@@ -75,6 +79,19 @@ class RestListener:
             await asyncio.sleep(0.01)
         self.port = server.servers[0].sockets[0].getsockname()[1] if server.servers else self._requested_port
         log.info(self._announce + (" (TLS)" if self._ssl is not None else ""), self._host, self.port)
+
+    def _reuse_port_socket(self) -> socket.socket:
+        family = socket.AF_INET6 if ":" in self._host else socket.AF_INET
+        sock = socket.socket(family, socket.SOCK_STREAM)
+        sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+        sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEPORT, 1)
+        try:
+            sock.bind((self._host, self._requested_port))
+        except OSError as exc:
+            sock.close()
+            raise StartupError(f"Cannot serve {self._what} on {self._host}:{self._requested_port} ({exc}). Is the "
+                               f"port in use? Pick another with {self._flag}.") from None
+        return sock
 
     def drain(self) -> None:
         """Keep serving, but end each connection after its next response (`Connection: close`)."""

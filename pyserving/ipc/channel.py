@@ -1,0 +1,268 @@
+"""The channel between a front-end process and the model process: frames over a socketpair, tensors in shared
+memory.
+
+A frame is `u32 length, u32 header length, header (orjson), payload`. The header names the operation and, for
+each tensor, where its bytes are: a region of the sender's arena (large tensors: one copy in, none out), or a
+slice of the payload (small tensors, strings). Arrays are never pickled. Each frame also carries the offsets the
+sender is done with in the peer's arena ("f"), so regions come back without frames of their own.
+
+Requests carry an "id"; the answer has the same id. Either side may send one-way frames (no id): state pushes and
+request observations.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import struct
+import weakref
+from collections.abc import Awaitable, Callable, Mapping, Sequence
+from typing import Any
+
+import numpy as np
+import orjson
+
+from pyserving.dtypes import DType
+from pyserving.errors import Code, ServingError, SignatureNotFoundError
+from pyserving.ipc.arena import Arena
+
+log = logging.getLogger("pyserving.ipc")
+
+INLINE_BYTES = 16 << 10
+"""Tensors smaller than this ride in the frame: cheaper than an allocation and a free for a few bytes."""
+MAX_FRAME_BYTES = 1 << 31
+"""A frame larger than this is a broken peer, not a request (tensors that big go through the arena)."""
+_PREFIX = struct.Struct("<II")
+
+Payload = list[bytes | memoryview]
+Handler = Callable[[dict[str, Any], memoryview], Awaitable[tuple[dict[str, Any], Payload] | None]]
+
+UNAVAILABLE_MESSAGE = ("The model process is not reachable (it exited or is restarting). Retry the request "
+                       "shortly.")
+
+
+def unavailable() -> ServingError:
+    return ServingError(Code.UNAVAILABLE, UNAVAILABLE_MESSAGE)
+
+
+def error_header(exc: ServingError) -> list[Any]:
+    """A ServingError as plain data, keeping what front ends read from it (and a missing signature's name, which
+    REST rewords)."""
+    return [int(exc.code), exc.message, exc.version, exc.signature,
+            exc.signature_name if isinstance(exc, SignatureNotFoundError) else None]
+
+
+def error_from(data: Sequence[Any]) -> ServingError:
+    code, message, version, signature, missing = data
+    exc = SignatureNotFoundError(missing) if missing is not None else ServingError(Code(code), message)
+    exc.message = message
+    exc.version, exc.signature = version, signature
+    return exc
+
+
+def _encode_strings(array: np.ndarray) -> bytes:
+    items = [x if isinstance(x, bytes) else str(x).encode("utf-8") for x in array.reshape(-1)]
+    lengths = np.fromiter((len(x) for x in items), dtype=np.uint64, count=len(items))
+    return lengths.tobytes() + b"".join(items)
+
+
+def _decode_strings(data: memoryview, shape: Sequence[int]) -> np.ndarray:
+    n = int(np.prod(shape)) if shape else 1
+    lengths = np.frombuffer(data, dtype=np.uint64, count=n)
+    out = np.empty(n, dtype=object)
+    pos = n * 8
+    for i, length in enumerate(lengths.tolist()):
+        out[i] = bytes(data[pos:pos + length])
+        pos += length
+    return out.reshape(shape)
+
+
+class Channel:
+    """One end of a front end's link to the model process. All methods run on the owning event loop, except the
+    array finalizers, which only append to a list."""
+
+    def __init__(self, reader: asyncio.StreamReader, writer: asyncio.StreamWriter, out_arena: Arena,
+                 in_arena: Arena, *, handler: Handler | None = None,
+                 on_push: Callable[[dict[str, Any], memoryview], None] | None = None) -> None:
+        """`out_arena` is the one this side writes (and allocates in); `in_arena` the peer's. `handler` answers
+        the peer's requests; `on_push` hears its one-way frames."""
+        self._reader = reader
+        self._writer = writer
+        self._out = out_arena
+        self._in = in_arena
+        self._handler = handler
+        self._on_push = on_push
+        self._calls: dict[int, asyncio.Future[tuple[dict[str, Any], memoryview]]] = {}
+        self._next_id = 0
+        self._done_with: list[int] = []  # offsets in the peer's arena we no longer reference (finalizers append)
+        self._flush_scheduled = False
+        self._loop = asyncio.get_running_loop()
+        self._tasks: set[asyncio.Task[None]] = set()
+        self.closed = False
+        self.before_send: Callable[[dict[str, Any]], None] | None = None
+        """Adds to each outgoing header what may ride along (request observations: fewer frames, fewer
+        wake-ups of the peer)."""
+
+    # --- tensors ----------------------------------------------------------------------------------------------
+
+    def encode_tensors(self, tensors: Mapping[str, np.ndarray], payload: Payload) -> list[list[Any]]:
+        """Describe `tensors` for a header, appending inline bytes to `payload` and copying large ones into our
+        arena."""
+        meta: list[list[Any]] = []
+        pos = sum(len(p) if isinstance(p, bytes) else p.nbytes for p in payload)
+        for name, value in tensors.items():
+            array = np.asarray(value)
+            dtype = DType.from_numpy(array.dtype)
+            shape = list(array.shape)
+            if dtype == DType.DT_STRING:
+                data = _encode_strings(array)
+                payload.append(data)
+                meta.append([name, int(dtype), shape, "i", pos, len(data)])
+                pos += len(data)
+                continue
+            array = np.ascontiguousarray(array)
+            nbytes = array.nbytes
+            off = self._out.alloc(nbytes) if nbytes >= INLINE_BYTES else None
+            if off is None:
+                data = array.reshape(-1).view(np.uint8).data  # no copy: the transport copies it once
+                payload.append(data)
+                meta.append([name, int(dtype), shape, "i", pos, nbytes])
+                pos += nbytes
+            else:
+                np.frombuffer(self._out.map, np.uint8, nbytes, off)[:] = array.reshape(-1).view(np.uint8)
+                meta.append([name, int(dtype), shape, "s", off, nbytes])
+        return meta
+
+    def decode_tensors(self, meta: Sequence[Sequence[Any]], payload: memoryview) -> dict[str, np.ndarray]:
+        """The arrays a header describes: views of the payload or of the peer's arena, never copies. An arena
+        region goes back to the peer once the last array that views it is gone."""
+        out: dict[str, np.ndarray] = {}
+        for name, code, shape, where, off, nbytes in meta:
+            dtype = DType(code)
+            if where == "i":
+                data = payload[off:off + nbytes]
+                if dtype == DType.DT_STRING:
+                    out[name] = _decode_strings(data, shape)
+                else:
+                    out[name] = np.frombuffer(data, dtype.numpy).reshape(shape)
+                continue
+            root = np.frombuffer(self._in.map, dtype.numpy, nbytes // dtype.numpy.itemsize, off)
+            weakref.finalize(root, self._release, off)
+            out[name] = root.reshape(shape)
+        return out
+
+    def _release(self, off: int) -> None:
+        # Any thread (the GC runs where the last reference died): list.append is atomic; the flush runs on the loop.
+        self._done_with.append(off)
+        if not self.closed:
+            try:
+                self._loop.call_soon_threadsafe(self._schedule_flush)
+            except RuntimeError:  # the loop is closed: the process is going away
+                pass
+
+    def _schedule_flush(self) -> None:
+        if not self._flush_scheduled and self._done_with:
+            self._flush_scheduled = True
+            self._loop.call_soon(self._flush)
+
+    def _flush(self) -> None:
+        self._flush_scheduled = False
+        if self._done_with and not self.closed:
+            self.send({}, [])
+
+    # --- frames -----------------------------------------------------------------------------------------------
+
+    def send(self, header: dict[str, Any], payload: Payload) -> None:
+        """Write one frame (never waits: the socket buffers; a dead peer is noticed by the reader)."""
+        if self.closed:
+            raise unavailable()
+        if self._done_with:
+            done, self._done_with = self._done_with, []
+            header["f"] = done
+        if self.before_send is not None:
+            self.before_send(header)
+        head = orjson.dumps(header)
+        size = len(head) + sum(len(p) if isinstance(p, bytes) else p.nbytes for p in payload)
+        self._writer.writelines([_PREFIX.pack(size, len(head)), head, *payload])
+
+    async def call(self, header: dict[str, Any], payload: Payload) -> tuple[dict[str, Any], memoryview]:
+        """Send a request and wait for its answer; UNAVAILABLE if the peer goes away first."""
+        self._next_id += 1
+        header["id"] = call_id = self._next_id
+        future: asyncio.Future[tuple[dict[str, Any], memoryview]] = self._loop.create_future()
+        self._calls[call_id] = future
+        try:
+            self.send(header, payload)
+            return await future
+        finally:
+            self._calls.pop(call_id, None)
+
+    async def run(self) -> None:
+        """Read frames until the peer closes; then fail every call still waiting."""
+        try:
+            while True:
+                size, head_len = _PREFIX.unpack(await self._reader.readexactly(_PREFIX.size))
+                if size > MAX_FRAME_BYTES or head_len > size:
+                    log.error("Dropping the channel: a frame of %d bytes (header %d)", size, head_len)
+                    break
+                body = await self._reader.readexactly(size)
+                header = orjson.loads(body[:head_len])
+                payload = memoryview(body)[head_len:]
+                for off in header.get("f", ()):
+                    self._out.free(off)
+                if "obs" in header and self._on_push is not None:
+                    self._on_push({"op": "obs", **header["obs"]}, payload)
+                self._dispatch(header, payload)
+        except (asyncio.IncompleteReadError, ConnectionError, OSError):
+            pass
+        finally:
+            self.close()
+
+    def _dispatch(self, header: dict[str, Any], payload: memoryview) -> None:
+        call_id = header.get("id")
+        op = header.get("op")
+        if op is None or op == "obs":
+            if call_id is not None:  # an answer
+                future = self._calls.get(call_id)
+                if future is not None and not future.done():
+                    future.set_result((header, payload))
+            return
+        if call_id is None:
+            if self._on_push is not None:
+                self._on_push(header, payload)
+            return
+        if self._handler is not None:
+            task = self._loop.create_task(self._answer(call_id, header, payload))
+            self._tasks.add(task)
+            task.add_done_callback(self._tasks.discard)
+
+    async def _answer(self, call_id: int, header: dict[str, Any], payload: memoryview) -> None:
+        assert self._handler is not None
+        try:
+            answer = await self._handler(header, payload)
+            reply, out = answer if answer is not None else ({}, [])
+        except ServingError as exc:
+            reply, out = {"e": error_header(exc)}, []
+        except Exception as exc:  # a bug: the caller gets INTERNAL rather than hanging
+            log.exception("IPC %s failed", header.get("op"))
+            reply, out = {"e": [int(Code.INTERNAL), f"Internal error: {exc!r}", None, "", None]}, []
+        if self.closed:
+            return  # the front end went away: nobody waits for this answer; its arena regions die with it
+        reply["id"] = call_id
+        try:
+            self.send(reply, out)
+        except ServingError:
+            pass
+
+    def close(self) -> None:
+        if self.closed:
+            return
+        self.closed = True
+        for future in self._calls.values():
+            if not future.done():
+                future.set_exception(unavailable())
+        self._calls.clear()
+        try:
+            self._writer.close()
+        except Exception:  # already gone
+            pass
