@@ -55,6 +55,14 @@ def main(argv: Sequence[str] | None = None) -> int:
         from pyserving.cli.auth import main as auth_main
 
         return auth_main(args[1:])
+    if args and args[0] == "bench":
+        from pyserving.cli.bench import main as bench_main
+
+        return bench_main(args[1:])
+    if args and args[0] == "batching":
+        from pyserving.cli.batching import main as batching_main
+
+        return batching_main(args[1:])
     parser = argparse.ArgumentParser(
         prog="pyserving",
         description="A model server that speaks TensorFlow Serving's REST and gRPC APIs.",
@@ -64,6 +72,10 @@ def main(argv: Sequence[str] | None = None) -> int:
     sub.add_parser("serve", help="serve models (takes tensorflow_model_server's flags; see `serve --help`)",
                    add_help=False)
     sub.add_parser("auth", help="credentials for --auth_config_file (`auth new-key --name N --scope M:predict`)",
+                   add_help=False)
+    sub.add_parser("bench", help="load a TF Serving-compatible server: QPS, latency, errors, CPU (`bench --help`)",
+                   add_help=False)
+    sub.add_parser("batching", help="`batching tune`: find batching parameters for a running pyserving",
                    add_help=False)
     ns = parser.parse_args(args)
     if ns.version:

@@ -1,6 +1,6 @@
--- wrk script for bench/batching.py: POST the file named by $BENCH_BODY as JSON, and end with one machine-readable
+-- wrk script for `pyserving bench` (pyserving/tools/loadgen.py): POST the file named by $BENCH_BODY as JSON, and end with one machine-readable
 -- line: BENCH_JSON {...} (request count, error counts, latency percentiles in microseconds).
---   BENCH_BODY=body.json wrk -t1 -c32 -d10s --latency -s bench/wrk_post.lua http://127.0.0.1:8501/v1/models/m:predict
+--   BENCH_BODY=body.json wrk -t1 -c32 -d10s --latency -s pyserving/tools/wrk_post.lua http://127.0.0.1:8501/v1/models/m:predict
 local path = os.getenv("BENCH_BODY")
 if path == nil then
   error("set BENCH_BODY to the file holding the request body")
