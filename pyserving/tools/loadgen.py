@@ -67,9 +67,16 @@ class Target:
     model: str
     signature: str = "serving_default"
     version: int | None = None
+    rest_path: str = ""
+    """REST only: POST here instead of TF Serving's predict path (e.g. /v2/models/M/infer, with a Payload built
+    for it)."""
+    header: tuple[str, str] | None = None
+    """REST only: one more request header (e.g. V2's Inference-Header-Content-Length)."""
 
     @property
     def predict_url(self) -> str:
+        if self.rest_path:
+            return self.address.rstrip("/") + self.rest_path
         version = f"/versions/{self.version}" if self.version is not None else ""
         return f"{self.address.rstrip('/')}/v1/models/{self.model}{version}:predict"
 
@@ -503,6 +510,8 @@ class LoadGenerator:
                "--latency", "-s", str(WRK_SCRIPT), self.target.predict_url]
         env = dict(os.environ, BENCH_BODY=str(self.rest_body_file))
         env.pop("BENCH_HEADER", None)
+        if self.target.header is not None:
+            env["BENCH_HEADER"] = f"{self.target.header[0]}: {self.target.header[1]}"
         with tempfile.TemporaryFile() as out:
             proc = subprocess.Popen(cmd, stdout=out, stderr=subprocess.STDOUT, env=env, start_new_session=True)
             self._watch(proc, seconds, progress, seconds + spec.timeout_s + 30)
@@ -575,6 +584,7 @@ class LoadGenerator:
         workers = []
         for i in range(procs):
             job = {"protocol": self.target.protocol, "url": self.target.predict_url, "target": self.target.address,
+                   "header": list(self.target.header) if self.target.header else None,
                    "body_file": str(body_file), "concurrency": shares[i], "rate": rates[i] if spec.rate else 0,
                    "duration": spec.duration, "requests": counts[i], "timeout_s": spec.timeout_s,
                    "max_in_flight": max(1, spec.max_in_flight // procs)}
@@ -716,8 +726,11 @@ async def _worker(job: dict[str, Any]) -> dict[str, Any]:
         import httpx
 
         n = max(job["concurrency"], 1) if not job["rate"] else job["max_in_flight"]
+        headers = {"Content-Type": "application/json"}
+        if job.get("header"):
+            headers[job["header"][0]] = job["header"][1]
         client = httpx.AsyncClient(limits=httpx.Limits(max_connections=n, max_keepalive_connections=n),
-                                   timeout=timeout, headers={"Content-Type": "application/json"})
+                                   timeout=timeout, headers=headers)
         url = job["url"]
 
         async def send() -> str:
