@@ -535,9 +535,10 @@ class LoadGenerator:
         with tempfile.TemporaryDirectory(prefix="h2load-") as tmp:
             log_file = Path(tmp) / "requests.log"
             url = f"http://{self.target.address}{PREDICT_METHOD}"
-            threads = min(self.threads, spec.concurrency)
+            clients = min(spec.concurrency, spec.requests) if spec.requests else spec.concurrency  # h2load: n >= c
+            threads = min(self.threads, clients)
             amount = ["-n", str(spec.requests)] if spec.requests else [f"-D{max(1, round(spec.duration))}"]
-            cmd = ["h2load", f"-c{spec.concurrency}", "-m1", f"-t{threads}", *amount,
+            cmd = ["h2load", f"-c{clients}", "-m1", f"-t{threads}", *amount,
                    "-H", "content-type: application/grpc", "-H", "te: trailers",
                    "-d", str(self.grpc_body_file), f"--log-file={log_file}", url]
             expected = spec.duration if not spec.requests else 0

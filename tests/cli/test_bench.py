@@ -140,3 +140,26 @@ def test_unknown_model_and_unreachable_server_say_what_to_fix(server: RunningSer
     assert out.returncode == 2 and "is --grpc its gRPC address?" in out.stderr
     out = bench("--model", "m")
     assert out.returncode == 2 and "give --rest URL and/or --grpc HOST:PORT" in out.stderr
+
+
+@pytest.mark.parametrize("client", [pytest.param("auto", marks=needs_wrk), "python"])
+def test_engine_posts_any_rest_body_with_a_header_v2_binary(server: RunningServer, client: str) -> None:
+    """bench/runtimes.py's V2 rows: the engine POSTs a prepared body (V2 binary extension) to another path."""
+    import numpy as np
+
+    from pyserving.tools.loadgen import LoadGenerator, LoadSpec, Payload, Target
+
+    x = np.full((1, 16), 0.25, dtype="<f4")
+    head = json.dumps({"inputs": [{"name": "x", "shape": [1, 16], "datatype": "FP32",
+                                   "parameters": {"binary_data_size": x.nbytes}}]}).encode()
+    target = Target("rest", server.rest_url, "m", rest_path="/v2/models/m/infer",
+                    header=("Inference-Header-Content-Length", str(len(head))))
+    with LoadGenerator(target, Payload(head + x.tobytes(), b"", 1, "V2 binary"), client=client) as gen:
+        good = gen.run(LoadSpec(concurrency=2, duration=1))
+    assert good.generator == ("wrk" if client == "auto" else "python")
+    assert good.requests > 10 and good.errors == 0
+    # the same body without the header is not a V2 JSON request: every one is refused, and counted
+    target = Target("rest", server.rest_url, "m", rest_path="/v2/models/m/infer")
+    with LoadGenerator(target, Payload(head + x.tobytes(), b"", 1, "V2 binary"), client=client) as gen:
+        bad = gen.run(LoadSpec(concurrency=2, duration=1))
+    assert bad.requests > 0 and bad.errors == bad.requests and bad.qps == 0
