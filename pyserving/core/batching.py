@@ -295,6 +295,7 @@ class Batcher:
             self._scheduler.add(queue)
         elif self.retired:
             self._scheduler.add(queue)
+            self._scheduler._retired = True  # so it leaves again once empty
         self._loop = loop = asyncio.get_running_loop()
         task = _Task(inputs, size, loop.create_future())
         queue.enqueue(task)

@@ -122,3 +122,27 @@ def test_tune_refuses_a_model_the_config_lacks(served: Served, tmp_path: Path) -
         env={**os.environ, "PYTHONPATH": os.pathsep.join([str(REPO), os.environ.get("PYTHONPATH", "")])})
     assert out.returncode == 2
     assert "has no model 'other' (it has ['m'])" in out.stderr
+
+
+def test_requests_in_flight_during_batching_reloads_all_succeed(served: Served) -> None:
+    """Each reload swaps the batcher under load: requests queued in the old one finish there, none is lost."""
+    import threading
+
+    from pyserving.tools.loadgen import LoadGenerator, LoadSpec, Target, build_payload
+
+    target = Target("grpc", served.grpc, "m")
+    editor = ConfigEditor(served.config, "m")
+    reloader = Reloader(served.grpc, editor)
+    with LoadGenerator(target, build_payload(target), client="python", procs=1) as gen:
+        result = []
+        load = threading.Thread(target=lambda: result.append(gen.run(LoadSpec(concurrency=8, duration=3))))
+        load.start()
+        for i in range(6):
+            size, threads = (8, 2) if i % 2 == 0 else (2, 1)
+            reloader.apply(editor.text_with(BatchingOptions(max_batch_size=size, batch_timeout_micros=2000,
+                                                            max_enqueued_batches=100, num_batch_threads=threads)))
+        load.join(30)
+    [point] = result
+    assert point.requests > 50
+    assert point.errors == 0, point.first_error
+    assert served.log.read_text().count("New batching parameters for servable version") == 6
