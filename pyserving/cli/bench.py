@@ -242,6 +242,10 @@ def main(argv: Sequence[str]) -> int:
     print(table(points))
     for note in dict.fromkeys(notes):
         print(f"note: {note}")
+    empty = [pt for pt in points if pt.requests == 0]
+    if empty:
+        print(f"note: no request finished within {len(empty)} point(s) ({', '.join(pt.label for pt in empty)}): "
+              "lengthen --duration or lower the load")
     busy = [pt for pt in points if pt.cores(pt.other_cpu_s) > 0.3]
     if busy:
         print(f"note: other processes kept over 0.3 cores busy during {len(busy)} of {len(points)} points "
