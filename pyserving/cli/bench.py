@@ -134,10 +134,11 @@ def plot(points: Sequence[Point], path: Path, title: str, series_of: object = No
     key = series_of or (lambda pt: f"{pt.protocol} ({pt.generator}, {pt.mode} loop)")
     series: dict[str, list[Point]] = {}
     for pt in points:
-        series.setdefault(key(pt), []).append(pt)  # type: ignore[operator]
+        if pt.requests and pt.qps > 0:  # a point where nothing succeeded has no latency to draw
+            series.setdefault(key(pt), []).append(pt)  # type: ignore[operator]
     fig, ax = plt.subplots(figsize=(8, 5))
     for name, pts in series.items():
-        pts = sorted(pts, key=lambda p: p.qps)
+        pts = sorted(pts, key=lambda p: p.level)  # along the sweep: past saturation the line bends back
         line, = ax.plot([p.qps for p in pts], [p.p99 for p in pts], "-o", label=f"{name} p99")
         ax.plot([p.qps for p in pts], [p.p50 for p in pts], "--", marker="s", color=line.get_color(),
                 label=f"{name} p50", alpha=0.7)
