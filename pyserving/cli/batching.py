@@ -36,8 +36,8 @@ size; then num_batch_threads over --batch-threads at both (--grid: every combina
 QPS among those without errors and with p99 <= --p99-ms.
 
 Needs: the server's gRPC address for the reload RPC (--grpc, or --admin-grpc when the load goes over --rest),
-write access to its --model_config_file, and the ADMIN scope if the server has an --auth_config_file (not
-supported here yet: run tune against a server without one).
+write access to its --model_config_file, and, for a server with an --auth_config_file, a credential
+(--token-file or PYSERVING_TOKEN) with the model's predict and metadata scopes and the admin scope.
 
 Example:
   pyserving batching tune --grpc 127.0.0.1:8500 --model cnn --p99-ms 200 \\
@@ -117,14 +117,18 @@ class ConfigEditor:
 class Reloader:
     """Applies a model config to the server with HandleReloadConfigRequest (synchronous: applied on return)."""
 
-    def __init__(self, address: str, editor: ConfigEditor) -> None:
+    def __init__(self, address: str, editor: ConfigEditor, token: str = "") -> None:
         self.address, self.editor = address, editor
+        self._metadata = (("authorization", f"Bearer {token}"),) if token else None
+        self.changed = False
+        """Whether the file or the server may differ from the original (so there is something to restore)."""
 
     def apply(self, text: str, file_bytes: bytes | None = None) -> None:
         import grpc
 
         from pyserving.codecs.tfserving.protos import model_management_pb2, model_server_config_pb2
 
+        self.changed = True
         self.editor.write(file_bytes if file_bytes is not None else text.encode())
         request = model_management_pb2.ReloadConfigRequest()
         # The per-model batching block is not in TF Serving's ModelConfig: it travels as field 1002, which the
@@ -136,7 +140,7 @@ class Reloader:
                 request_serializer=lambda m: m.SerializeToString(),
                 response_deserializer=model_management_pb2.ReloadConfigResponse.FromString)
             try:
-                response = call(request, timeout=120)
+                response = call(request, timeout=120, metadata=self._metadata)
             except grpc.RpcError as exc:
                 raise LoadError(f"HandleReloadConfigRequest to {self.address} failed: {exc.code().name}: "
                                 f"{exc.details()}") from None
@@ -212,7 +216,7 @@ def tune_main(argv: Sequence[str]) -> int:
         return 2
     base = editor.current or BatchingOptions()
     enqueued = args.max_enqueued_batches or (editor.current.max_enqueued_batches if editor.current else 100)
-    reloader = Reloader(admin, editor)
+    reloader = Reloader(admin, editor, target.token)
     candidates: list[Candidate] = []
     started = time.monotonic()
 
@@ -310,6 +314,8 @@ def tune_main(argv: Sequence[str]) -> int:
 
 def _restore(reloader: Reloader, editor: ConfigEditor, code: int) -> int:
     """Put the original config file back and apply it; a failure here is reported, not hidden."""
+    if not reloader.changed:
+        return code
     try:
         reloader.apply(editor.original.decode(), file_bytes=editor.original)
     except (LoadError, OSError) as exc:

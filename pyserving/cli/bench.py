@@ -62,15 +62,24 @@ def add_target_flags(p: argparse.ArgumentParser) -> None:
     p.add_argument("--timeout", type=float, default=30.0, help="seconds a request may take (default: %(default)s)")
     p.add_argument("--server-pid", type=int, help="the server's pid, for its CPU use (default: found by port)")
     p.add_argument("--no-progress", action="store_true", help="no progress line on stderr")
+    p.add_argument("--token-file", type=Path, metavar="FILE",
+                   help="an API key or JWT (first line of FILE; or the PYSERVING_TOKEN environment variable) for a "
+                        "server with --auth_config_file, sent as Authorization: Bearer")
 
 
 def targets_from(args: argparse.Namespace, p: argparse.ArgumentParser) -> list[Target]:
     out = []
+    token = os.environ.get("PYSERVING_TOKEN", "")
+    if args.token_file:
+        try:
+            token = args.token_file.read_text().strip().splitlines()[0]
+        except (OSError, IndexError) as exc:
+            p.error(f"--token-file {args.token_file}: {exc or 'empty'}")
     if args.rest:
         url = args.rest if "://" in args.rest else f"http://{args.rest}"
-        out.append(Target("rest", url, args.model, args.signature, args.model_version))
+        out.append(Target("rest", url, args.model, args.signature, args.model_version, token=token))
     if args.grpc:
-        out.append(Target("grpc", args.grpc, args.model, args.signature, args.model_version))
+        out.append(Target("grpc", args.grpc, args.model, args.signature, args.model_version, token=token))
     if not out:
         p.error("give --rest URL and/or --grpc HOST:PORT")
     if args.batch < 1:

@@ -72,6 +72,16 @@ class Target:
     for it)."""
     header: tuple[str, str] | None = None
     """REST only: one more request header (e.g. V2's Inference-Header-Content-Length)."""
+    token: str = field(default="", repr=False)
+    """An API key or JWT for a server with --auth_config_file: sent as `Authorization: Bearer` (REST header, gRPC
+    metadata)."""
+
+    def headers(self) -> list[tuple[str, str]]:
+        """Extra request headers (HTTP/1.1 REST or HTTP/2 gRPC), credentials included."""
+        out = [self.header] if self.header is not None and self.protocol == "rest" else []
+        if self.token:
+            out.append(("authorization", f"Bearer {self.token}"))
+        return out
 
     @property
     def predict_url(self) -> str:
@@ -107,7 +117,8 @@ def _signature_from_rest(target: Target, timeout_s: float) -> dict[str, tuple[DT
     version = f"/versions/{target.version}" if target.version is not None else ""
     url = f"{target.address.rstrip('/')}/v1/models/{target.model}{version}/metadata"
     try:
-        with urllib.request.urlopen(url, timeout=timeout_s) as r:
+        with urllib.request.urlopen(urllib.request.Request(url, headers=dict(target.headers())),
+                                    timeout=timeout_s) as r:
             body = json.loads(r.read())
     except urllib.error.HTTPError as exc:
         raise LoadError(f"GET {url} answered {exc.code}: {exc.read()[:300].decode(errors='replace')}") from None
@@ -139,7 +150,7 @@ def _signature_from_grpc(target: Target, timeout_s: float) -> dict[str, tuple[DT
         call = channel.unary_unary(METADATA_METHOD, request_serializer=lambda m: m.SerializeToString(),
                                    response_deserializer=get_model_metadata_pb2.GetModelMetadataResponse.FromString)
         try:
-            response = call(request, timeout=timeout_s)
+            response = call(request, timeout=timeout_s, metadata=target.headers() or None)
         except grpc.RpcError as exc:
             raise LoadError(f"GetModelMetadata on {target.address} failed: {exc.code().name}: {exc.details()}; "
                             "is the server up, and is --grpc its gRPC address?") from None
@@ -457,7 +468,7 @@ class LoadGenerator:
             with grpc.insecure_channel(self.target.address) as channel:
                 call = channel.unary_unary(PREDICT_METHOD)
                 try:
-                    call(self.payload.grpc_message, timeout=60)
+                    call(self.payload.grpc_message, timeout=60, metadata=self.target.headers() or None)
                     self._grpc_checked = ""
                 except grpc.RpcError as exc:
                     self._grpc_checked = f"{exc.code().name}: {exc.details()}"
@@ -510,8 +521,7 @@ class LoadGenerator:
                "--latency", "-s", str(WRK_SCRIPT), self.target.predict_url]
         env = dict(os.environ, BENCH_BODY=str(self.rest_body_file))
         env.pop("BENCH_HEADER", None)
-        if self.target.header is not None:
-            env["BENCH_HEADER"] = f"{self.target.header[0]}: {self.target.header[1]}"
+        env["BENCH_HEADERS"] = "\n".join(f"{k}: {v}" for k, v in self.target.headers())
         with tempfile.TemporaryFile() as out:
             proc = subprocess.Popen(cmd, stdout=out, stderr=subprocess.STDOUT, env=env, start_new_session=True)
             self._watch(proc, seconds, progress, seconds + spec.timeout_s + 30)
@@ -538,8 +548,9 @@ class LoadGenerator:
             clients = min(spec.concurrency, spec.requests) if spec.requests else spec.concurrency  # h2load: n >= c
             threads = min(self.threads, clients)
             amount = ["-n", str(spec.requests)] if spec.requests else [f"-D{max(1, round(spec.duration))}"]
+            extra = [a for k, v in self.target.headers() for a in ("-H", f"{k}: {v}")]
             cmd = ["h2load", f"-c{clients}", "-m1", f"-t{threads}", *amount,
-                   "-H", "content-type: application/grpc", "-H", "te: trailers",
+                   "-H", "content-type: application/grpc", "-H", "te: trailers", *extra,
                    "-d", str(self.grpc_body_file), f"--log-file={log_file}", url]
             expected = spec.duration if not spec.requests else 0
             with tempfile.TemporaryFile() as out:
@@ -585,7 +596,7 @@ class LoadGenerator:
         workers = []
         for i in range(procs):
             job = {"protocol": self.target.protocol, "url": self.target.predict_url, "target": self.target.address,
-                   "header": list(self.target.header) if self.target.header else None,
+                   "headers": self.target.headers(),
                    "body_file": str(body_file), "concurrency": shares[i], "rate": rates[i] if spec.rate else 0,
                    "duration": spec.duration, "requests": counts[i], "timeout_s": spec.timeout_s,
                    "max_in_flight": max(1, spec.max_in_flight // procs)}
@@ -727,9 +738,7 @@ async def _worker(job: dict[str, Any]) -> dict[str, Any]:
         import httpx
 
         n = max(job["concurrency"], 1) if not job["rate"] else job["max_in_flight"]
-        headers = {"Content-Type": "application/json"}
-        if job.get("header"):
-            headers[job["header"][0]] = job["header"][1]
+        headers = {"Content-Type": "application/json", **dict(job["headers"])}
         client = httpx.AsyncClient(limits=httpx.Limits(max_connections=n, max_keepalive_connections=n),
                                    timeout=timeout, headers=headers)
         url = job["url"]
@@ -747,10 +756,11 @@ async def _worker(job: dict[str, Any]) -> dict[str, Any]:
 
         channel = grpc.aio.insecure_channel(job["target"])
         call = channel.unary_unary(PREDICT_METHOD)
+        metadata = tuple((k, v) for k, v in job["headers"]) or None
 
         async def send() -> str:
             try:
-                await call(body, timeout=timeout)
+                await call(body, timeout=timeout, metadata=metadata)
                 return ""
             except grpc.aio.AioRpcError as exc:
                 return f"{exc.code().name}: {exc.details()}"

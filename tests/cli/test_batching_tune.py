@@ -3,6 +3,8 @@ changed by HandleReloadConfigRequest without a restart, a short sweep, the file 
 
 from __future__ import annotations
 
+import contextlib
+import hashlib
 import json
 import os
 import subprocess
@@ -37,6 +39,12 @@ class Served:
 
 @pytest.fixture
 def served(tmp_path: Path) -> Iterator[Served]:
+    with serve_model(tmp_path, []) as s:
+        yield s
+
+
+@contextlib.contextmanager
+def serve_model(tmp_path: Path, extra_flags: list[str]) -> Iterator[Served]:
     version = tmp_path / "m" / "1"
     version.mkdir(parents=True)
     (version / "model.json").write_text(json.dumps({
@@ -50,9 +58,9 @@ def served(tmp_path: Path) -> Iterator[Served]:
     rest_port, grpc_port = free_port(), free_port()
     log = tmp_path / "server.log"
     flags = ["--host=127.0.0.1", f"--port={grpc_port}", f"--rest_api_port={rest_port}",
-             f"--model_config_file={config}", "--model_config_file_poll_wait_seconds=1"]
+             f"--model_config_file={config}", "--model_config_file_poll_wait_seconds=1", *extra_flags]
     rest = f"http://127.0.0.1:{rest_port}"
-    with serve_subprocess(flags, log, lambda: requests.get(f"{rest}/v1/models/m", timeout=2).status_code == 200) as p:
+    with serve_subprocess(flags, log, lambda: requests.get(f"{rest}/v1/models/m", timeout=2).status_code in (200, 401)) as p:
         yield Served(p, rest, f"127.0.0.1:{grpc_port}", config, log)
 
 
@@ -146,3 +154,20 @@ def test_requests_in_flight_during_batching_reloads_all_succeed(served: Served) 
     assert point.requests > 50
     assert point.errors == 0, point.first_error
     assert served.log.read_text().count("New batching parameters for servable version") == 6
+
+
+def test_tune_sends_credentials_to_a_server_with_auth(tmp_path: Path) -> None:
+    key = "tune-key-0123456789abcdef"
+    auth = tmp_path / "auth.config"
+    auth.write_text(f'api_key {{ name: "tuner" sha256: "{hashlib.sha256(key.encode()).hexdigest()}" '
+                    'scope: "m:predict" scope: "m:metadata" scope: "*:admin" }\n')
+    (tmp_path / "token").write_text(key)
+    with serve_model(tmp_path, [f"--auth_config_file={auth}"]) as served:
+        before = served.config.read_bytes()
+        refused = tune(served, tmp_path, "--p99-ms", "1000")
+        assert refused.returncode == 2 and "answered 401" in refused.stderr
+        assert "restore" not in refused.stderr  # nothing was changed, so nothing to put back
+        out = tune(served, tmp_path, "--p99-ms", "1000", "--token-file", str(tmp_path / "token"))
+        assert out.returncode == 0, out.stdout + out.stderr
+        assert load_batching_parameters_file(str(tmp_path / "best.txt")).max_batch_size in (1, 8)
+        assert served.config.read_bytes() == before

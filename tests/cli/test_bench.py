@@ -163,3 +163,26 @@ def test_engine_posts_any_rest_body_with_a_header_v2_binary(server: RunningServe
     with LoadGenerator(target, Payload(head + x.tobytes(), b"", 1, "V2 binary"), client=client) as gen:
         bad = gen.run(LoadSpec(concurrency=2, duration=1))
     assert bad.requests > 0 and bad.errors == bad.requests and bad.qps == 0
+
+
+def test_credentials_reach_every_generator(tmp_path: Path) -> None:
+    import hashlib
+
+    key = "bench-key-0123456789abcdef"
+    auth = tmp_path / "auth.config"
+    auth.write_text(f'api_key {{ name: "bench" sha256: "{hashlib.sha256(key.encode()).hexdigest()}" '
+                    'scope: "m:predict" scope: "m:metadata" }\n')
+    token = tmp_path / "token"
+    token.write_text(key + "\n")
+    base = write_model(tmp_path / "m")
+    with run_server(replace(_memory_options("m", base), auth_config_file=str(auth))) as running:
+        args = ["--rest", running.rest_url, "--grpc", running.grpc_target, "--model", "m", "--concurrency", "2"]
+        native = bench(*args, "--duration", "1", "--token-file", str(token), "--json", str(tmp_path / "a.json"))
+        python = bench(*args, "--requests", "10", "--client", "python", "--token-file", str(token),
+                       "--json", str(tmp_path / "b.json"))
+        refused = bench(*args, "--duration", "1")
+    assert native.returncode == 0, native.stderr
+    assert python.returncode == 0, python.stderr
+    for p in points(tmp_path / "a.json") + points(tmp_path / "b.json"):
+        assert p["requests"] > 0 and p["errors"] == 0, p
+    assert refused.returncode == 2 and "answered 401" in refused.stderr  # the metadata call, before any load
