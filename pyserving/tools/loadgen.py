@@ -489,6 +489,8 @@ class LoadGenerator:
             self._run_wrk(spec, point, progress)
         elif generator == "h2load":
             self._run_h2load(spec, point, progress)
+            self.notes.append("h2load sees HTTP statuses only: a gRPC error status during the run (after the check "
+                              "call succeeded) counts as a success there; --client python counts each one")
         else:
             self._run_python(spec, point, progress)
         point.wall_s = time.monotonic() - t0
@@ -570,11 +572,15 @@ class LoadGenerator:
         if counts is None:
             raise LoadError(f"h2load printed no result (exit {proc.returncode}): {text[-500:]}")
         ok = [r for r in rows if r[1] == 200]
-        point.requests = counts["total"] if spec.requests else counts["done"] + counts["errored"] + counts["timeout"]
-        point.errors = counts["failed"] + counts["errored"] + counts["timeout"] + (len(rows) - len(ok))
+        # h2load: done = succeeded + failed; failed includes non-2xx answers and `errored` (stream/connection
+        # failures), which includes `timeout`
+        point.requests = int(counts["done"])
+        point.errors = int(counts["failed"])
         if point.errors:
-            point.first_error = "HTTP-level failures (h2load keeps no body)"
-            point.error_kinds = {k: counts[k] for k in ("failed", "errored", "timeout") if counts[k]}
+            point.first_error = (f"{int(counts['failed'] - counts['errored'])} non-2xx answers, "
+                                 f"{int(counts['errored'])} stream or connection errors ({int(counts['timeout'])} "
+                                 "timeouts); h2load keeps no body")
+            point.error_kinds = {k: int(counts[k]) for k in ("failed", "errored", "timeout") if counts[k]}
         if ok:
             start = min(r[0] for r in ok) / 1e6
             end = max(r[0] + r[2] for r in ok) / 1e6
