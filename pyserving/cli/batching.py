@@ -218,6 +218,7 @@ def tune_main(argv: Sequence[str]) -> int:
     enqueued = args.max_enqueued_batches or (editor.current.max_enqueued_batches if editor.current else 100)
     reloader = Reloader(admin, editor, target.token)
     candidates: list[Candidate] = []
+    notes: list[str] = []
     started = time.monotonic()
 
     def measure(options: BatchingOptions | None, gen: LoadGenerator, label: str) -> Candidate:
@@ -263,6 +264,7 @@ def tune_main(argv: Sequence[str]) -> int:
                             for t in args.timeouts), key=score)
                 max((measure(replace(best.options, num_batch_threads=n), gen, "num_batch_threads")
                      for n in args.batch_threads), key=score)
+            notes += gen.notes
     except LoadError as exc:
         progress.clear()
         print(f"pyserving batching tune: error: {exc}", file=sys.stderr)
@@ -286,6 +288,8 @@ def tune_main(argv: Sequence[str]) -> int:
     print(f"=== batching tune: {args.model}, {target.protocol} c={args.concurrency}, p99 <= {args.p99_ms:g} ms, "
           f"{time.monotonic() - started:.0f} s ===")
     print(rows)
+    for note in dict.fromkeys(notes):
+        print(f"note: {note}")
     if args.json:
         args.json.write_text(json.dumps([{"step": c.label, "options": {k: getattr(c.options, k) for k in
                                                                          BatchingOptions.__dataclass_fields__},
