@@ -98,12 +98,16 @@ def test_tune_sweeps_writes_the_best_file_and_restores_the_config(served: Served
     assert out.returncode == 0, out.stdout + out.stderr
     assert "=== batching tune: m, rest c=8" in out.stdout
     steps = json.loads((tmp_path / "tune.json").read_text())
-    assert [s["step"] for s in steps] == ["baseline", "max_batch_size", "max_batch_size", "batch_timeout_micros"]
+    assert [s["step"] for s in steps] == ["baseline", "max_batch_size", "max_batch_size", "batch_timeout_micros",
+                                         "best, again", "baseline, again"]
     assert all(s["point"]["requests"] > 0 for s in steps)
     best = load_batching_parameters_file(str(tmp_path / "best.txt"))
     measured = {(s["options"]["max_batch_size"], s["options"]["batch_timeout_micros"]): s["point"]["qps"]
-                for s in steps[1:]}
+                for s in steps[1:4]}
     assert measured[(best.max_batch_size, best.batch_timeout_micros)] == max(measured.values())
+    assert (steps[4]["options"]["max_batch_size"], steps[4]["options"]["batch_timeout_micros"]) == (
+        best.max_batch_size, best.batch_timeout_micros)
+    assert steps[5]["options"]["max_batch_size"] == 1  # the baseline is the config's own block
     assert best.num_batch_threads == 1 and best.max_enqueued_batches == 100
     text = (tmp_path / "best.txt").read_text()
     assert "# best:" in text and "baseline" in text
