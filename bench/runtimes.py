@@ -31,7 +31,7 @@ import numpy as np
 BENCH = Path(__file__).resolve().parent
 REPO = BENCH.parent
 sys.path.insert(0, str(REPO))
-from pyserving.cli.bench import _fmt, plot, table  # noqa: E402
+from pyserving.cli.bench import _fmt, table  # noqa: E402
 from pyserving.tools.loadgen import (  # noqa: E402
     LoadGenerator, LoadSpec, Payload, Point, Target, build_payload,
 )
@@ -347,10 +347,53 @@ def main(argv: list[str] | None = None) -> int:
     if args.json:
         args.json.write_text(json.dumps([{"model": n, **pt.as_dict()} for n, pt in rows], indent=1))
     if args.plot:
-        names = {id(pt): n for n, pt in rows}
-        print(plot([pt for _, pt in rows], args.plot, f"pyserving runtimes, {os.cpu_count()} cores",
-                   series_of=lambda pt: f"{names[id(pt)]} {pt.protocol}"))
+        print(plot_rows(rows, args.plot, f"pyserving runtimes, {os.cpu_count()} cores, "
+                                         f"{time.strftime('%Y-%m-%d %H:%M')}; small model c={args.concurrency}, "
+                                         f"CNN c={args.cnn_concurrency}"))
     return 0
+
+
+def plot_rows(rows: list[tuple[str, Point]], path: Path, title: str) -> str:
+    """Bars: QPS per runtime and protocol (p50/p99 written on each), and the CNN's V2 JSON vs binary."""
+    try:
+        import matplotlib
+
+        matplotlib.use("Agg")
+        import matplotlib.pyplot as plt
+    except ImportError:
+        return f"no plot: matplotlib is not installed; {path} not written"
+    small = [(n, pt) for n, pt in rows if pt.protocol in ("REST", "gRPC")]
+    v2 = [(n, pt) for n, pt in rows if pt.protocol.startswith("V2")]
+    fig, axes = plt.subplots(1, 2, figsize=(13, 5), gridspec_kw={"width_ratios": [3, 1]}, squeeze=False)
+    ax = axes[0][0]
+    runtimes = list(dict.fromkeys(n for n, _ in small))
+    for i, protocol in enumerate(("REST", "gRPC")):
+        pts = {n: pt for n, pt in small if pt.protocol == protocol}
+        xs = [j + (i - 0.5) * 0.38 for j, n in enumerate(runtimes) if n in pts]
+        bars = ax.bar(xs, [pts[n].qps for n in runtimes if n in pts], width=0.38, label=protocol)
+        for bar, n in zip(bars, [n for n in runtimes if n in pts]):
+            ax.annotate(f"p50 {_fmt(pts[n].p50, 1)}\np99 {_fmt(pts[n].p99, 1)}", (bar.get_x() + bar.get_width() / 2,
+                        bar.get_height()), ha="center", va="bottom", fontsize=7)
+    ax.set_xticks(range(len(runtimes)), runtimes)
+    ax.set_ylabel("successful requests/s")
+    ax.set_title("16 -> 32 -> 4 dense model, batching on (latencies in ms)", fontsize=9)
+    ax.legend(fontsize=8)
+    ax.margins(y=0.15)
+    ax = axes[0][1]
+    if v2:
+        bars = ax.bar([pt.protocol for _, pt in v2], [pt.qps for _, pt in v2], color=["tab:red", "tab:green"])
+        for bar, (_, pt) in zip(bars, v2):
+            ax.annotate(f"p50 {_fmt(pt.p50, 0)}\np99 {_fmt(pt.p99, 0)}", (bar.get_x() + bar.get_width() / 2,
+                        bar.get_height()), ha="center", va="bottom", fontsize=7)
+        ax.margins(y=0.15)
+    ax.set_title("CNN, one 224x224x3 image, V2 REST", fontsize=9)
+    ax.set_ylabel("successful requests/s")
+    fig.suptitle(title, fontsize=9)
+    fig.tight_layout()
+    path.parent.mkdir(parents=True, exist_ok=True)
+    fig.savefig(path, dpi=110)
+    plt.close(fig)
+    return f"plot written to {path}"
 
 
 if __name__ == "__main__":
