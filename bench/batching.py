@@ -9,8 +9,8 @@ What runs, one thing at a time (see bench/README.md):
   2. the in-process limit of each model: `TensorFlowRuntime().load(...).run(...)` in a closed loop at several batch
      sizes and 1-2 calling threads, nothing else running (bench/models.py);
   3. a bare uvicorn + starlette app doing the small model's math in numpy: the ceiling of a Python HTTP server;
-  4. pyserving, without and with batching, for each model: REST driven by wrk (bench/wrk_post.lua), gRPC by
-     bench/grpc_load.py, at each concurrency;
+  4. pyserving, without and with batching, for each model, REST and gRPC at each concurrency, loaded by
+     `pyserving bench`'s engine (pyserving/tools/loadgen.py: wrk, h2load, or Python clients without them);
   5. Seldon MLServer (adaptive batching) and NVIDIA Triton via PyTriton (dynamic batching) serving the small
      SavedModel, over REST with the V2 inference protocol, each from its own venv under SCRATCH (made on first use).
 
@@ -41,8 +41,9 @@ from typing import Any
 
 BENCH = Path(__file__).resolve().parent
 REPO = BENCH.parent
-sys.path.insert(0, str(BENCH))
-from grpc_load import GrpcLoad  # noqa: E402  (imports neither grpc nor TensorFlow)
+sys.path.insert(0, str(REPO))
+# pyserving's own load generator (`pyserving bench`): wrk for REST, h2load for gRPC, Python clients without them
+from pyserving.tools.loadgen import WRK_SCRIPT, LoadGenerator, LoadSpec, Target, build_payload  # noqa: E402
 
 # The batching parameters each model is served with (TF Serving's BatchingParameters, one file per model).
 #  small: a signature call costs about the same for 1 row or 64, so batches should be as big as the traffic allows;
@@ -62,8 +63,9 @@ BATCHING = {
 PEER_MAX_BATCH = BATCHING["small"]["max_batch_size"]
 PEER_DELAY_S = BATCHING["small"]["batch_timeout_micros"] / 1e6
 
-# gRPC load processes at concurrency >= 8 (below: 1). The small model's client needs ~0.2 ms of Python per call, so
-# one process would cap the rate; the CNN's few hundred calls/s need one, and a second only takes CPU from the server.
+# Python gRPC client processes at concurrency >= 8 (below: 1), used only where h2load is not installed. The small
+# model's client needs ~0.2 ms of Python per call, so one process would cap the rate; the CNN's few hundred calls/s
+# need one, and a second only takes CPU from the server.
 GRPC_PROCS = {"small": 2, "cnn": 1}
 
 # name, input key, output key, one example's shape, limit batch sizes
@@ -278,7 +280,7 @@ def run_wrk(url: str, body_file: Path, concurrency: int, duration: float, warmup
 
     def wrk(seconds: float) -> str:
         cmd = ["wrk", "-t1", f"-c{concurrency}", f"-d{max(1, round(seconds))}s", f"--timeout={timeout_s}s",
-               "--latency", "-s", str(BENCH / "wrk_post.lua"), url]
+               "--latency", "-s", str(WRK_SCRIPT), url]
         p = track(subprocess.Popen(cmd, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True, env=env,
                                    start_new_session=True))
         try:
@@ -314,7 +316,7 @@ class Bench:
         self.logs.mkdir(parents=True, exist_ok=True)
         self.rows: list[Row] = []
         self.limits: dict[str, dict[str, Any]] = {}
-        self.grpc: GrpcLoad | None = None
+        self.generators: dict[Target, LoadGenerator] = {}
         self.versions: dict[str, str] = {}
         self.bodies: dict[str, Path] = {}
         self.skipped: list[str] = []
@@ -422,28 +424,34 @@ class Bench:
             self.add(model, server, "REST", batching, c, r)
             time.sleep(0.3)
 
-    def grpc_points(self, model: str, batching: str, target: str, concurrencies: list[int]) -> None:
-        assert self.grpc is not None
-        in_key, _, shape, _ = MODELS[model]
+    def engine_points(self, model: str, batching: str, target: Target, concurrencies: list[int]) -> None:
+        """pyserving's rows: the same engine as `pyserving bench` (wrk for REST, h2load for gRPC)."""
         for c in concurrencies:
-            procs = 1 if c < 8 else (self.args.grpc_procs or GRPC_PROCS[model])
-            self.add(model, "pyserving", "gRPC", batching, c,
-                     self.least_disturbed(lambda: self.grpc_point(target, model, in_key, shape, c, procs)))
+            self.add(model, "pyserving", "REST" if target.protocol == "rest" else "gRPC", batching, c,
+                     self.least_disturbed(lambda: self.engine_point(target, c)))
             time.sleep(0.3)
 
-    def grpc_point(self, target: str, model: str, in_key: str, shape: list[int], c: int,
-                   procs: int) -> dict[str, Any]:
-        assert self.grpc is not None
-        workers = self.grpc.procs[:procs]
-        srv0, load0 = group_cpu_s(self.server_pid), sum(group_cpu_s(w.pid) for w in workers)
-        all0, t0 = machine_busy_s(), time.monotonic()
-        r = self.grpc.run(target, model, in_key, shape, c, self.args.duration, self.args.warmup, procs=procs)
-        t1 = time.monotonic()
-        # over warm-up + measured window: the workers do not report where the warm-up ended
-        srv, load = group_cpu_s(self.server_pid) - srv0, sum(group_cpu_s(w.pid) for w in workers) - load0
-        r["server_cpu"], r["load_cpu"] = srv / (t1 - t0), load / (t1 - t0)
-        r["other_cpu"] = max(0.0, (machine_busy_s() - all0 - srv - load) / (t1 - t0))
-        return r
+    def generator(self, target: Target) -> LoadGenerator:
+        gen = self.generators.get(target)
+        if gen is None:
+            procs = self.args.grpc_procs or GRPC_PROCS.get(target.model, 1)
+            gen = self.generators[target] = LoadGenerator(target, build_payload(target), procs=procs,
+                                                          server_pid=self.server_pid, workdir=str(self.scratch))
+        return gen
+
+    def engine_point(self, target: Target, c: int) -> dict[str, Any]:
+        gen = self.generator(target)
+        if self.args.warmup > 0:
+            gen.run(LoadSpec(concurrency=c, duration=self.args.warmup, timeout_s=60))
+        pt = gen.run(LoadSpec(concurrency=c, duration=self.args.duration, timeout_s=60))
+        return {"qps": pt.qps, "p50": pt.p50, "p90": pt.p90, "p99": pt.p99, "requests": pt.requests,
+                "errors": pt.errors, "first_error": pt.first_error, "server_cpu": pt.cores(pt.server_cpu_s),
+                "load_cpu": pt.cores(pt.client_cpu_s), "other_cpu": pt.cores(pt.other_cpu_s)}
+
+    def close_generators(self) -> None:
+        for gen in self.generators.values():
+            gen.close()
+        self.generators.clear()
 
     def least_disturbed(self, measure: Any) -> dict[str, Any]:
         """Measure; while other processes disturbed it (othCPU > NOISY), measure again, up to --retries times, and
@@ -497,12 +505,15 @@ class Bench:
                 extra = " with " + " ".join(f"{k}={v}" for k, v in BATCHING[model].items())
             self.say(f"pyserving {model}, batching {label}{extra} (ready in {took:.1f} s)")
             if "rest" in self.args.protocols:
-                self.rest_points(model, "pyserving", label, url, self.bodies[model], self.args.concurrency)
+                self.engine_points(model, label, Target("rest", f"http://127.0.0.1:{rest_port}", model),
+                                   self.args.concurrency)
             if "grpc" in self.args.protocols:
-                self.grpc_points(model, label, f"127.0.0.1:{grpc_port}", self.args.concurrency)
+                self.engine_points(model, label, Target("grpc", f"127.0.0.1:{grpc_port}", model),
+                                   self.args.concurrency)
             if self.args.profile and batching == (self.args.profile_batching == "yes") and model == "small":
                 self.profile(p, url, f"127.0.0.1:{grpc_port}", model, label)
         finally:
+            self.close_generators()
             stop(p)
         warned = batching and "batching_parameters are not implemented" in log_tail(self.logs, name, 400)
         if warned:
@@ -526,17 +537,15 @@ class Bench:
             thread = None
             if protocol == "REST":
                 load = track(subprocess.Popen(
-                    ["wrk", "-t1", f"-c{c}", "-d14s", "-s", str(BENCH / "wrk_post.lua"), url],
+                    ["wrk", "-t1", f"-c{c}", "-d14s", "-s", str(WRK_SCRIPT), url],
                     stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL,
                     env=child_env(BENCH_BODY=str(self.bodies[model])), start_new_session=True))
             else:
                 import threading
 
-                in_key, _, shape, _ = MODELS[model]
-                assert self.grpc is not None
-                grpc = self.grpc
-                thread = threading.Thread(target=grpc.run, args=(target, model, in_key, shape, c, 12.0, 1.0),
-                                          kwargs={"procs": self.args.grpc_procs or GRPC_PROCS[model]}, daemon=True)
+                gen = self.generator(Target("grpc", target, model))
+                thread = threading.Thread(target=gen.run, args=(LoadSpec(concurrency=c, duration=13.0),),
+                                          daemon=True)
                 thread.start()
             try:
                 time.sleep(2)
@@ -646,18 +655,11 @@ class Bench:
         self.prepare_models()
         self.prepare_bodies()
         self.measure_limits("start")
-        self.say("starting gRPC load workers")
-        procs = a.grpc_procs or max(GRPC_PROCS[m] for m in a.models)
-        self.grpc = GrpcLoad(procs, env=child_env(TF_CPP_MIN_LOG_LEVEL="3"), on_spawn=track)
-        try:
-            if "small" in a.models:
-                self.run_starlette()
-            for model in a.models:
-                for batching in (False, True):
-                    self.run_pyserving(model, batching)
-        finally:
-            for p in self.grpc.procs:
-                stop(p, grace=2)
+        if "small" in a.models:
+            self.run_starlette()
+        for model in a.models:
+            for batching in (False, True):
+                self.run_pyserving(model, batching)
         if a.skip_peers:
             self.skipped.append("MLServer and Triton (--skip-peers)")
         elif "small" in a.models:
@@ -893,7 +895,8 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     p.add_argument("--concurrency", help="comma-separated concurrencies for pyserving (default 1,16,32; --quick 1,32)")
     p.add_argument("--protocols", default="rest,grpc", help="pyserving's protocols to load (default: %(default)s)")
     p.add_argument("--grpc-procs", type=int,
-                   help="gRPC load generator processes at concurrency >= 8 (default: 2 for small, 1 for cnn)")
+                   help="Python gRPC client processes at concurrency >= 8 when h2load is not installed "
+                        "(default: 2 for small, 1 for cnn)")
     p.add_argument("--triton-instances", type=int, default=1, help="model instances in Triton (default: %(default)s)")
     p.add_argument("--retries", type=int, metavar="N",
                    help=f"measure a point again, up to N times, while other processes keep over {NOISY} cores busy "
@@ -950,7 +953,7 @@ def main(argv: list[str] | None = None) -> int:
           f"TensorFlow {importlib.metadata.version('tensorflow')}; scratch {args.scratch}")
     print(f"points: {args.duration:g} s measured after {args.warmup:g} s warm-up; pyserving at concurrency "
           f"{args.concurrency}, baselines at {args.peer_concurrency}; wrk -t1 for REST, "
-          f"grpc_load for gRPC with {args.grpc_procs or GRPC_PROCS} process(es) at concurrency >= 8")
+          "pyserving's load generator (pyserving/tools/loadgen.py: wrk for REST, h2load for gRPC) for pyserving")
     for model in args.models:
         print(f"batching parameters, {model}: " + " ".join(f"{k} {{ value: {v} }}" for k, v in BATCHING[model].items()))
     if args.wait_quiet > 0:

@@ -125,7 +125,7 @@ def stop(proc: subprocess.Popen[bytes]) -> None:
 def wrk(url: str, body: Path, header: str, concurrency: int, seconds: float) -> tuple[float, float, float, int]:
     env = dict(os.environ, BENCH_BODY=str(body), BENCH_HEADER=header)
     out = subprocess.run(["wrk", "-t1", f"-c{concurrency}", f"-d{max(1, round(seconds))}s", "--latency", "-s",
-                          str(BENCH / "wrk_post.lua"), url], capture_output=True, text=True, env=env,
+                          str(REPO / "pyserving" / "tools" / "wrk_post.lua"), url], capture_output=True, text=True, env=env,
                          timeout=seconds + 60).stdout
     line = next(ln for ln in out.splitlines() if ln.startswith("BENCH_JSON "))
     r = json.loads(line[len("BENCH_JSON "):])

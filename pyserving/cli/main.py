@@ -24,6 +24,8 @@ COMMANDS: dict[str, tuple[str, str]] = {
     "show": ("show", "a model's signatures, as `saved_model_cli show` prints them (`show --dir D --all`)"),
     "status": ("status", "models, versions, states, labels and traffic splits of a running server"),
     "predict": ("predict", "send one request from a JSON, .npy or image file and print the outputs"),
+    "bench": ("bench", "load a TF Serving-compatible server: QPS, latency, errors, CPU (`bench --help`)"),
+    "batching": ("batching", "`batching tune`: find batching parameters for a running pyserving"),
 }
 
 

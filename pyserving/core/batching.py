@@ -155,9 +155,23 @@ class BatchScheduler:
         self._next = 0
         self._timer: asyncio.TimerHandle | None = None
         self._timer_at = 0.0
+        self._retired = False
+        """Whether some queue belongs to a retired batcher (dropped once empty)."""
 
     def add(self, queue: BatchQueue) -> None:
-        self._queues.append(queue)
+        if queue not in self._queues:  # a retired batcher's queue comes back when a late request reaches it
+            self._queues.append(queue)
+
+    def resize(self, num_batch_threads: int) -> None:
+        """A reload changed the pool's size: batches already running finish; new ones start up to the new size."""
+        n = num_batch_threads or os.cpu_count() or 1
+        self._free += n - self.num_threads
+        self.num_threads = n
+        try:
+            asyncio.get_running_loop()
+        except RuntimeError:
+            return  # not serving yet: the first request pumps
+        self.pump()
 
     def remove(self, queues: Sequence[BatchQueue]) -> None:
         gone = set(map(id, queues))
@@ -179,6 +193,9 @@ class BatchScheduler:
                 break
             self._free -= 1
             loop.create_task(self._execute(batch))
+        if self._retired:
+            self._queues = [q for q in self._queues if q.batches or not q._batcher.retired]
+            self._retired = any(q._batcher.retired for q in self._queues)
         if self._free > 0:
             deadlines = [d for q in self._queues if (d := q.deadline(q.options.batch_timeout_micros / 1e6)) is not None]
             if deadlines:
@@ -250,6 +267,8 @@ class Batcher:
         """Executed batch sizes (padding included) -> count, for metrics."""
         self._loop: asyncio.AbstractEventLoop | None = loop
         self._on_batch = on_batch
+        self.retired = False
+        """Replaced by a batcher with new parameters (a config reload): its queues leave once empty."""
 
     @property
     def queue_length(self) -> int:
@@ -274,6 +293,9 @@ class Batcher:
         if queue is None:
             queue = self._queues[key] = BatchQueue(self, signature, outputs)
             self._scheduler.add(queue)
+        elif self.retired:
+            self._scheduler.add(queue)
+            self._scheduler._retired = True  # so it leaves again once empty
         self._loop = loop = asyncio.get_running_loop()
         task = _Task(inputs, size, loop.create_future())
         queue.enqueue(task)
@@ -351,6 +373,18 @@ class Batcher:
             offset += n
         return results
 
+    def retire(self) -> None:
+        """Stop taking part once empty (a reload gave the version a new batcher). Any thread may call it:
+        requests already queued here, or that leased this batcher before the swap, still run in it."""
+        if self._loop is None:
+            return
+        self._loop.call_soon_threadsafe(self._retire)
+
+    def _retire(self) -> None:
+        self.retired = True
+        self._scheduler._retired = True
+        self._scheduler.pump()
+
     def close(self) -> None:
         """Detach from the scheduler. Any thread may call it; the queues are empty by then (no leases left)."""
         queues = list(self._queues.values())
@@ -413,6 +447,13 @@ class BatcherFactory:
         scheduler = self._schedulers.get(name)
         if scheduler is None:
             scheduler = self._schedulers[name] = BatchScheduler(pool.num_batch_threads, self._executor)
+        elif own and (pool.num_batch_threads or os.cpu_count() or 1) != scheduler.num_threads:
+            # A reload changed the model's own num_batch_threads: the pool it names takes the new size.
+            loop = self._loop()
+            if loop is not None and loop.is_running():
+                loop.call_soon_threadsafe(scheduler.resize, pool.num_batch_threads)
+            else:
+                scheduler.resize(pool.num_batch_threads)
         log.info("Batching %s from %s: %s", model.name, version_dir, batching)
         on_batch = self._on_batch
 

@@ -133,11 +133,39 @@ class ModelManager:
                 if name not in wanted:
                     model.removed = True
                     model.aspired = {}
+            rebatch: list[tuple[ModelConfig, _Version]] = []
             for name, config in wanted.items():
                 model = self._models.get(name)
                 if model is None or model.removed:
                     model = self._models[name] = _Model(config)
+                elif model.config.batching != config.batching:
+                    rebatch += [(config, v) for v in model.versions.values()
+                                if v.state == ServableState.AVAILABLE and v.servable is not None]
                 model.config = config
+        for config, version in rebatch:
+            self._rebatch(config, version)
+
+    def _rebatch(self, config: ModelConfig, version: _Version) -> None:
+        """A reload changed the model's batching_parameters: give the loaded version a new batcher without
+        reloading the model (what `pyserving batching tune` relies on). Requests that leased the old batcher
+        finish in it; it leaves the batch scheduler once its queues are empty."""
+        if self._attach_batcher is None or version.servable is None:
+            return
+        try:
+            batcher = self._attach_batcher(config, version.id, version.path, version.servable)
+        except ServingError as exc:
+            log.error("Keeping the old batching parameters of %s: %s", version.id, exc.message)
+            return
+        with self._lock:
+            if version.state != ServableState.AVAILABLE:
+                stale, old = batcher, None  # unloaded meanwhile: the unload closed the old one
+            else:
+                stale, (old, version.batcher) = None, (version.batcher, batcher)
+        for retired in (stale, old):
+            if retired is not None:
+                retired.retire()
+        log.info("New batching parameters for servable version %s: %s", version.id,
+                 batcher.options if batcher is not None else "unbatched")
 
     def is_complete(self, model: ModelConfig, version_dir: str) -> bool:
         """Whether the model's runtime finds `version_dir` completely written (an unknown platform: yes, so the

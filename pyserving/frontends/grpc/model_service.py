@@ -5,7 +5,7 @@ from __future__ import annotations
 import grpc
 from google.protobuf import text_format
 
-from pyserving.codecs.tfserving.protos import get_model_status_pb2, model_management_pb2
+from pyserving.codecs.tfserving.protos import get_model_status_pb2, model_management_pb2, model_server_config_pb2
 from pyserving.core.control import ControlPlane
 from pyserving.core.service import InferenceService
 from pyserving.errors import Code, ServingError
@@ -48,8 +48,18 @@ class ModelServicer:
                 raise ServingError(Code.INVALID_ARGUMENT, "custom_model_config is not supported; send a model_config_list.")
             if kind is None:
                 return response  # TF Serving: an empty config is a no-op
-            await self._control.reload_text(text_format.MessageToString(request.config))
+            await self._control.reload_text(_config_text(request.config))
         except ServingError as exc:
             response.status.error_code = int(exc.code)
             response.status.error_message = exc.message
         return response
+
+
+def _config_text(config: model_server_config_pb2.ModelServerConfig) -> str:
+    """The config as text, per-model `batching_parameters` included: TF Serving's ModelConfig has no such field, so
+    the block arrives as an unknown field (1002) that text format would drop; read the bytes with the superset
+    schema the config file parser uses (`pyserving batching tune` sends it this way)."""
+    from pyserving.config.model_config import model_server_config_schemas
+
+    superset = model_server_config_schemas()[0].FromString(config.SerializeToString())
+    return text_format.MessageToString(superset)
