@@ -28,7 +28,6 @@ from typing import Any
 import numpy as np
 
 ROOT = Path(__file__).resolve().parent.parent
-TICK = os.sysconf("SC_CLK_TCK")
 
 
 def free_port() -> int:
@@ -63,40 +62,23 @@ def write_model(base: Path) -> None:
         os.utime(path, (past, past))
 
 
-def tree(pid: int) -> list[int]:
-    """pid and all its descendants."""
-    children: dict[int, list[int]] = {}
-    for entry in os.listdir("/proc"):
-        if entry.isdigit():
-            try:
-                ppid = int(Path(f"/proc/{entry}/stat").read_text().rsplit(")", 1)[1].split()[1])
-            except (OSError, IndexError, ValueError):
-                continue
-            children.setdefault(ppid, []).append(int(entry))
-    out, todo = [], [pid]
-    while todo:
-        p = todo.pop()
-        out.append(p)
-        todo.extend(children.get(p, []))
-    return out
-
-
-def cpu_s(pids: list[int]) -> float:
-    total = 0.0
-    for p in pids:
-        try:
-            fields = Path(f"/proc/{p}/stat").read_text().rsplit(")", 1)[1].split()
-            total += (int(fields[11]) + int(fields[12])) / TICK
-        except (OSError, IndexError, ValueError):
-            pass
-    return total
-
-
 def rss_mib(pid: int) -> float:
     for line in Path(f"/proc/{pid}/status").read_text().splitlines():
         if line.startswith("VmRSS:"):
             return int(line.split()[1]) / 1024
     return 0.0
+
+
+def children(pid: int) -> list[int]:
+    out = []
+    for entry in os.listdir("/proc"):
+        if entry.isdigit():
+            try:
+                if int(Path(f"/proc/{entry}/stat").read_text().rsplit(")", 1)[1].split()[1]) == pid:
+                    out.append(int(entry))
+            except (OSError, IndexError, ValueError):
+                continue
+    return out
 
 
 def wait_ready(url: str, proc: subprocess.Popen[bytes], timeout_s: float = 120) -> None:
@@ -114,14 +96,34 @@ def wait_ready(url: str, proc: subprocess.Popen[bytes], timeout_s: float = 120) 
     raise RuntimeError("server not ready in time")
 
 
-def bench(target: list[str], args: argparse.Namespace, out: Path, env: dict[str, str]) -> dict[str, Any]:
-    cmd = [sys.executable, "-m", "pyserving", "bench", *target, "--model", "m", "--client", "native",
-           "--threads", str(args.client_threads), "--concurrency", str(args.concurrency),
-           "--duration", str(args.duration), "--warmup", "2", "--no-progress", "--json", str(out)]
-    done = subprocess.run(cmd, capture_output=True, text=True, env=env, timeout=args.duration * 4 + 120)
-    if done.returncode != 0 or not out.exists():
-        return {"error": (done.stderr or done.stdout)[-600:]}
-    return json.loads(out.read_text())[-1]
+def measure(target: Any, payload: Any, pid: int, args: argparse.Namespace) -> dict[str, Any]:
+    """One warm-up point (unmeasured), then the measured one; server CPU is pid's whole process tree's."""
+    from pyserving.tools.loadgen import LoadGenerator, LoadSpec
+
+    with LoadGenerator(target, payload, client="native", threads=args.client_threads, server_pid=pid) as gen:
+        gen.run(LoadSpec(concurrency=args.concurrency, duration=2.0))
+        point = gen.run(LoadSpec(concurrency=args.concurrency, duration=args.duration))
+    row = {"qps": round(point.qps), "errors": point.errors, "p50_ms": round(point.p50, 2),
+           "p99_ms": round(point.p99, 2), "generator": point.generator}
+    if point.requests:
+        row["server_us_per_request"] = round(point.server_cpu_s / point.requests * 1e6, 1)
+        row["server_cores"] = round(point.server_cpu_s / point.wall_s, 2)
+        row["client_cores"] = round(point.client_cpu_s / point.wall_s, 2)
+    return row
+
+
+def start(cmd: list[str], log: Path, env: dict[str, str]) -> subprocess.Popen[bytes]:
+    with open(log, "wb") as f:
+        return subprocess.Popen(cmd, stdout=f, stderr=subprocess.STDOUT, env=env)
+
+
+def stop(proc: subprocess.Popen[bytes]) -> None:
+    proc.send_signal(signal.SIGTERM)
+    try:
+        proc.wait(60)
+    except subprocess.TimeoutExpired:
+        proc.kill()
+        proc.wait(10)
 
 
 def main() -> int:
@@ -140,56 +142,79 @@ def main() -> int:
                         "num_batch_threads { value: 4 }\nmax_enqueued_batches { value: 100000 }\n")
     env = {**os.environ, "PYTHONPATH": os.pathsep.join(filter(None, [str(ROOT), os.environ.get("PYTHONPATH")])),
            "PYTHONUNBUFFERED": "1"}
+    from pyserving.tools.loadgen import Payload, Target, build_payload
+
     rows: list[dict[str, Any]] = []
+    payloads: dict[str, Any] = {}
     for n in [int(p) for p in args.procs.split(",")]:
         grpc_port, rest_port = free_port(), free_port()
-        log = open(args.out / f"server_{n}.log", "wb")
-        server = subprocess.Popen(
+        server = start(
             [sys.executable, "-m", "pyserving", "serve", f"--port={grpc_port}", f"--rest_api_port={rest_port}",
              "--host=127.0.0.1", "--model_name=m", f"--model_base_path={work / 'm'}", "--model_platform=onnx",
              "--enable_batching=true", f"--batching_parameters_file={batching}", f"--frontend_processes={n}",
-             "--verbosity=WARNING"],
-            stdout=log, stderr=subprocess.STDOUT, env=env)
-        row: dict[str, Any] = {"frontend_processes": n}
+             "--verbosity=WARNING"], args.out / f"server_{n}.log", env)
+        row: dict[str, Any] = {"server": f"pyserving --frontend_processes={n}", "frontend_processes": n}
         try:
             wait_ready(f"http://127.0.0.1:{rest_port}/v1/models/m", server)
             time.sleep(1.0 if n == 0 else 2.0)  # every front end up
-            pids = tree(server.pid)
-            row["front_end_rss_mib"] = sorted(round(rss_mib(p)) for p in pids if p != server.pid)
+            row["front_end_rss_mib"] = sorted(round(rss_mib(p)) for p in children(server.pid))
             row["model_process_rss_mib"] = round(rss_mib(server.pid))
-            for proto, target in (("grpc", ["--grpc", f"127.0.0.1:{grpc_port}"]),
-                                  ("rest", ["--rest", f"http://127.0.0.1:{rest_port}"])):
-                pids = tree(server.pid)
-                before = cpu_s(pids)
-                point = bench(target, args, args.out / f"point_{proto}_{n}.json", env)
-                used = cpu_s(tree(server.pid)) - before
-                row[proto] = point
-                if point.get("requests"):
-                    row[f"{proto}_qps"] = round(point["qps"])
-                    row[f"{proto}_server_us_per_request"] = round(used / point["requests"] * 1e6, 1)
-                    row[f"{proto}_server_cores"] = round(used / max(point.get("wall_s") or args.duration, 1e-9), 2)
-                    row[f"{proto}_errors"] = point.get("errors", 0)
-                    row[f"{proto}_p99_ms"] = point.get("p99")
+            for proto, address in (("grpc", f"127.0.0.1:{grpc_port}"), ("rest", f"http://127.0.0.1:{rest_port}")):
+                target = Target(proto, address, "m")
+                payloads.setdefault(proto, build_payload(target))
+                row[proto] = measure(target, payloads[proto], server.pid, args)
         except Exception as exc:  # one bad point must not lose the others' figures
             row["error"] = f"{type(exc).__name__}: {exc}"
         finally:
-            server.send_signal(signal.SIGTERM)
-            try:
-                server.wait(60)
-            except subprocess.TimeoutExpired:
-                server.kill()
-            log.close()
+            stop(server)
         rows.append(row)
-        print(json.dumps({k: v for k, v in row.items() if k not in ("grpc", "rest")}), flush=True)
+        print(json.dumps(row), flush=True)
+
+    # The one-process ceilings (bench/peers): a bare grpc.aio servicer answering a fixed PredictResponse, and a
+    # bare uvicorn + starlette app computing the model in numpy; same payloads, same load.
+    rng = np.random.default_rng(0)
+    weights = work / "weights.npz"
+    np.savez(weights, w1=rng.standard_normal((16, 32)).astype(np.float32), b1=np.zeros(32, np.float32),
+             w2=rng.standard_normal((32, 4)).astype(np.float32), b2=np.zeros(4, np.float32))
+    rows_json = json.dumps({"instances": rng.standard_normal((1, 16)).round(4).tolist()}).encode()
+    for name, proto in (("bare grpc.aio servicer", "grpc"), ("bare starlette app", "rest")):
+        port = free_port()
+        script = "grpc_servicer.py" if proto == "grpc" else "starlette_app.py"
+        cmd = [sys.executable, str(ROOT / "bench" / "peers" / script)] + ([] if proto == "grpc" else [str(weights)])
+        peer = start(cmd + [str(port)], args.out / f"{script}.log", env)
+        row = {"server": name}
+        try:
+            time.sleep(3)
+            if proto == "grpc":
+                target, payload = Target("grpc", f"127.0.0.1:{port}", "small"), payloads.get("grpc")
+            else:
+                target = Target("rest", f"http://127.0.0.1:{port}", "small")
+                payload = Payload(rows_json, b"", 1, "one row, TF Serving's row format")
+            if payload is not None:
+                row[proto] = measure(target, payload, peer.pid, args)
+        except Exception as exc:
+            row["error"] = f"{type(exc).__name__}: {exc}"
+        finally:
+            stop(peer)
+        rows.append(row)
+        print(json.dumps(row), flush=True)
+
     (args.out / "scaling.json").write_text(json.dumps(rows, indent=1, default=str))
-    lines = ["| front-end processes | gRPC req/s | µs server CPU/req | REST req/s | µs server CPU/req | errors | "
-             "front-end RSS MiB | model process RSS MiB |", "|---|---|---|---|---|---|---|---|"]
+    ceiling = {proto: next((r[proto]["qps"] for r in rows if r["server"].startswith("bare") and proto in r), 0)
+               for proto in ("grpc", "rest")}
+    lines = ["| server | gRPC req/s | x bare grpc.aio | µs server CPU/req | REST req/s | x bare starlette | "
+             "µs server CPU/req | errors | front-end RSS MiB | model process RSS MiB |",
+             "|---|---|---|---|---|---|---|---|---|---|"]
     for r in rows:
-        lines.append(f"| {r['frontend_processes']} | {r.get('grpc_qps', '-')} | {r.get('grpc_server_us_per_request', '-')}"
-                     f" | {r.get('rest_qps', '-')} | {r.get('rest_server_us_per_request', '-')} | "
-                     f"{r.get('grpc_errors', '-')}/{r.get('rest_errors', '-')} | "
-                     f"{','.join(map(str, r.get('front_end_rss_mib', []))) or '-'} | "
-                     f"{r.get('model_process_rss_mib', '-')} |" + (f" {r['error']}" if "error" in r else ""))
+        cells = [r["server"]]
+        for proto in ("grpc", "rest"):
+            m = r.get(proto, {})
+            cells += [str(m.get("qps", "-")),
+                      f"{m['qps'] / ceiling[proto]:.2f}" if m.get("qps") and ceiling[proto] else "-",
+                      str(m.get("server_us_per_request", "-"))]
+        cells += [f"{r.get('grpc', {}).get('errors', '-')}/{r.get('rest', {}).get('errors', '-')}",
+                  ",".join(map(str, r.get("front_end_rss_mib", []))) or "-", str(r.get("model_process_rss_mib", "-"))]
+        lines.append("| " + " | ".join(cells) + " |" + (f" {r['error']}" if "error" in r else ""))
     table = "\n".join(lines)
     (args.out / "scaling.md").write_text(table + "\n")
     print(table)
@@ -201,9 +226,13 @@ def main() -> int:
 
         fig, ax = plt.subplots(figsize=(7, 4.5))
         for proto in ("grpc", "rest"):
-            pts = [(r["frontend_processes"], r[f"{proto}_qps"]) for r in rows if f"{proto}_qps" in r]
+            pts = [(r["frontend_processes"], r[proto]["qps"]) for r in rows
+                   if "frontend_processes" in r and r.get(proto, {}).get("qps")]
             if pts:
-                ax.plot(*zip(*pts), marker="o", label=proto)
+                ax.plot(*zip(*pts), marker="o", label=f"pyserving {proto}")
+            if ceiling[proto]:
+                ax.axhline(ceiling[proto], linestyle="--", alpha=0.5,
+                           label=f"bare {'grpc.aio' if proto == 'grpc' else 'starlette'}, 1 process")
         ax.set_xlabel("--frontend_processes (0: one process)")
         ax.set_ylabel("requests/s")
         ax.set_title(f"small ONNX model, batching on, c={args.concurrency}, {os.cpu_count()} cores")
