@@ -70,6 +70,12 @@ def rss_mib(pid: int) -> float:
     return 0.0
 
 
+def process_cpu_s(pid: int) -> float:
+    """utime + stime of one process (all its threads), in seconds."""
+    fields = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()
+    return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
+
+
 def children(pid: int) -> list[int]:
     out = []
     for entry in os.listdir("/proc"):
@@ -103,13 +109,17 @@ def measure(target: Any, payload: Any, pid: int, args: argparse.Namespace) -> di
 
     with LoadGenerator(target, payload, client="native", threads=args.client_threads, server_pid=pid) as gen:
         gen.run(LoadSpec(concurrency=args.concurrency, duration=2.0))
+        own0 = process_cpu_s(pid)
         point = gen.run(LoadSpec(concurrency=args.concurrency, duration=args.duration))
+        own = process_cpu_s(pid) - own0
     row = {"qps": round(point.qps), "errors": point.errors, "p50_ms": round(point.p50, 2),
            "p99_ms": round(point.p99, 2), "generator": point.generator}
     if point.requests:
         row["server_us_per_request"] = round(point.server_cpu_s / point.requests * 1e6, 1)
         row["server_cores"] = round(point.server_cpu_s / point.wall_s, 2)
         row["client_cores"] = round(point.client_cpu_s / point.wall_s, 2)
+        # the top process alone: the model process when there are front ends (its one event loop is shared)
+        row["top_process_cores"] = round(own / point.wall_s, 2)
     return row
 
 
@@ -204,8 +214,8 @@ def main() -> int:
     ceiling = {proto: next((r[proto]["qps"] for r in rows if r["server"].startswith("bare") and proto in r), 0)
                for proto in ("grpc", "rest")}
     lines = ["| server | gRPC req/s | x bare grpc.aio | µs server CPU/req | REST req/s | x bare starlette | "
-             "µs server CPU/req | errors | front-end RSS MiB | model process RSS MiB |",
-             "|---|---|---|---|---|---|---|---|---|---|"]
+             "µs server CPU/req | errors | model process cores gRPC/REST | front-end RSS MiB | model process RSS MiB |",
+             "|---|---|---|---|---|---|---|---|---|---|---|"]
     for r in rows:
         cells = [r["server"]]
         for proto in ("grpc", "rest"):
@@ -214,6 +224,7 @@ def main() -> int:
                       f"{m['qps'] / ceiling[proto]:.2f}" if m.get("qps") and ceiling[proto] else "-",
                       str(m.get("server_us_per_request", "-"))]
         cells += [f"{r.get('grpc', {}).get('errors', '-')}/{r.get('rest', {}).get('errors', '-')}",
+                  f"{r.get('grpc', {}).get('top_process_cores', '-')}/{r.get('rest', {}).get('top_process_cores', '-')}",
                   ",".join(map(str, r.get("front_end_rss_mib", []))) or "-", str(r.get("model_process_rss_mib", "-"))]
         lines.append("| " + " | ".join(cells) + " |" + (f" {r['error']}" if "error" in r else ""))
     table = "\n".join(lines)
