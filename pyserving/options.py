@@ -243,9 +243,9 @@ class ServerOptions:
     metrics_port: int = 0
     """Serve Prometheus metrics at /metrics on this port of its own (the article's --metrics_port; 0: no)."""
     num_worker_threads: int = 0
+    """Threads that run model code; 0 picks a default from the CPU count."""
     frontend_processes: int = 0
     """Front-end processes sharing the REST and gRPC ports over this (model) process; 0: one process serves all."""
-    """Threads that run model code; 0 picks a default from the CPU count."""
     shutdown_grace_s: float = 10.0
     drain_delay_s: float = 0.0
     """On SIGTERM, report not ready (/readyz 503, gRPC health NOT_SERVING) and keep serving this long before the

@@ -15,6 +15,7 @@ import argparse
 import json
 import math
 import os
+import shutil
 import sys
 import time
 from collections.abc import Sequence
@@ -112,6 +113,14 @@ class ConfigEditor:
     def write(self, data: bytes) -> None:
         tmp = self.path.with_name(f".{self.path.name}.tune-{os.getpid()}")
         tmp.write_bytes(data)
+        # the new inode keeps the original's mode and (where we may) owner: a server running as another user must
+        # still be able to read its config at the next poll
+        shutil.copymode(self.path, tmp)
+        st = self.path.stat()
+        try:
+            os.chown(tmp, st.st_uid, st.st_gid)
+        except PermissionError:
+            pass
         os.replace(tmp, self.path)  # never a half-written file for a polling server to read
 
 
@@ -297,6 +306,11 @@ def tune_main(argv: Sequence[str]) -> int:
         progress.clear()
         print("pyserving batching tune: interrupted", file=sys.stderr)
         return _restore(reloader, editor, 130)
+    except BaseException:
+        # anything unforeseen (a file system error, a bug): the server must not be left on a candidate
+        progress.clear()
+        _restore(reloader, editor, 1)
+        raise
     code = _restore(reloader, editor, 0)
     winner = max(searched(), key=score, default=None)
     points = [c.point for c in candidates if c.point is not None]

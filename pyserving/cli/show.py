@@ -100,14 +100,17 @@ def read_saved_model(path: str) -> Model:
     return Model(path, "tensorflow", graphs)
 
 
-def read_with_runtime(path: str, platform: str) -> Model:
+def read_with_runtime(path: str, platform: str, *, allow_python_models: bool = False) -> Model:
     """Load the version with the runtime that would serve it and describe what it serves."""
     from pyserving.codecs.tfserving.signatures import signature_def_map
     from pyserving.errors import ServingError
     from pyserving.options import RuntimeOptions
     from pyserving.runtimes.registry import get_runtime
 
-    # The operator pointed at this model themselves, so its model.py may run (a server still needs the flag).
+    if platform == "python" and not allow_python_models:
+        # show is an inspection command, like saved_model_cli: running a downloaded model.py must be asked for
+        raise ShowError(f"{path} is a python model: describing it runs its model.py with your rights. Add "
+                        "--allow_python_models to do that.")
     options = RuntimeOptions(allow_python_models=True, enable_model_warmup=False)
     try:
         servable = get_runtime(platform).load(path, options)
@@ -150,9 +153,11 @@ def resolve(path: str) -> tuple[str, str]:
     raise ShowError(f"--dir {path}: no model found (looked for {files}, there and in numbered version directories)")
 
 
-def read_model(path: str) -> Model:
+def read_model(path: str, *, allow_python_models: bool = False) -> Model:
     version_dir, platform = resolve(path)
-    return read_saved_model(version_dir) if platform == "tensorflow" else read_with_runtime(version_dir, platform)
+    if platform == "tensorflow":
+        return read_saved_model(version_dir)
+    return read_with_runtime(version_dir, platform, allow_python_models=allow_python_models)
 
 
 def find_meta_graph(model: Model, tag_set: str) -> MetaGraph:
@@ -273,7 +278,7 @@ def parser() -> argparse.ArgumentParser:
                     "method names, in saved_model_cli show's layout. --dir is a version directory (SavedModel, "
                     "model.onnx, model.pt2/.pt, model.tflite, model.py, model.json) or a model base path, whose "
                     "newest version is shown. SavedModels are read without TensorFlow; other platforms are "
-                    "loaded with their runtime (a model.py runs).",
+                    "loaded with their runtime (a model.py only with --allow_python_models).",
         formatter_class=argparse.RawDescriptionHelpFormatter,
         epilog="examples:\n"
                "  pyserving show --dir /models/half_plus_two/1                 # tag-sets\n"
@@ -287,6 +292,8 @@ def parser() -> argparse.ArgumentParser:
     p.add_argument("--signature_def", help="the signature to show (needs --tag_set), e.g. serving_default")
     p.add_argument("--list_ops", action="store_true", help="also list the ops the MetaGraph uses (needs --tag_set)")
     p.add_argument("--format", choices=("text", "json"), default="text", help="text (default) or json")
+    p.add_argument("--allow_python_models", action="store_true",
+                   help="describe a python model: its model.py runs, with your rights")
     return p
 
 
@@ -300,7 +307,7 @@ def main(argv: Sequence[str]) -> int:
     if args.list_ops and args.tag_set is None and not args.all:
         p.error("--list_ops needs --tag_set or --all")
     try:
-        model = read_model(args.dir)
+        model = read_model(args.dir, allow_python_models=args.allow_python_models)
         if args.format == "json":
             print(json.dumps(json_document(model, args), indent=2))
         else:

@@ -293,6 +293,8 @@ class Batcher:
         if queue is None:
             queue = self._queues[key] = BatchQueue(self, signature, outputs)
             self._scheduler.add(queue)
+            if self.retired:  # retired before it ever ran: this late request's queue must leave once empty too
+                self._scheduler._retired = True
         elif self.retired:
             self._scheduler.add(queue)
             self._scheduler._retired = True  # so it leaves again once empty
@@ -377,6 +379,9 @@ class Batcher:
         """Stop taking part once empty (a reload gave the version a new batcher). Any thread may call it:
         requests already queued here, or that leased this batcher before the swap, still run in it."""
         if self._loop is None:
+            # never ran, so no loop holds its state yet: a request that still reaches it joins the scheduler
+            # already retired (see run)
+            self.retired = True
             return
         self._loop.call_soon_threadsafe(self._retire)
 

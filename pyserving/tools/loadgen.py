@@ -507,14 +507,19 @@ class LoadGenerator:
 
     def _watch(self, proc: subprocess.Popen[Any], seconds: float, progress: Progress | None, limit_s: float) -> None:
         t0 = time.monotonic()
-        while proc.poll() is None:
-            elapsed = time.monotonic() - t0
-            if progress is not None and seconds > 0:
-                progress(min(1.0, elapsed / seconds))
-            if elapsed > limit_s:
-                _stop(proc)
-                raise LoadError(f"{proc.args[0]} did not finish within {limit_s:.0f} s")
-            time.sleep(0.2)
+        try:
+            while proc.poll() is None:
+                elapsed = time.monotonic() - t0
+                if progress is not None and seconds > 0:
+                    progress(min(1.0, elapsed / seconds))
+                if elapsed > limit_s:
+                    raise LoadError(f"{proc.args[0]} did not finish within {limit_s:.0f} s")
+                time.sleep(0.2)
+        except BaseException:
+            # wrk/h2load run in their own session (so that a terminal's Ctrl-C reaches us, not them): stop them
+            # here, or they go on loading the server after we are gone
+            _stop(proc)
+            raise
 
     def _run_wrk(self, spec: LoadSpec, point: Point, progress: Progress | None) -> None:
         seconds = max(1, round(spec.duration))

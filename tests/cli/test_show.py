@@ -195,7 +195,10 @@ def test_python_model(tmp_path: Path) -> None:
         "        'outputs': {'tokens': {'dtype': 'DT_INT64', 'shape': [-1, None]}}}}\n"
         "    def predict(self, inputs):\n"
         "        raise NotImplementedError\n")
-    result = pyserving_show("--dir", tmp_path, "--format", "json")  # a base path: its newest (only) version
+    refused = pyserving_show("--dir", tmp_path, "--format", "json")
+    assert refused.returncode == 1 and "--allow_python_models" in refused.stderr, refused.stderr
+    # a base path: its newest (only) version
+    result = pyserving_show("--dir", tmp_path, "--format", "json", "--allow_python_models")
     assert result.returncode == 0, result.stderr
     doc = json.loads(result.stdout)
     assert doc["platform"] == "python"

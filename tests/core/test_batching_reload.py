@@ -69,6 +69,23 @@ def test_retired_batcher_runs_what_it_holds_then_leaves_the_scheduler() -> None:
     run(main)
 
 
+def test_batcher_retired_before_it_ever_ran_still_leaves_the_scheduler() -> None:
+    model = GatedModel()
+    model.gate.set()
+
+    async def main(loop: asyncio.AbstractEventLoop) -> None:
+        with ThreadPoolExecutor(2) as pool:
+            scheduler = BatchScheduler(1, pool)
+            old = Batcher(model, BatchingOptions(max_batch_size=4), scheduler, None)  # made before any loop ran
+            old.retire()  # a reload swapped it out before its first request
+            late = await old.run("s", {"x": np.ones((1, 1), np.float32)}, ["y"])  # leased before the swap
+            assert late["y"].tolist() == [[2.0]]
+            scheduler.pump()
+            assert scheduler._queues == []  # its queue came and went: nothing keeps the old servable alive
+
+    run(main)
+
+
 def test_resize_lets_more_batches_run_at_once() -> None:
     model = GatedModel()
 
