@@ -13,6 +13,7 @@ import logging.handlers
 import os
 import sys
 import tempfile
+import threading
 import warnings
 from collections.abc import Iterator
 from contextlib import contextmanager
@@ -96,12 +97,23 @@ def quiet_framework(what: str) -> Iterator[None]:
     TF_CPP_MIN_LOG_LEVEL does not reach ("All log messages before absl::InitializeLog() ...", oneDNN, "Could not
     find cuda drivers", "failed call to cuInit"), once per shared library.
 
-    Lines other threads log meanwhile (JSON lines) are written through unchanged. Short: only the import's few
-    seconds, at start-up or the first load of a platform.
+    Lines other threads log meanwhile (JSON lines) are written through unchanged. Short: an import's few seconds,
+    or a TFLite interpreter's creation at each load. One at a time: fd 2 is the process's, and two overlapping
+    swaps could leave it pointing at the other's deleted capture file, losing every later log line.
     """
     if _framework_output:
         yield
         return
+    with _fd2_lock:
+        with _captured_fd2(what):
+            yield
+
+
+_fd2_lock = threading.RLock()
+
+
+@contextmanager
+def _captured_fd2(what: str) -> Iterator[None]:
     sys.stderr.flush()
     try:
         saved = os.dup(2)
