@@ -200,21 +200,26 @@ class ControlPlane:
         Raises FAILED_PRECONDITION with the load error if it failed, DEADLINE_EXCEEDED if it is still loading after
         `timeout_s` (default and most REPOSITORY_LOAD_WAIT_S; it goes on loading)."""
         wait = REPOSITORY_LOAD_WAIT_S if timeout_s is None else min(timeout_s, REPOSITORY_LOAD_WAIT_S)
-        await self._call(self._load_now, name, wait)
+        deadline = time.monotonic() + wait
+        await self._call(self._start_load, name)
+        # The waiting happens here, on the event loop, between short steps on the control thread: polls, reloads
+        # and other loads go on meanwhile (a version waiting out a load retry may take minutes).
+        while not self._manager.is_settled([name]):
+            if time.monotonic() >= deadline:
+                raise ServingError(
+                    Code.DEADLINE_EXCEEDED,
+                    f"Model {name} is still loading after {wait:g} s; it goes on loading. Watch its state in the "
+                    "repository index, or poll its readiness.",
+                )
+            await asyncio.sleep(0.05)
+            await self._call(self._manager.reconcile_once)
+        await self._call(self._finish_load, name)
 
-    def _load_now(self, name: str, wait_s: float) -> None:
-        deadline = time.monotonic() + wait_s
+    def _start_load(self, name: str) -> None:
         self._manager.load_model(name)
         self._lifecycle.poll_once()
-        while not self._manager.is_settled([name]) and time.monotonic() < deadline:
-            time.sleep(0.05)
-            self._manager.reconcile_once()
-        if not self._manager.is_settled([name]):
-            raise ServingError(
-                Code.DEADLINE_EXCEEDED,
-                f"Model {name} is still loading after {wait_s:g} s; it goes on loading. Watch its state in the "
-                "repository index, or poll its readiness.",
-            )
+
+    def _finish_load(self, name: str) -> None:
         failed = self._manager.unavailable_models([name])
         if failed:
             raise ServingError(Code.FAILED_PRECONDITION, f"Failed to load model {name}: {failed[name]}")
