@@ -114,7 +114,8 @@ class Channel:
         self._out_frames: list[bytes | memoryview] = []  # queued by send, written by flush
         self._write_scheduled = False
         self._loop = asyncio.get_running_loop()
-        self._tasks: set[asyncio.Task[None]] = set()
+        self._tasks: dict[int, asyncio.Task[None]] = {}  # answers being worked on
+        self._task_key = 0
         self.closed = False
         self.before_send: Callable[[dict[str, Any]], None] | None = None
         """Adds to each outgoing header what may ride along (request observations: fewer frames, fewer
@@ -303,11 +304,13 @@ class Channel:
                 self._on_push(header, payload)
             return
         if self._handler is not None:
-            task = self._loop.create_task(self._answer(call_id, header, payload))
-            self._tasks.add(task)
-            task.add_done_callback(self._tasks.discard)
+            # The loop holds tasks weakly: this reference keeps the answer alive. _answer drops it itself (a done
+            # callback would cost another loop callback per request).
+            self._task_key += 1
+            self._tasks[self._task_key] = self._loop.create_task(
+                self._answer(self._task_key, call_id, header, payload))
 
-    async def _answer(self, call_id: int, header: dict[str, Any], payload: memoryview) -> None:
+    async def _answer(self, key: int, call_id: int, header: dict[str, Any], payload: memoryview) -> None:
         assert self._handler is not None
         try:
             answer = await self._handler(header, payload)
@@ -317,6 +320,8 @@ class Channel:
         except Exception as exc:  # a bug: the caller gets INTERNAL rather than hanging
             log.exception("IPC %s failed", header.get("op"))
             reply, out = {"e": [int(Code.INTERNAL), f"Internal error: {exc!r}", None, "", None]}, []
+        finally:
+            del self._tasks[key]
         if self.closed:
             return  # the front end went away: nobody waits for this answer; its arena regions die with it
         reply["id"] = call_id
