@@ -186,9 +186,9 @@ class Channel:
     def _schedule_flush(self) -> None:
         if not self._flush_scheduled and self._done_with:
             self._flush_scheduled = True
-            self._loop.call_soon(self._flush)
+            self._loop.call_soon(self._send_frees)
 
-    def _flush(self) -> None:
+    def _send_frees(self) -> None:
         self._flush_scheduled = False
         if self._done_with and not self.closed:
             self.send({}, [])

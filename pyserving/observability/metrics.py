@@ -180,7 +180,16 @@ class Metrics:
     def observe_request(
         self, *, model: str, version: str, signature: str, api: str, protocol: str, code: str, latency_s: float
     ) -> None:
-        self.observe_requests(((model, version, signature, api, protocol, code, latency_s),))
+        micros = latency_s * 1e6
+        key = (model, version, signature, api, protocol, code)
+        children = self._request_children.get(key) or self._children(key)
+        count, latency, tfs_latency = children
+        count.inc()
+        latency.observe(micros)
+        tfs_key = (model, code)
+        self._tfs.request_count[tfs_key] = self._tfs.request_count.get(tfs_key, 0) + 1
+        if tfs_latency is not None:
+            tfs_latency.observe(micros)
 
     def _children(self, key: tuple[str, ...]) -> tuple[Any, Any, Any]:
         # labels() costs a few microseconds per call; a request pays it once per distinct label set
@@ -194,22 +203,22 @@ class Metrics:
 
     def observe_requests(self, records: Iterable[Sequence[Any]]) -> None:
         """Many finished requests at once (a front end's report): `(model, version, signature, api, protocol,
-        code, latency_s)` each. Counts go in once per label set, not once per request."""
-        counts: dict[tuple[str, ...], int] = {}
+        code, latency_s)` each. Counters go up once per label set, not once per request."""
+        counts: dict[tuple[str, ...], list[Any]] = {}  # label set: [its children, requests]
         cache = self._request_children
         for model, version, signature, api, protocol, code, latency_s in records:
             key = (model, version, signature, api, protocol, code)
-            children = cache.get(key)
-            if children is None:
-                children = self._children(key)
+            counted = counts.get(key)
+            if counted is None:
+                counted = counts[key] = [cache.get(key) or self._children(key), 0]
+            counted[1] += 1
+            _, latency, tfs_latency = counted[0]
             micros = latency_s * 1e6
-            children[1].observe(micros)
-            if children[2] is not None:
-                children[2].observe(micros)
-            counts[key] = counts.get(key, 0) + 1
+            latency.observe(micros)
+            if tfs_latency is not None:
+                tfs_latency.observe(micros)
         tfs_counts = self._tfs.request_count
-        for key, n in counts.items():
-            children = cache.get(key) or self._children(key)  # forgotten meanwhile (a version swap): re-made
+        for key, (children, n) in counts.items():
             children[0].inc(n)
             tfs_key = (key[0], key[5])
             tfs_counts[tfs_key] = tfs_counts.get(tfs_key, 0) + n
