@@ -230,6 +230,7 @@ class RemoteObserver(RequestObserver):
         if channel is not None and not channel.closed and (self._done or any(self._in_flight_delta.values())):
             try:
                 channel.send({"op": "obs"}, [])  # before_send fills it in
+                channel.flush()  # now, not a turn later: before the answers this turn wrote reach their clients
             except ServingError:
                 pass
 

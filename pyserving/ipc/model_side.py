@@ -182,14 +182,17 @@ class ModelProcessRecords:
     def __init__(self, metrics: Metrics, loggers: RequestLoggers) -> None:
         self._metrics = metrics
         self._loggers = loggers
+        self._in_flight: dict[str, Any] = {}
 
     def observe(self, header: dict[str, Any]) -> None:
         for protocol, delta in header["d"].items():
             if delta:
-                self._metrics.in_flight.labels(protocol).inc(delta)
-        for model, version, signature, api, protocol, code, latency_s in header["r"]:
-            self._metrics.observe_request(model=model, version=version, signature=signature, api=api,
-                                          protocol=protocol, code=code, latency_s=latency_s)
+                gauge = self._in_flight.get(protocol)
+                if gauge is None:  # labels() once per protocol, not on every report
+                    gauge = self._in_flight[protocol] = self._metrics.in_flight.labels(protocol)
+                gauge.inc(delta)
+        if header["r"]:
+            self._metrics.observe_requests(header["r"])
 
     def logged(self, model: str) -> bool:
         return self._loggers.get(model) is not None

@@ -16,7 +16,7 @@ thread records loads, worker threads record batches.
 
 from __future__ import annotations
 
-from collections.abc import Callable, Iterator, Sequence
+from collections.abc import Callable, Iterable, Iterator, Sequence
 from typing import Any, Protocol
 
 from prometheus_client import (
@@ -169,6 +169,7 @@ class Metrics:
         )
         self._request_children: dict[tuple[str, ...], tuple[Any, Any, Any]] = {}
         self._runtime_children: dict[tuple[str, str], Any] = {}
+        self._batch_children: dict[tuple[str, int, str], tuple[Any, Any, Any]] = {}
         self._tfs = _TfServingCounters()
         r.register(self._tfs)
         ProcessCollector(registry=r)  # process_resident_memory_bytes, process_cpu_seconds_total, open fds
@@ -181,14 +182,7 @@ class Metrics:
     ) -> None:
         micros = latency_s * 1e6
         key = (model, version, signature, api, protocol, code)
-        children = self._request_children.get(key)
-        if children is None:
-            # labels() costs a few microseconds per call; a request pays it once per distinct label set
-            tfs_api = _TFS_API.get(api, api) if protocol == "grpc" else (api if api in ("predict", "classify", "regress") else "")
-            children = self._request_children[key] = (
-                self.request_count.labels(*key), self.request_latency.labels(*key),
-                self.tfs_request_latency.labels(model, tfs_api, protocol.upper()) if code == "OK" else None,
-            )
+        children = self._request_children.get(key) or self._children(key)
         count, latency, tfs_latency = children
         count.inc()
         latency.observe(micros)
@@ -196,6 +190,38 @@ class Metrics:
         self._tfs.request_count[tfs_key] = self._tfs.request_count.get(tfs_key, 0) + 1
         if tfs_latency is not None:
             tfs_latency.observe(micros)
+
+    def _children(self, key: tuple[str, ...]) -> tuple[Any, Any, Any]:
+        # labels() costs a few microseconds per call; a request pays it once per distinct label set
+        model, _, _, api, protocol, code = key
+        tfs_api = _TFS_API.get(api, api) if protocol == "grpc" else (api if api in ("predict", "classify", "regress") else "")
+        children = self._request_children[key] = (
+            self.request_count.labels(*key), self.request_latency.labels(*key),
+            self.tfs_request_latency.labels(model, tfs_api, protocol.upper()) if code == "OK" else None,
+        )
+        return children
+
+    def observe_requests(self, records: Iterable[Sequence[Any]]) -> None:
+        """Many finished requests at once (a front end's report): `(model, version, signature, api, protocol,
+        code, latency_s)` each. Counters go up once per label set, not once per request."""
+        counts: dict[tuple[str, ...], list[Any]] = {}  # label set: [its children, requests]
+        cache = self._request_children
+        for model, version, signature, api, protocol, code, latency_s in records:
+            key = (model, version, signature, api, protocol, code)
+            counted = counts.get(key)
+            if counted is None:
+                counted = counts[key] = [cache.get(key) or self._children(key), 0]
+            counted[1] += 1
+            _, latency, tfs_latency = counted[0]
+            micros = latency_s * 1e6
+            latency.observe(micros)
+            if tfs_latency is not None:
+                tfs_latency.observe(micros)
+        tfs_counts = self._tfs.request_count
+        for key, (children, n) in counts.items():
+            children[0].inc(n)
+            tfs_key = (key[0], key[5])
+            tfs_counts[tfs_key] = tfs_counts.get(tfs_key, 0) + n
 
     def observe_runtime(self, *, model: str, api: str, seconds: float) -> None:
         child = self._runtime_children.get((model, api))
@@ -217,13 +243,21 @@ class Metrics:
 
     def observe_batch(self, *, model: str, version: int, pool: str, size: int, task_sizes: list[int],
                       queued_s: list[float]) -> None:
-        self.batch_size.labels(model, str(version)).observe(size)
+        key = (model, version, pool)
+        children = self._batch_children.get(key)
+        if children is None:  # labels() once per version and pool, not three times per batch and task
+            children = self._batch_children[key] = (
+                self.batch_size.labels(model, str(version)), self.batch_queueing.labels(model, str(version)),
+                self.tfs_queuing_latency.labels(pool))
+        batch_size, queueing, tfs_queuing = children
+        batch_size.observe(size)
         self.tfs_processed_batch_size.observe(size)
+        input_size = self.tfs_input_batch_size
         for n in task_sizes:
-            self.tfs_input_batch_size.observe(n)
+            input_size.observe(n)
         for seconds in queued_s:
-            self.batch_queueing.labels(model, str(version)).observe(seconds * 1e6)
-            self.tfs_queuing_latency.labels(pool).observe(seconds * 1e6)
+            queueing.observe(seconds * 1e6)
+            tfs_queuing.observe(seconds * 1e6)
 
     # The service's events (core.service.ServiceEvents), as they happen.
 
@@ -242,6 +276,10 @@ class Metrics:
                 metric.remove(model, v)
             except KeyError:  # never observed for this version
                 pass
+        # After the removals: a batch finishing meanwhile either feeds a child removed with its series or (the
+        # cache entry gone) makes a fresh one, never keeps a removed child cached for a reloaded version.
+        for key in [k for k in list(self._batch_children) if k[0] == model and k[1] == version]:
+            self._batch_children.pop(key, None)
         for status in ("success", "fail"):
             self._tfs.load_attempts.pop((path, status), None)
         self._tfs.load_latency.pop(path, None)

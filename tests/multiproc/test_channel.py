@@ -7,15 +7,17 @@ import asyncio
 import gc
 import os
 import socket
+import struct
 from typing import Any
 
 import numpy as np
+import orjson
 import pytest
 
 from pyserving.errors import Code, ServingError, SignatureNotFoundError
 from pyserving.ipc.arena import ALIGN, Arena, new_memfd
 from pyserving.ipc.buckets import SharedBuckets, new_bucket_table
-from pyserving.ipc.channel import INLINE_BYTES, Channel, Payload, error_from
+from pyserving.ipc.channel import INLINE_BYTES, READ_BYTES, Channel, Payload, error_from
 
 
 def test_arena_allocates_first_fit_and_coalesces_freed_ranges() -> None:
@@ -112,3 +114,58 @@ def test_shared_rate_limit_buckets_are_one_budget() -> None:
     assert second.take("key:a", 4.0, 1.0, 100.5) == pytest.approx(0.5)  # half a token refilled: wait 0.5 s
     assert first.take("key:a", 4.0, 1.0, 101.0) == 0.0  # one token a second
     assert first.take("key:b", 1.0, 1.0, 101.0) == 0.0  # another caller has its own bucket
+
+
+def test_many_calls_in_one_turn_share_writes_and_reads_and_keep_their_answers() -> None:
+    """Calls made in one event-loop turn go out in one write and arrive as many frames in one read; each answer
+    still finds its caller. A frame larger than one read (a long string tensor: strings always ride inline)
+    arrives whole among small ones."""
+    async def main() -> None:
+        client, server = await _pair()
+        tasks = [asyncio.create_task(client.run()), asyncio.create_task(server.run())]
+        writes: list[int] = []
+        write = client._writer.writelines
+        client._writer.writelines = lambda frames: (writes.append(len(frames)), write(frames))[1]  # type: ignore[method-assign]
+
+        async def echo(i: int, big: bool = False) -> None:
+            sent = {"i": np.array([i, -i], dtype=np.int64)}
+            if big:
+                sent["s"] = np.array([b"x" * (READ_BYTES * 3 + i)], dtype=object)
+            payload: Payload = []
+            reply, data = await client.call({"op": "echo", "t": client.encode_tensors(sent, payload)}, payload)
+            got = client.decode_tensors(reply["t"], data)
+            for name, value in sent.items():
+                np.testing.assert_array_equal(got[name], value)
+
+        await asyncio.wait_for(asyncio.gather(*(echo(i, big=i % 100 == 7) for i in range(300))), 10)
+        assert writes[0] >= 2 * 300  # prefix and header of every call: one write for the whole turn
+        assert server._tasks == {}  # every answer's task let go of
+        server.close()
+        await asyncio.wait(tasks, timeout=5)
+
+    asyncio.run(main())
+
+
+def test_frames_torn_at_every_byte_reassemble() -> None:
+    """A peer's frames may arrive cut anywhere (the socket's buffers decide); the reader waits for the rest."""
+    async def main() -> None:
+        left, right = socket.socketpair()
+        to_right, to_left = new_memfd(1 << 16), new_memfd(1 << 16)
+        rr, rw = await asyncio.open_unix_connection(sock=right)
+        heard: list[tuple[dict[str, Any], bytes]] = []
+        reader = Channel(rr, rw, Arena(to_left), Arena(to_right),
+                         on_push=lambda header, payload: heard.append((header, bytes(payload))))
+        running = asyncio.create_task(reader.run())
+        frames = b""
+        for i in range(5):
+            head = orjson.dumps({"op": "state", "n": i})
+            body = bytes([i]) * (i * 3)
+            frames += struct.pack("<II", len(head) + len(body), len(head)) + head + body
+        for i in range(len(frames)):
+            left.sendall(frames[i:i + 1])
+            await asyncio.sleep(0)
+        left.close()
+        await asyncio.wait_for(running, 5)
+        assert heard == [({"op": "state", "n": i}, bytes([i]) * (i * 3)) for i in range(5)]
+
+    asyncio.run(main())

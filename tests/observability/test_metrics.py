@@ -8,10 +8,12 @@ import grpc
 import pytest
 import requests
 import tensorflow as tf
+from prometheus_client import generate_latest
 from prometheus_client.parser import text_string_to_metric_families
 from tensorflow_serving.apis import predict_pb2, prediction_service_pb2_grpc
 
 from conftest import free_port, model_options, run_server
+from pyserving.observability.metrics import Metrics
 from pyserving.options import BatchingOptions
 
 PATH = "/monitoring/prometheus/metrics"
@@ -87,3 +89,37 @@ def test_the_articles_metrics_port(testdata: Path) -> None:
         text = requests.get(f"http://127.0.0.1:{port}/metrics", timeout=10).text
         assert value(samples(text), "tensorflow_serving_request_count_total", model="half", code="OK") == 1
         assert requests.get(server.rest_url + PATH, timeout=10).status_code == 404  # not asked for there
+
+
+def test_bulk_request_reports_and_cached_batch_series_after_a_version_is_forgotten() -> None:
+    """A front end's report of many requests counts each one; series cached for speed go with a forgotten
+    version and come back fresh (from zero) if the version serves again."""
+    metrics = Metrics()
+    rest = ("m", "1", "s", "predict", "rest", "OK")
+    metrics.observe_requests([(*rest, 0.001)] * 3 + [("m", "1", "s", "predict", "grpc", "OK", 0.002),
+                                                     ("m", "1", "s", "predict", "rest", "NOT_FOUND", 0.003)])
+    metrics.observe_batch(model="m", version=1, pool="p", size=4, task_sizes=[1, 3], queued_s=[0.001, 0.002])
+    parsed = samples(generate_latest(metrics.registry).decode())
+    count = "tensorflow_serving_request_count_total"
+    labels = dict(model="m", version="1", signature="s", api="predict")
+    assert value(parsed, count, protocol="rest", code="OK", **labels) == 3
+    assert value(parsed, count, protocol="grpc", code="OK", **labels) == 1
+    assert value(parsed, count, code="NOT_FOUND", **labels) == 1
+    assert value(parsed, "tensorflow_serving_request_latency_micros_count", protocol="rest", code="OK", **labels) == 3
+    assert value(parsed, "tensorflow_serving_request_latency_micros_sum", protocol="rest",
+                 code="OK", **labels) == pytest.approx(3000)
+    assert value(parsed, ":tensorflow:serving:request_count", model_name="m", status="OK") == 4
+    assert value(parsed, "tensorflow_serving_batch_queueing_latency_micros_count", model="m", version="1") == 2
+    assert value(parsed, ":tensorflow:serving:batching_session:queuing_latency_count", thread_pool_name="p") == 2
+
+    metrics.forget_version("m", 1, "/models/m/1")
+    parsed = samples(generate_latest(metrics.registry).decode())
+    assert value(parsed, count, **labels) == 0
+    assert value(parsed, "tensorflow_serving_batch_size_count", model="m", version="1") == 0
+
+    metrics.observe_batch(model="m", version=1, pool="p", size=2, task_sizes=[2], queued_s=[0.001])
+    metrics.observe_requests([(*rest, 0.001)])
+    parsed = samples(generate_latest(metrics.registry).decode())
+    assert value(parsed, "tensorflow_serving_batch_size_count", model="m", version="1") == 1
+    assert value(parsed, "tensorflow_serving_batch_queueing_latency_micros_count", model="m", version="1") == 1
+    assert value(parsed, count, protocol="rest", code="OK", **labels) == 1
