@@ -139,7 +139,7 @@ def plot(points: Sequence[Point], path: Path, title: str, series_of: object = No
         matplotlib.use("Agg")
         import matplotlib.pyplot as plt
     except ImportError:
-        return f"no plot: matplotlib is not installed (pip install matplotlib); {path} not written"
+        return f"no plot: matplotlib is not installed (pip install 'pyserving[tools]'); {path} not written"
     key = series_of or (lambda pt: f"{pt.protocol} ({pt.generator}, {pt.mode} loop)")
     series: dict[str, list[Point]] = {}
     for pt in points:

@@ -173,7 +173,7 @@ def read_image(path: str, alias: str, spec: Spec) -> np.ndarray:
     try:
         from PIL import Image
     except ImportError:
-        raise InputError("reading images needs Pillow: pip install pillow") from None
+        raise InputError("reading images needs Pillow: pip install 'pyserving[tools]' (or pillow)") from None
     if spec.shape is None or len(spec.shape) != 4:
         shape = "unknown rank" if spec.shape is None else f"rank {len(spec.shape)}"
         raise InputError(f"input {alias} has {shape}; an image needs an NHWC input ([batch, height, width, channels])")
