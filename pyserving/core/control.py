@@ -226,8 +226,9 @@ class ControlPlane:
         self._lifecycle.apply_labels([name])
         log.info("Loaded model %s on request", name)
 
-    def repository(self) -> list[RepositoryModel]:
-        """Every configured model, by name, with its versions' states (the model repository index)."""
+    async def repository(self) -> list[RepositoryModel]:
+        """Every configured model, by name, with its versions' states (the model repository index). A coroutine
+        (with nothing to wait for here) because a front-end process asks the model process for it."""
         unavailable = self._manager.unavailable_models()
         out = []
         for name, statuses in self._statuses():

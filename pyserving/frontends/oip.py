@@ -66,11 +66,11 @@ UNLOAD_PARAMETERS = frozenset(("unload_dependents",))
 """Unload parameters accepted (and with nothing to do: pyserving models have no dependents)."""
 
 
-def repository_index(control: ControlPlane, ready_only: bool) -> list[dict[str, str]]:
+async def repository_index(control: ControlPlane, ready_only: bool) -> list[dict[str, str]]:
     """The index entries, {name, version, state, reason}, of every configured model: one per tracked version, or
     one without a version for a model that has none. `ready_only`: only READY versions."""
     entries = []
-    for model in control.repository():
+    for model in await control.repository():
         if not model.versions:
             if not ready_only:
                 why = UNLOADED_REASON if model.unloaded else model.why_unavailable

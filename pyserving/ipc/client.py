@@ -16,7 +16,7 @@ from typing import Any
 
 import orjson
 
-from pyserving.core.control import ModelInfo
+from pyserving.core.control import ModelInfo, RepositoryModel
 from pyserving.core.ids import ServableId, ServableRequest
 from pyserving.core.service import (
     Classifications,
@@ -33,7 +33,7 @@ from pyserving.core.states import VersionStatus
 from pyserving.errors import ServingError
 from pyserving.ipc.channel import Channel, Payload, error_from, unavailable
 from pyserving.ipc.results import decode_classes, encode_results, examples_meta
-from pyserving.ipc.state import Snapshot
+from pyserving.ipc.state import Snapshot, status_from
 from pyserving.observability.requests import LOGGED_APIS, RequestInfo, RequestObserver
 from pyserving.runtimes.base import Signature, find_signature
 
@@ -189,6 +189,17 @@ class RemoteControl:
 
     async def reload_text(self, text: str) -> None:
         await self._link.call({"op": "reload", "text": text}, [])
+
+    async def repository(self) -> list[RepositoryModel]:
+        reply, _ = await self._link.call({"op": "repo_index"}, [])
+        return [RepositoryModel(name, [status_from(v) for v in versions], unloaded, why)
+                for name, versions, unloaded, why in reply["models"]]
+
+    async def load_model(self, name: str, timeout_s: float | None = None) -> None:
+        await self._link.call({"op": "repo_load", "name": name, "to": timeout_s}, [])
+
+    async def unload_model(self, name: str) -> None:
+        await self._link.call({"op": "repo_unload", "name": name}, [])
 
     async def metrics(self, accept: str) -> tuple[bytes, str]:
         reply, data = await self._link.call({"op": "metrics", "accept": accept}, [])

@@ -123,6 +123,21 @@ class ModelEndpoint:
                 if self.after_reload is not None:
                     self.after_reload()
             return {}, out
+        if op == "repo_index":
+            models = [[m.name, [status_data(v) for v in m.versions], m.unloaded, m.why_unavailable]
+                      for m in await self._control.repository()]
+            return {"models": models}, out
+        if op in ("repo_load", "repo_unload"):
+            try:
+                if op == "repo_load":
+                    await self._control.load_model(h["name"], h["to"])
+                else:
+                    await self._control.unload_model(h["name"])
+            finally:
+                # as after a reload: every front end sees the model's new state before the caller hears back
+                if self.after_reload is not None:
+                    self.after_reload()
+            return {}, out
         if op == "metrics":
             body, content_type = self._metrics_body(h["accept"])
             return {"ct": content_type}, [body]

@@ -194,15 +194,24 @@ def test_killed_frontend_fails_only_its_requests_and_comes_back(tree: Tree) -> N
     time.sleep(1.5)
     killed_at.append(time.monotonic())
     victim.send_signal(signal.SIGKILL)
+    while True:  # its sockets close with it (the supervisor may reap it at once)
+        try:
+            if not victim.is_running() or victim.status() == psutil.STATUS_ZOMBIE:
+                break
+        except psutil.NoSuchProcess:
+            break
+        time.sleep(0.002)
+    gone_at = time.monotonic()
     for w in workers:
         w.join(20)
     failures = [r for r in results if not r[2]]
     assert len(results) > 50
-    assert len(failures) <= threads, failures
-    # A connection the kernel queued on the victim while SIGKILL was on its way is the victim's too: allow the
-    # few milliseconds between send_signal() returning and the process being gone.
+    # A connection the kernel queued on the victim until it was gone is the victim's too (on a loaded machine a
+    # thread may meet it twice between SIGKILL and the exit): what must hold is that no request started after
+    # the victim was gone fails.
+    assert len(failures) <= 2 * threads, failures
     late = [(round(started - killed_at[0], 3), round(ended - killed_at[0], 3)) for started, ended, _ in failures]
-    assert all(started <= killed_at[0] + 0.05 for started, _, _ in failures), late
+    assert all(started <= gone_at + 0.01 for started, _, _ in failures), (late, round(gone_at - killed_at[0], 3))
     assert any(started > killed_at[0] + 0.5 and ok for started, _, ok in results)
     deadline = time.monotonic() + 60
     while len([p for p in tree.frontends() if p.pid != victim.pid]) < 2:
@@ -317,3 +326,17 @@ def test_a_front_end_that_cannot_start_fails_the_start_up(tmp_path: Path) -> Non
     time.sleep(1)
     assert not [p for p in psutil.process_iter(["cmdline"])
                 if str(tmp_path) in " ".join(p.info["cmdline"] or ()) and p.pid != proc.pid]
+
+
+def test_repository_extension_through_the_model_process(tree: Tree) -> None:
+    """The V2 repository index, unload and load reach the model process, and every front end sees the result."""
+    url = f"{tree.rest}/v2/repository"
+    index = requests.post(f"{url}/index", json={}, timeout=10)
+    assert index.status_code == 200, index.text
+    assert [(e["name"], e["state"]) for e in index.json()] == [("default", "READY")]
+    assert requests.post(f"{url}/models/default/unload", timeout=30).status_code == 200
+    assert all(requests.get(f"{tree.rest}/v2/models/default/ready", timeout=5).status_code == 400
+               for _ in range(6)), "a front end still reports the unloaded model ready"
+    assert requests.post(f"{url}/models/nope/load", timeout=30).status_code == 404
+    assert requests.post(f"{url}/models/default/load", timeout=60).status_code == 200
+    assert all(tree.predict([1.0]).status_code == 200 for _ in range(6))

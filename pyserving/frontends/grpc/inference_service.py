@@ -162,10 +162,8 @@ class InferenceServicer:
     ) -> pb.RepositoryIndexResponse:
         async def call(info: RequestInfo) -> pb.RepositoryIndexResponse:
             check_repository_name(request.repository_name)
-            return pb.RepositoryIndexResponse(models=[
-                pb.RepositoryIndexResponse.ModelIndex(**entry)
-                for entry in repository_index(self._control, request.ready)
-            ])
+            entries = await repository_index(self._control, request.ready)
+            return pb.RepositoryIndexResponse(models=[pb.RepositoryIndexResponse.ModelIndex(**e) for e in entries])
 
         return await guarded(self._observer, context, "repository", "", call)
 

@@ -228,7 +228,7 @@ class OipV2:
                 ready = doc.get("ready", False)
                 if not isinstance(ready, bool):
                     raise _invalid("'ready' must be true or false")
-                return self._json(repository_index(self._control, ready))
+                return self._json(await repository_index(self._control, ready))
             assert model is not None
             parameters = _parameters(doc, f"The {verb} request")
             if verb == "unload":
