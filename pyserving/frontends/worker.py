@@ -165,8 +165,9 @@ def main(argv: Sequence[str] | None = None) -> int:
     args = parser.parse_args(argv)
     signal.signal(signal.SIGINT, signal.SIG_IGN)
     options: ServerOptions = pickle.load(sys.stdin.buffer)
-    # The model process keeps --metrics_port and the UNIX socket (one listener each); the ports are the ones it
-    # reserved (port 0 resolved).
+    # The model process keeps --metrics_port; front end 0 serves --grpc_socket_path (a UNIX socket has one
+    # listener: it is down while front end 0 restarts); the ports are the ones the model process reserved (port 0
+    # resolved).
     options = dataclasses.replace(
         options, grpc_port=args.grpc_port, rest_api_port=args.rest_port, metrics_port=0,
         grpc_socket_path=options.grpc_socket_path if args.index == 0 else "",

@@ -3,7 +3,8 @@
 One arena per direction per front end: the writer allocates a region, copies a tensor in (the one copy), and names
 the region in a frame; the reader maps it as a numpy array without copying and hands the region back (a "free"
 in a later frame) once nothing in it references the array any more. Only the writer's event loop touches the
-allocator, so it needs no lock. Pages are only backed once touched, so a large arena costs what is used.
+allocator, so it needs no lock. Pages are only backed once touched, but a touched page stays resident (shared
+memory, counted against a container's limit) until the front end restarts: an arena costs its high-water mark.
 """
 
 from __future__ import annotations

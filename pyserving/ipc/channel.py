@@ -16,7 +16,7 @@ import asyncio
 import logging
 import struct
 import weakref
-from collections.abc import Awaitable, Callable, Mapping, Sequence
+from collections.abc import Awaitable, Callable, Iterator, Mapping, Sequence
 from typing import Any
 
 import numpy as np
@@ -90,6 +90,20 @@ def _decode_strings(data: memoryview, shape: Sequence[int]) -> np.ndarray:
         out[i] = bytes(data[pos:pos + length])
         pos += length
     return out.reshape(shape)
+
+
+def _arena_regions(value: Any) -> Iterator[int]:
+    """The offsets of every arena-placed tensor ([name, dtype, shape, "s", offset, nbytes]) a header describes,
+    wherever in it they are."""
+    if isinstance(value, list):
+        if len(value) == 6 and value[3] == "s" and isinstance(value[4], int):
+            yield value[4]
+            return
+        for item in value:
+            yield from _arena_regions(item)
+    elif isinstance(value, dict):
+        for item in value.values():
+            yield from _arena_regions(item)
 
 
 class Channel:
@@ -210,6 +224,11 @@ class Channel:
         size = len(head)
         for part in payload:
             size += len(part) if isinstance(part, bytes) else part.nbytes
+        if size > MAX_FRAME_BYTES:
+            # the peer would drop the whole channel (every call on it) for one such frame: refuse this one alone
+            raise ServingError(Code.RESOURCE_EXHAUSTED, f"A request or answer of {size} bytes exceeds the "
+                               f"{MAX_FRAME_BYTES >> 30} GiB a front-end process exchanges with the model process "
+                               "at once: send fewer rows, or serve with --frontend_processes=0")
         out = self._out_frames
         out.append(_PREFIX.pack(size, len(head)))
         out.append(head)
@@ -298,6 +317,11 @@ class Channel:
                 future = self._calls.get(call_id)
                 if future is not None and not future.done():
                     future.set_result((header, payload))
+                else:
+                    # nobody waits for it any more (a cancelled call, a deadline): its tensors in the peer's arena
+                    # will never be decoded, so no finalizer would hand their regions back
+                    self._done_with.extend(_arena_regions(header))
+                    self._schedule_flush()
             return
         if call_id is None:
             if self._on_push is not None:
@@ -327,8 +351,9 @@ class Channel:
         reply["id"] = call_id
         try:
             self.send(reply, out)
-        except ServingError:
-            pass
+        except ServingError as exc:
+            if not self.closed:  # the answer itself could not go (too big): the caller hears why, not nothing
+                self.send({"id": call_id, "e": error_header(exc)}, [])
 
     def close(self) -> None:
         if self.closed:

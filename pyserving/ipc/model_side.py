@@ -306,7 +306,14 @@ class FrontendSupervisor:
         to_model = new_memfd(ARENA_BYTES, "pyserving-to-model")
         # Each side maps both arenas: the model process writes answers into to_front and reads to_model.
         fds = (theirs.fileno(), to_model, to_front, self._buckets_fd)
-        out_arena, in_arena = Arena(os.dup(to_front)), Arena(os.dup(to_model))
+        try:
+            out_arena, in_arena = Arena(os.dup(to_front)), Arena(os.dup(to_model))
+        except BaseException:
+            for fd in (to_front, to_model):
+                os.close(fd)
+            ours.close()
+            theirs.close()
+            raise
         try:
             process = await asyncio.create_subprocess_exec(
                 sys.executable, "-m", "pyserving.frontends.worker", f"--index={slot.index}",
@@ -315,6 +322,11 @@ class FrontendSupervisor:
                 env={**os.environ,
                      "PYSERVING_VERBOSITY": logging.getLevelName(logging.getLogger().getEffectiveLevel())},
             )
+        except BaseException:
+            ours.close()
+            out_arena.map.close()
+            in_arena.map.close()
+            raise
         finally:
             theirs.close()
             os.close(to_model)
@@ -345,7 +357,15 @@ class FrontendSupervisor:
         """Run the slot's front end; restart it (with backoff) whenever it exits while the server runs."""
         while not self._stopping:
             slot.started = 0.0
-            slot.process = await self._spawn(slot)
+            try:
+                slot.process = await self._spawn(slot)
+            except Exception as exc:  # out of fds or memory, fork refused: say so, and try again later
+                slot.failures += 1
+                delay = RESTART_BACKOFF_S[min(slot.failures, len(RESTART_BACKOFF_S)) - 1]
+                log.error("Cannot start front-end process %d (%s: %s); trying again in %g s", slot.index,
+                          type(exc).__name__, exc, delay)
+                await asyncio.sleep(delay)
+                continue
             channel = slot.channel
             assert channel is not None
             reading = asyncio.create_task(channel.run())

@@ -169,3 +169,47 @@ def test_frames_torn_at_every_byte_reassemble() -> None:
         assert heard == [({"op": "state", "n": i}, bytes([i]) * (i * 3)) for i in range(5)]
 
     asyncio.run(main())
+
+
+def test_an_answer_nobody_waits_for_gives_its_arena_regions_back() -> None:
+    """A call cancelled (client gone, deadline) before its answer came: the answer's tensors in the peer's arena
+    are never decoded, so the receiving side hands their regions back itself."""
+
+    async def main() -> None:
+        client, server = await _pair()
+        tasks = [asyncio.create_task(client.run()), asyncio.create_task(server.run())]
+        big = {"big": np.ones((4, INLINE_BYTES), np.float32)}
+        payload: Payload = []
+        call = asyncio.create_task(client.call({"op": "echo", "t": client.encode_tensors(big, payload)}, payload))
+        await asyncio.sleep(0)  # sent
+        call.cancel()
+        await asyncio.sleep(0.2)  # the echo answers into the server's arena, to a call nobody waits for
+        gc.collect()
+        await client.call({"op": "echo", "t": []}, [])  # a later frame: any free has gone by now
+        await asyncio.sleep(0.05)
+        assert server._out.used_bytes == 0
+        server.close()
+        await asyncio.wait(tasks, timeout=5)
+
+    asyncio.run(main())
+
+
+def test_a_frame_over_the_limit_is_refused_alone() -> None:
+    async def main() -> None:
+        client, server = await _pair()
+        tasks = [asyncio.create_task(client.run()), asyncio.create_task(server.run())]
+        huge = memoryview(bytearray(16)).cast("B")
+
+        class Big:  # a payload part that reports more bytes than the limit, without allocating them
+            nbytes = (1 << 31) + 1
+            obj = huge
+
+        with pytest.raises(ServingError) as refused:
+            client.send({"op": "echo", "t": []}, [Big()])  # type: ignore[list-item]
+        assert refused.value.code == Code.RESOURCE_EXHAUSTED and "--frontend_processes=0" in refused.value.message
+        reply, _ = await client.call({"op": "echo", "t": []}, [])  # the channel serves on
+        assert reply["t"] == []
+        server.close()
+        await asyncio.wait(tasks, timeout=5)
+
+    asyncio.run(main())
