@@ -40,8 +40,8 @@ from pyserving.frontends.rest.oip_v2 import V2_PATH, OipV2
 from pyserving.frontends.rest.openapi import OpenApiEndpoint
 from pyserving.frontends.rest.server import RestListener
 from pyserving.frontends.rest.tfserving_v1 import CORS_HEADERS, TfServingV1
-from pyserving.ipc.model_side import (FrontendSupervisor, ModelEndpoint, ModelProcessRecords, SnapshotSource,
-                                      reserve_port)
+from pyserving.ipc.model_side import FrontendSupervisor, ModelEndpoint, ModelProcessRecords, SnapshotSource
+from pyserving.ipc.ports import reuse_port_socket
 from pyserving.observability.gpu import add_gpu_metrics
 from pyserving.observability.metrics import Metrics
 from pyserving.observability.request_log import RequestLoggers
@@ -283,10 +283,10 @@ class Server:
         opts = self.options
         grpc_port = rest_port = 0
         if opts.grpc_port:
-            self._reserved.append(reserve_port(opts.host, opts.grpc_port, "--port"))
+            self._reserved.append(reuse_port_socket(opts.host, opts.grpc_port, "gRPC", "--port"))
             grpc_port = self._reserved[-1].getsockname()[1]
         if opts.rest_api_port:
-            self._reserved.append(reserve_port(opts.host, opts.rest_api_port, "--rest_api_port"))
+            self._reserved.append(reuse_port_socket(opts.host, opts.rest_api_port, "REST", "--rest_api_port"))
             rest_port = self._reserved[-1].getsockname()[1]
         records = ModelProcessRecords(self.metrics, self.request_loggers)
         self._frontends = FrontendSupervisor(

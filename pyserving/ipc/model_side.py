@@ -233,21 +233,6 @@ class ModelProcessRecords:
         return encoder(self._metrics.registry), content_type
 
 
-def reserve_port(host: str, port: int, flag: str) -> socket.socket:
-    """Bind (never listen on) host:port with SO_REUSEPORT: the port is ours (port 0 resolved) and front ends bind
-    it too; the kernel hands connections only to listening sockets."""
-    sock = socket.socket(socket.AF_INET6 if ":" in host else socket.AF_INET, socket.SOCK_STREAM)
-    sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
-    sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEPORT, 1)
-    try:
-        sock.bind((host, port))
-    except OSError as exc:
-        sock.close()
-        raise StartupError(f"Cannot listen on {host}:{port} ({exc}). Is the port in use? Pick another with "
-                           f"{flag}.") from None
-    return sock
-
-
 @dataclass
 class _Slot:
     index: int

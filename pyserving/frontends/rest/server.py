@@ -5,7 +5,6 @@ from __future__ import annotations
 
 import asyncio
 import logging
-import socket
 import ssl
 from collections.abc import Iterator
 from contextlib import contextmanager
@@ -15,6 +14,7 @@ from starlette.types import ASGIApp
 
 from pyserving.errors import StartupError
 from pyserving.frontends.rest.protocol import LimitedHttpToolsProtocol
+from pyserving.ipc.ports import reuse_port_socket
 from pyserving.options import HttpLimits
 
 log = logging.getLogger("pyserving.server")  # operators grep these lines by TF Serving's texts
@@ -66,7 +66,8 @@ class RestListener:
             ssl_context_factory=(lambda _config, _default: self._ssl) if self._ssl is not None else None,
         )
         server = self._server = _UvicornServer(config)
-        sockets = [self._reuse_port_socket()] if self._reuse_port else None
+        sockets = ([reuse_port_socket(self._host, self._requested_port, self._what, self._flag)]
+                   if self._reuse_port else None)
         task = self._task = asyncio.create_task(server.serve(sockets=sockets))
         while not server.started:
             if task.done():
@@ -79,21 +80,6 @@ class RestListener:
             await asyncio.sleep(0.01)
         self.port = server.servers[0].sockets[0].getsockname()[1] if server.servers else self._requested_port
         log.info(self._announce + (" (TLS)" if self._ssl is not None else ""), self._host, self.port)
-
-    def _reuse_port_socket(self) -> socket.socket:
-        family = socket.AF_INET6 if ":" in self._host else socket.AF_INET
-        # IPPROTO_TCP, not 0: asyncio sets TCP_NODELAY only on sockets that say they are TCP, and without it Nagle
-        # holds a response's second write until the client's delayed ACK: 40 ms a keep-alive request (measured)
-        sock = socket.socket(family, socket.SOCK_STREAM, socket.IPPROTO_TCP)
-        sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
-        sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEPORT, 1)
-        try:
-            sock.bind((self._host, self._requested_port))
-        except OSError as exc:
-            sock.close()
-            raise StartupError(f"Cannot serve {self._what} on {self._host}:{self._requested_port} ({exc}). Is the "
-                               f"port in use? Pick another with {self._flag}.") from None
-        return sock
 
     def drain(self) -> None:
         """Keep serving, but end each connection after its next response (`Connection: close`)."""
