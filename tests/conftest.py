@@ -10,7 +10,7 @@ import subprocess
 import sys
 import threading
 import time
-from collections.abc import Callable, Iterator
+from collections.abc import Callable, Iterator, Sequence
 from contextlib import contextmanager
 from dataclasses import dataclass, replace
 from pathlib import Path
@@ -90,11 +90,12 @@ def run_server(options: ServerOptions) -> Iterator[RunningServer]:
 @contextmanager
 def serve_subprocess(
     flags: list[str], stderr: Path, ready: Callable[[], bool], timeout_s: float = 120,
+    command: Sequence[str] = (sys.executable, "-m", "pyserving"),
 ) -> Iterator[subprocess.Popen[bytes]]:
     """`pyserving serve FLAGS` as its own process (stderr to a file), once `ready()` holds; SIGTERM (then SIGKILL)
     when the block ends. `ready` may raise requests.ConnectionError while the server is still starting."""
     with open(stderr, "wb") as err:
-        proc = subprocess.Popen([sys.executable, "-m", "pyserving", "serve", *flags], stdout=subprocess.DEVNULL,
+        proc = subprocess.Popen([*command, "serve", *flags], stdout=subprocess.DEVNULL,
                                 stderr=err, env={**os.environ, "PYTHONUNBUFFERED": "1"})
     try:
         deadline = time.monotonic() + timeout_s

@@ -11,7 +11,6 @@ from __future__ import annotations
 
 import os
 import shutil
-import signal
 import subprocess
 import sys
 import time
@@ -23,7 +22,7 @@ import numpy as np
 import pytest
 import requests
 
-from conftest import GRPC_OPTIONS, REPO, free_port
+from conftest import GRPC_OPTIONS, REPO, free_port, serve_subprocess
 from pyserving.codecs.tfrecord import TFRecordWriter, read_records
 from pyserving.codecs.tfserving.protos import predict_pb2, prediction_log_pb2, tensor_pb2
 from pyserving.codecs.tfserving.tensor import to_ndarray, to_proto
@@ -131,29 +130,10 @@ def served(tf_free_venv: Path, tmp_path_factory: pytest.TempPathFactory, testdat
         return True
 
     flags = [f"--port={grpc_port}", f"--rest_api_port={rest}", f"--model_config_file={config}", "--host=127.0.0.1"]
-    with open(stderr, "wb") as err:
-        proc = subprocess.Popen([str(tf_free_venv / "bin" / "pyserving"), "serve", *flags],
-                                stdout=subprocess.DEVNULL, stderr=err, env={**os.environ, "PYTHONUNBUFFERED": "1"})
     started = time.monotonic()
-    try:
-        while True:
-            try:
-                if ready():
-                    break
-            except requests.ConnectionError:
-                pass
-            assert proc.poll() is None, stderr.read_text()[-3000:]
-            assert time.monotonic() - started < 120, "the server did not come up in 120 s"
-            time.sleep(0.1)
+    with serve_subprocess(flags, stderr, ready, command=[str(tf_free_venv / "bin" / "pyserving")]):
         print(f"\nTensorFlow-free server up in {time.monotonic() - started:.1f} s")
         yield url, f"127.0.0.1:{grpc_port}", stderr, logs
-    finally:
-        proc.send_signal(signal.SIGTERM)
-        try:
-            proc.wait(30)
-        except subprocess.TimeoutExpired:
-            proc.kill()
-            proc.wait(10)
 
 
 def test_the_venv_has_no_tensorflow(tf_free_venv: Path) -> None:
