@@ -245,7 +245,9 @@ class ServerOptions:
     num_worker_threads: int = 0
     """Threads that run model code; 0 picks a default from the CPU count."""
     frontend_processes: int = 0
-    """Front-end processes sharing the REST and gRPC ports over this (model) process; 0: one process serves all."""
+    """Front-end processes sharing the REST and gRPC ports over this (model) process; 0: one process serves all.
+    The command line's default is one per core (config.cpus); a Server built in code runs in one process unless
+    asked, since spawning processes from an embedding program is not something to do behind its back."""
     shutdown_grace_s: float = 10.0
     drain_delay_s: float = 0.0
     """On SIGTERM, report not ready (/readyz 503, gRPC health NOT_SERVING) and keep serving this long before the

@@ -349,20 +349,33 @@ class Server:
 
 
 async def serve(options: ServerOptions) -> None:
-    """Run until SIGINT or SIGTERM, then shut down gracefully."""
+    """Run until SIGINT or SIGTERM, then shut down gracefully. A signal during start-up cancels the start first
+    (a model load or a front end still starting is not waited for), then stops what it had opened."""
     server = Server(options)
     loop = asyncio.get_running_loop()
-    stopping: list[asyncio.Task[None]] = []
+    starting = asyncio.ensure_future(server.start())
+    signalled: list[str] = []
 
     def on_signal(signum: int) -> None:
-        if stopping:
+        if signalled:
             log.warning("Second %s: exiting now", signal.Signals(signum).name)
             os._exit(1)
         name = signal.Signals(signum).name
+        signalled.append(name)
         log.info("Received %s: shutting down", name)
-        stopping.append(asyncio.ensure_future(server.stop(f"shutting down ({name})")))
+        if not starting.done():
+            starting.cancel()
+        else:
+            stopping.append(asyncio.ensure_future(server.stop(f"shutting down ({name})")))
 
+    stopping: list[asyncio.Future[None]] = []
     for sig in (signal.SIGINT, signal.SIGTERM):
         loop.add_signal_handler(sig, on_signal, sig)
-    await server.start()
+    try:
+        await starting
+    except asyncio.CancelledError:
+        if not signalled:
+            raise
+        await server.stop(f"shutting down ({signalled[0]})")
+        return
     await server.wait()

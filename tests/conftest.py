@@ -19,6 +19,7 @@ import grpc
 import pytest
 import requests
 
+from pyserving.config.cpus import default_frontend_processes
 from pyserving.options import ModelConfig, ServerOptions
 from pyserving.server import Server
 
@@ -27,6 +28,9 @@ SHARED = Path(os.environ.get("PYSERVING_SHARED", REPO.parent / "shared"))
 TESTDATA = SHARED / "testdata" / "tfserving"
 FRONTEND_PROCESSES = int(os.environ.get("PYSERVING_TEST_FRONTEND_PROCESSES", "0"))
 """Set (e.g. 2) to run every in-process server of the suite with --frontend_processes, as tests/multiproc does."""
+PROCESS_LAYOUTS = sorted({0, default_frontend_processes()})
+"""--frontend_processes values a test of the whole server's behaviour runs under: one process, and the command
+line's default (one front end per core; the same 0 on a one-core machine)."""
 GRPC_OPTIONS = [("grpc.max_send_message_length", -1), ("grpc.max_receive_message_length", -1)]
 
 

@@ -143,15 +143,23 @@ class Predictor:
 
 
 def listening_tcp_ports(pid: int) -> set[int]:
-    """TCP ports process `pid` listens on (from /proc: its socket inodes in LISTEN state)."""
+    """TCP ports process `pid` and its children (front-end processes) listen on (from /proc: their socket inodes in
+    LISTEN state)."""
+    import psutil
+
     inodes = set()
-    for fd in os.listdir(f"/proc/{pid}/fd"):
+    for p in [pid, *(c.pid for c in psutil.Process(pid).children(recursive=True))]:
         try:
-            target = os.readlink(f"/proc/{pid}/fd/{fd}")
+            fds = os.listdir(f"/proc/{p}/fd")
         except OSError:
             continue
-        if target.startswith("socket:["):
-            inodes.add(target[8:-1])
+        for fd in fds:
+            try:
+                target = os.readlink(f"/proc/{p}/fd/{fd}")
+            except OSError:
+                continue
+            if target.startswith("socket:["):
+                inodes.add(target[8:-1])
     ports = set()
     for table in ("tcp", "tcp6"):
         try:

@@ -16,7 +16,7 @@ import requests
 import tensorflow as tf
 from tensorflow_serving.apis import predict_pb2, prediction_service_pb2_grpc
 
-from conftest import RunningServer, export_picky_model, run_server
+from conftest import PROCESS_LAYOUTS, RunningServer, export_picky_model, run_server
 from pyserving.config.flags import server_options
 
 N = 2000
@@ -96,11 +96,13 @@ def test_sticky_keys_never_change_version_and_pinned_requests_are_never_split(
         assert pinned == {"2"}
 
 
-def test_reload_70_30_to_0_100_under_load_fails_no_request(two_versions: Path, tmp_path: Path) -> None:
+@pytest.mark.parametrize("frontends", PROCESS_LAYOUTS, ids=lambda n: f"frontend_processes={n}")
+def test_reload_70_30_to_0_100_under_load_fails_no_request(two_versions: Path, tmp_path: Path, frontends: int) -> None:
     # The weights live in the config file (TF Serving's ReloadConfigRequest proto has no field for them).
     path = tmp_path / "models.config"
     path.write_text(split_config(two_versions, article_split()))
-    options = server_options({"model_config_file": str(path), "model_config_file_poll_wait_seconds": 1})
+    options = server_options({"model_config_file": str(path), "model_config_file_poll_wait_seconds": 1,
+                              "frontend_processes": frontends})
     with run_server(options) as server:
         stop = threading.Event()
         results: list[tuple[float, int | str]] = []

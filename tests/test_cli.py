@@ -86,7 +86,10 @@ def test_serve_answers_and_stops_on_sigterm(testdata: Path, tmp_path: Path) -> N
         # structured logs: JSON lines, one per request at DEBUG, the same in --log_dir's file
         import json
 
-        logged = [json.loads(line) for line in (tmp_path / "logs" / "pyserving.log").read_text().splitlines()]
+        # pyserving.log is the model process's; front-end processes (the default on 2+ cores) write their own
+        # pyserving.frontend-N.log, where their requests' lines are
+        logged = [json.loads(line) for path in sorted((tmp_path / "logs").glob("pyserving*.log"))
+                  for line in path.read_text().splitlines()]
         request_lines = [r for r in logged if r.get("event") == "request"]
         assert len(request_lines) >= 2  # the status polls and the predict
         predict = next(r for r in request_lines if r["api"] == "predict")

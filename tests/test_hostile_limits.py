@@ -84,9 +84,11 @@ def _serve(tmp: Path, *flags: str) -> Iterator[Served]:
 
 @pytest.fixture(scope="module")
 def limited(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Served]:
-    """Small limits, so that every case fits a test's time and memory."""
+    """Small limits, so that every case fits a test's time and memory. One process: the connection cap is per
+    REST listener (each front-end process has its own) and memory is measured on the server's process."""
     yield from _serve(tmp_path_factory.mktemp("limited"), f"--max_request_bytes={LIMIT}",
-                      "--http_header_timeout_s=1", "--http_body_timeout_s=1", "--max_connections=40")
+                      "--http_header_timeout_s=1", "--http_body_timeout_s=1", "--max_connections=40",
+                      "--frontend_processes=0")
 
 
 @pytest.fixture(scope="module")

@@ -8,6 +8,7 @@ import shutil
 import threading
 import time
 import weakref
+from dataclasses import replace
 from pathlib import Path
 
 import grpc
@@ -16,7 +17,7 @@ import requests
 import tensorflow as tf
 from tensorflow_serving.apis import predict_pb2, prediction_service_pb2_grpc
 
-from conftest import model_options, run_server
+from conftest import PROCESS_LAYOUTS, model_options, run_server
 from pyserving.options import LifecycleOptions
 
 SWAPS = 20
@@ -30,7 +31,8 @@ def _status(url: str) -> dict[int, str]:
     return {int(s["version"]): s["state"] for s in body["model_version_status"]}
 
 
-def test_swaps_under_load_lose_no_request(testdata: Path, tmp_path: Path) -> None:
+@pytest.mark.parametrize("frontends", PROCESS_LAYOUTS, ids=lambda n: f"frontend_processes={n}")
+def test_swaps_under_load_lose_no_request(testdata: Path, tmp_path: Path, frontends: int) -> None:
     source = testdata / "saved_model_half_plus_two_cpu" / "00000123"
     base = tmp_path / "m"
     base.mkdir()
@@ -50,7 +52,8 @@ def test_swaps_under_load_lose_no_request(testdata: Path, tmp_path: Path) -> Non
         timeline.append((time.monotonic(), frozenset(on_disk)))
 
     add(1)
-    options = model_options("m", base, lifecycle=LifecycleOptions(file_system_poll_wait_seconds=POLL_S))
+    options = replace(model_options("m", base, lifecycle=LifecycleOptions(file_system_poll_wait_seconds=POLL_S)),
+                      frontend_processes=frontends)
     results: list[tuple[str, float, float, int | None, str]] = []  # (api, t0, t1, version, error)
     stop = threading.Event()
 

@@ -109,9 +109,10 @@ FLAGS: tuple[Flag, ...] = (
     Flag("max_header_count", int, 100, "headers per REST request (431 beyond)"),
     Flag("max_header_bytes", int, 64 << 10, "bytes of a REST request's line and headers (431 beyond); gRPC "
          "metadata too"),
-    Flag("frontend_processes", int, 0, "pyserving's own: serve REST and gRPC from N processes sharing the ports "
+    Flag("frontend_processes", int, -1, "pyserving's own: serve REST and gRPC from N processes sharing the ports "
          "(HTTP, JSON, protobuf and auth work spread over N cores), over one process holding the models; 0: one "
-         "process for everything"),
+         "process for everything; -1 (default): one per usable core (CPU quota and affinity counted), at most "
+         "4, and 0 on a single core"),
     Flag("drain_delay_s", float, 0.0, "on SIGTERM, answer /readyz 503 (and gRPC health NOT_SERVING) and keep "
          "serving this long before closing the listeners, so load balancers stop sending first"),
     Flag("cors_allowed_origins", str, "", "with --rest_api_enable_cors_support: comma-separated allowed origins "
@@ -320,8 +321,13 @@ def server_options(values: dict[str, Any], warnings: list[str] | None = None) ->
             raise FlagError(f"--auth_config_file={v['auth_config_file']}: {exc}") from None
     _non_negative(v, "max_request_bytes", "http_header_timeout_s", "http_body_timeout_s", "http_keepalive_timeout_s",
                   "drain_delay_s")
-    if not 0 <= v["frontend_processes"] <= 64:
-        raise FlagError(f"--frontend_processes={v['frontend_processes']}: use 0 (one process) to 64")
+    if not -1 <= v["frontend_processes"] <= 64:
+        raise FlagError(f"--frontend_processes={v['frontend_processes']}: use 0 (one process) to 64, or -1 (one "
+                        "per core)")
+    if v["frontend_processes"] == -1:
+        from pyserving.config.cpus import default_frontend_processes
+
+        v["frontend_processes"] = default_frontend_processes()
     for name in ("max_connections", "max_header_count", "max_header_bytes"):
         if v[name] < 1:
             raise FlagError(f"--{name}={v[name]}: must be 1 or more")

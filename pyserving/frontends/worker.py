@@ -113,9 +113,9 @@ class FrontendServer(Server):
         if self._rest is not None:
             self._rest.drain()
 
-    async def stop(self, reason: str = "") -> None:  # type: ignore[override]
+    async def stop(self, reason: str = "", grace_s: float | None = None) -> None:  # type: ignore[override]
         await self.drain()
-        grace = self.options.shutdown_grace_s
+        grace = self.options.shutdown_grace_s if grace_s is None else grace_s
         waits = [asyncio.ensure_future(self._rest.stop())] if self._rest is not None else []
         if self._grpc is not None:
             waits.append(asyncio.ensure_future(self._grpc.stop(grace)))
@@ -149,10 +149,14 @@ async def run(options: ServerOptions, index: int, fds: Sequence[int]) -> None:
 
     watching = asyncio.create_task(follow_drain())
     await asyncio.wait([reading, asyncio.ensure_future(stop.wait())], return_when=asyncio.FIRST_COMPLETED)
-    if reading.done():
-        log.error("Front-end process %d: the model process went away; stopping", index)
     watching.cancel()
-    await server.stop()
+    if reading.done():
+        # Nothing can be served without it (requests in flight have had their 503 / UNAVAILABLE already): close
+        # the listeners at once, so that load balancers get refused connections and go elsewhere.
+        log.error("Front-end process %d: the model process went away; stopping", index)
+        await server.stop(grace_s=0)
+    else:
+        await server.stop()
     channel.close()
 
 
@@ -175,7 +179,9 @@ def main(argv: Sequence[str] | None = None) -> int:
     )
     from pyserving.observability import logs
 
-    logs.configure(os.environ.get("PYSERVING_VERBOSITY", "INFO"))
+    # --log_dir: a file of its own (pyserving.log is the model process's), as each file has one writer.
+    logs.configure(os.environ.get("PYSERVING_VERBOSITY", "INFO"), os.environ.get(logs.LOG_DIR_ENV, ""),
+                   f"pyserving.frontend-{args.index}.log")
     try:
         asyncio.run(run(options, args.index, [int(fd) for fd in args.fds.split(",")]))
     except StartupError as exc:

@@ -263,6 +263,7 @@ class FrontendSupervisor:
         self._buckets_fd = new_bucket_table()  # one for the server's life: limits hold across front-end restarts
         self._tasks: list[asyncio.Task[None]] = []
         self._stopping = False
+        self._stop_task: asyncio.Future[None] | None = None
         self._state = b""
 
     @property
@@ -405,7 +406,13 @@ class FrontendSupervisor:
                     pass
 
     async def stop(self, grace_s: float) -> None:
-        """SIGTERM every front end (each stops accepting and lets its in-flight requests finish), then wait."""
+        """SIGTERM every front end (each stops accepting and lets its in-flight requests finish), then wait. A
+        second call waits for the first."""
+        if self._stop_task is None:
+            self._stop_task = asyncio.ensure_future(self._stop(grace_s))
+        await asyncio.shield(self._stop_task)
+
+    async def _stop(self, grace_s: float) -> None:
         self._stopping = True
         self.push_now()
         self._tasks[-1].cancel()  # the snapshot pushes; the slots end once their process has

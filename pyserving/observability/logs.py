@@ -55,8 +55,13 @@ class JsonFormatter(logging.Formatter):
         return orjson.dumps(line, default=str).decode()
 
 
-def configure(verbosity: str = "INFO", log_dir: str = "") -> None:
-    """Route every logger (ours, uvicorn's, grpc's) through JSON lines on stderr, and into log_dir if given."""
+LOG_DIR_ENV = "PYSERVING_LOG_DIR"
+"""--log_dir as the model process hands it to its front-end processes."""
+
+
+def configure(verbosity: str = "INFO", log_dir: str = "", file_name: str = "pyserving.log") -> None:
+    """Route every logger (ours, uvicorn's, grpc's) through JSON lines on stderr, and into log_dir/file_name if
+    given. One process per file: a rotating file has one writer, or two would rotate it under each other."""
     level = LEVELS.get(verbosity.upper())
     if level is None:
         raise ValueError(f"--verbosity={verbosity}: use DEBUG, INFO, WARNING or ERROR")
@@ -65,7 +70,7 @@ def configure(verbosity: str = "INFO", log_dir: str = "") -> None:
     if log_dir:
         os.makedirs(log_dir, exist_ok=True)
         handlers.append(logging.handlers.RotatingFileHandler(
-            os.path.join(log_dir, "pyserving.log"), maxBytes=64 << 20, backupCount=5, encoding="utf-8"))
+            os.path.join(log_dir, file_name), maxBytes=64 << 20, backupCount=5, encoding="utf-8"))
     root = logging.getLogger()
     for handler in list(root.handlers):
         root.removeHandler(handler)

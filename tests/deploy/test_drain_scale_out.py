@@ -34,6 +34,7 @@ from grpc_health.v1 import health_pb2, health_pb2_grpc
 
 from conftest import FRONTEND_PROCESSES, free_port
 from pyserving.codecs.tfserving.protos import predict_pb2
+from pyserving.config.cpus import default_frontend_processes
 from pyserving.config.flags import FlagError, parse_flags, server_options
 from pyserving.runtimes.memory import write_model
 from test_nginx import (HOSTNAME, SHIPPED_CONF, TEST_KEY, Tls, nginx_process, shipped_paths, substitute, tls,
@@ -45,7 +46,9 @@ REPO = Path(__file__).resolve().parents[2]
 DELAY_MS = 200
 OFFSET = 100_000.0
 FRONTEND_FLAGS = [f"--frontend_processes={FRONTEND_PROCESSES}"] if FRONTEND_PROCESSES else []
-"""PYSERVING_TEST_FRONTEND_PROCESSES=N runs these replicas with front-end processes too."""
+"""PYSERVING_TEST_FRONTEND_PROCESSES=N runs these replicas with N front-end processes; without it they run with
+the default (one per core: config/cpus.py), as a user's `pyserving serve` does."""
+FRONTEND_PROCESSES_IN_USE = FRONTEND_PROCESSES or default_frontend_processes()
 """Replica r answers x + r * OFFSET: exact in float32 for the ids and replica numbers used here (< 2**24)."""
 TIMEOUT = 30
 PREDICT = "/tensorflow.serving.PredictionService/Predict"
@@ -434,7 +437,10 @@ def test_sigterm_drains_readiness_first_and_loses_no_accepted_request(tmp_path: 
     assert set(kinds) <= {"200", "503", "refused", "reset"}, ready_seq
     first_closed = next((i for i, k in enumerate(kinds) if k in ("refused", "reset")), len(kinds))
     assert kinds.index("503") < first_closed and "200" not in kinds[kinds.index("503"):], ready_seq
-    assert "503" not in kinds[first_closed:], ready_seq
+    if not FRONTEND_PROCESSES_IN_USE:
+        assert "503" not in kinds[first_closed:], ready_seq
+    # else each front-end process closes its own listener: one that still listens answers 503 after another has
+    # gone (SO_REUSEPORT sends the next connection to it); never 200
     # gRPC health turned with /readyz: never SERVING once /readyz said 503 (health turns first; the gRPC port may
     # close up to uvicorn's 0.1 s tick before the REST one), NOT_SERVING, then gone.
     assert all(a[4] != "SERVING" for a in answers if a[1] == "503"), health_seq
@@ -621,6 +627,10 @@ def test_a_killed_replica_behind_nginx(tmp_path: Path, tls: Tls, next_upstream: 
     - without non_idempotent (nginx's default): the REST request in flight fails too, HTTP 502
       {"error": "pyserving is not reachable behind the proxy"}. 2 failures in ~30 requests.
     - After the kill every answer comes from replicas 1 and 3.
+    With front-end processes (the default on 2+ cores; the SIGKILL reaches the model process): the REST request in
+    flight gets 503 from a front end and, with the shipped conf (http_503 non_idempotent), is sent on and answered
+    (upstream_status "503, 200"); the gRPC call in flight fails UNAVAILABLE with pyserving's own "The model process
+    is not reachable ..." (nginx logs it 200: the status is in the trailers). Same count of failures.
     Asserted: traffic goes on, on replicas 1 and 3 only; each failure was in flight on the killed replica (started
     before it was reaped, ended after the kill, nginx's access log names the killed replica alone), at most one per
     caller, as many as nginx logged; everything nginx sent on was first tried on the killed replica and answered;
@@ -629,8 +639,9 @@ def test_a_killed_replica_behind_nginx(tmp_path: Path, tls: Tls, next_upstream: 
     def edit(text: str) -> str:
         if next_upstream == "shipped":
             return text
-        assert "proxy_next_upstream error timeout non_idempotent;" in text
-        return text.replace("proxy_next_upstream error timeout non_idempotent;", "proxy_next_upstream error timeout;")
+        assert "proxy_next_upstream error timeout http_503 non_idempotent;" in text
+        return text.replace("proxy_next_upstream error timeout http_503 non_idempotent;",
+                            "proxy_next_upstream error timeout http_503;")
 
     with (replicas(tmp_path, 3) as reps, balancer(tmp_path / "nginx", tls, reps, edit) as lb,
           Load(lb.callers()) as load):
@@ -658,16 +669,25 @@ def test_a_killed_replica_behind_nginx(tmp_path: Path, tls: Tls, next_upstream: 
     assert set(after) == {1, 3}, after
     # What failed was in flight on the killed replica: sent there (nginx's log names it alone), started before it
     # was gone, at most one per caller; and nginx's log and the clients agree on how many.
+    # With front-end processes (the default on 2+ cores) the killed process is the model process: its front ends
+    # answer what was in flight 503 / UNAVAILABLE, saying so, and close. nginx sends a 503 on to another replica
+    # (http_503, with non_idempotent for a POST); a gRPC call's UNAVAILABLE comes in its trailers (HTTP 200 to
+    # nginx) and reaches the client.
+    front_ends = FRONTEND_PROCESSES_IN_USE > 0
     killed_ports = {"rest": killed.rest, "grpc": killed.grpc}
     for line in failed_lines:
-        assert line.upstreams == [killed_ports[line.protocol]] and line.upstream_statuses == ["502"], line
-    for protocol in ("rest", "grpc"):
+        assert line.upstreams == [killed_ports[line.protocol]], line
+        assert line.upstream_statuses == (["503"] if front_ends and line.protocol == "rest" else ["502"]), line
+    for protocol in ("rest",) if front_ends else ("rest", "grpc"):
         assert len([o for o in failures if o.protocol == protocol]) == len(
             [p for p in failed_lines if p.protocol == protocol]), (failures, failed_lines)
     assert all(o.started < reaped_at and o.ended > kill_at for o in failures), failures
     assert max(Counter(o.caller for o in failures).values(), default=0) <= 1, failures
-    expected = {"rest": 'HTTP 502 b\'{"error": "pyserving is not reachable behind the proxy"}\\n\'',
-                "grpc": "UNAVAILABLE: pyserving is not reachable behind the proxy"}
+    gone = "The model process is not reachable (it exited or is restarting). Retry the request shortly."
+    expected = ({"rest": f"HTTP 503 {json.dumps({'error': gone}, separators=(',', ':')).encode()!r}",
+                 "grpc": f"UNAVAILABLE: {gone}"} if front_ends else
+                {"rest": 'HTTP 502 b\'{"error": "pyserving is not reachable behind the proxy"}\\n\'',
+                 "grpc": "UNAVAILABLE: pyserving is not reachable behind the proxy"})
     assert all(o.kind == "error" and o.detail == expected[o.protocol] for o in failures), failures
     if next_upstream == "shipped":
         # REST requests in flight on the killed replica were sent to another one (non_idempotent).
