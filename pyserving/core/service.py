@@ -341,23 +341,19 @@ class InferenceService:
     ) -> dict[str, np.ndarray]:
         if lease.batcher is None:
             call = self._calls.run(lease.servable.run, signature, inputs, output_keys)
-            if timeout_s is None:
-                return await call
-            # A timer on the call's own future: asyncio.wait_for would wrap it in another future and task
-            timer = asyncio.get_running_loop().call_later(timeout_s, _expire, call)
-            try:
-                return await call
-            except _Expired:
-                raise _deadline_exceeded(timeout_s) from None
-            finally:
-                timer.cancel()
-        future = lease.batcher.run(signature, inputs, output_keys)
+        else:
+            call = lease.batcher.run(signature, inputs, output_keys)
         if timeout_s is None:
-            return await future
+            return await call
+        # A timer on the call's own future: asyncio.wait_for would wrap it in a task, per request. An expired call
+        # is skipped by its lane if it has not started, and left out of its batch's answers if it has.
+        timer = asyncio.get_running_loop().call_later(timeout_s, _expire, call)
         try:
-            return await asyncio.wait_for(future, timeout_s)
-        except TimeoutError:
+            return await call
+        except _Expired:
             raise _deadline_exceeded(timeout_s) from None
+        finally:
+            timer.cancel()
 
     # --- predict ----------------------------------------------------------------------------------------------
 
