@@ -91,11 +91,11 @@ INTER_OP_DEFAULT = -1
 """Inter-op threads when neither --tensorflow_inter_op_parallelism (nor --tensorflow_session_parallelism) nor a
 --tensorflow_session_config_file says: -1 runs a call's ops in the calling thread (our model worker), as TF does
 for a negative value, instead of handing each call to TensorFlow's inter-op pool and blocking until a pool thread
-has run it. Every model call already runs in its own worker thread, and intra-op work (a convolution's or a
-matmul's shards) still spreads over the intra-op pool. Measured (bench/README, "inter-op threads"): the small
-dense model's Session call costs 32 us of CPU instead of 137 us, the server ~20% less CPU per request, and the
-article's CNN is as fast at concurrency 1 and 16. TF Serving's own default (a pool of one thread per core) comes
-back with --tensorflow_inter_op_parallelism=N (or inter_op_parallelism_threads in the session config file)."""
+has run it. Every model call already runs in a worker thread of its own, and intra-op work (a convolution's or a
+matmul's shards) still spreads over the intra-op pool. Measured on 2 cores: the small dense model's Session call
+costs 29-42 us of CPU instead of 100-107 us; the article's CNN over gRPC was no slower (c=1: 72-75 against 67-68
+req/s, c=16: 100-127 against 81-112). TF Serving's own default (a pool sized to the cores) comes back with
+--tensorflow_inter_op_parallelism=N, or inter_op_parallelism_threads in the session config file."""
 
 
 def session_config(options: RuntimeOptions) -> config_pb2.ConfigProto:
