@@ -27,6 +27,7 @@ from dataclasses import dataclass, field
 
 import numpy as np
 
+from pyserving.core.handoff import ModelCalls
 from pyserving.core.ids import ServableId
 from pyserving.errors import Code, ServingError
 from pyserving.options import BatchingOptions, ModelConfig
@@ -151,6 +152,9 @@ class BatchScheduler:
         self.num_threads = num_batch_threads or os.cpu_count() or 1
         self._free = self.num_threads
         self._executor = executor
+        # Lanes, not run_in_executor: batches queue behind running ones without waking a thread each, and answers
+        # come back in bulk. The lane count is bounded by the executor; `_free` bounds batches in flight.
+        self._calls = ModelCalls(executor)
         self._queues: list[BatchQueue] = []
         self._next = 0
         self._timer: asyncio.TimerHandle | None = None
@@ -191,8 +195,7 @@ class BatchScheduler:
                     break
             if batch is None:
                 break
-            self._free -= 1
-            loop.create_task(self._execute(batch))
+            self._start(batch)
         if self._retired:
             self._queues = [q for q in self._queues if q.batches or not q._batcher.retired]
             self._retired = any(q._batcher.retired for q in self._queues)
@@ -206,24 +209,66 @@ class BatchScheduler:
                     self._timer_at = at
                     self._timer = loop.call_at(loop.time() + max(at - time.monotonic(), 0.0), self._on_timer)
 
+    def enqueued(self, queue: BatchQueue) -> None:
+        """A task joined `queue`: pump only if that can start something or needs an earlier timer. Otherwise
+        nothing changed for the scheduler: with no thread free, the next batch to finish pumps; with one free,
+        the armed timer already covers the queue's oldest batch (pump keeps one armed for the earliest)."""
+        if self._free <= 0:
+            return
+        head = queue.batches[0] if queue.batches else None
+        if head is None:
+            return
+        if head.full or self._timer is None or head.created + queue.options.batch_timeout_micros / 1e6 < self._timer_at:
+            self.pump()
+
     def _on_timer(self) -> None:
         self._timer = None
         self.pump()
 
-    async def _execute(self, batch: _Batch) -> None:
-        queue = batch.queue
-        loop = asyncio.get_running_loop()
+    def _start(self, batch: _Batch) -> None:
+        """Hand the batch to a lane: its answer comes back with other answers in one loop callback, which
+        completes every caller's future at once (no task, no executor future per batch)."""
+        self._free -= 1
         try:
-            results = await loop.run_in_executor(self._executor, queue._batcher.execute, batch)
-            for piece, out in zip(batch.pieces, results):
-                _complete(piece, out, None)
-        except BaseException as exc:  # the model failed: every caller in the batch gets the error
-            error = exc if isinstance(exc, ServingError) else ServingError(Code.INTERNAL, f"{type(exc).__name__}: {exc}")
-            for piece in batch.pieces:
-                _complete(piece, None, error)
+            self._calls.start(_BatchRun(self, batch), batch.queue._batcher.execute, batch)
+        except BaseException as exc:  # the executor is shut down (server stopping): the batch's callers hear so
+            _BatchRun(self, batch).finish(None, exc, pump=False)
+
+
+class _BatchRun:
+    """Where a running batch's answer lands (the lanes' outbox treats it as a future): it completes the pieces'
+    futures and gives the scheduler its batch thread back."""
+
+    __slots__ = ("scheduler", "batch")
+
+    def __init__(self, scheduler: BatchScheduler, batch: _Batch) -> None:
+        self.scheduler = scheduler
+        self.batch = batch
+
+    def done(self) -> bool:
+        return False  # a batch always runs: its thread count is given back only once it has
+
+    def set_result(self, results: list[dict[str, np.ndarray]]) -> None:
+        self.finish(results, None)
+
+    def set_exception(self, exc: BaseException) -> None:
+        self.finish(None, exc)
+
+    def finish(self, results: list[dict[str, np.ndarray]] | None, exc: BaseException | None, pump: bool = True) -> None:
+        scheduler, batch = self.scheduler, self.batch
+        try:
+            if exc is None:
+                for piece, out in zip(batch.pieces, results):  # type: ignore[arg-type]
+                    _complete(piece, out, None)
+            else:  # the model failed: every caller in the batch gets the error
+                error = exc if isinstance(exc, ServingError) else ServingError(
+                    Code.INTERNAL, f"{type(exc).__name__}: {exc}")
+                for piece in batch.pieces:
+                    _complete(piece, None, error)
         finally:
-            self._free += 1
-            self.pump()
+            scheduler._free += 1
+            if pump:
+                scheduler.pump()
 
 
 def _complete(piece: _Piece, out: dict[str, np.ndarray] | None, error: ServingError | None) -> None:
@@ -275,9 +320,24 @@ class Batcher:
         """Tasks waiting in this version's queues (not yet handed to a batch thread)."""
         return sum(q.queued_tasks for q in self._queues.values())
 
-    async def run(
+    def run(
         self, signature: str, inputs: Mapping[str, np.ndarray], output_keys: Sequence[str]
-    ) -> dict[str, np.ndarray]:
+    ) -> asyncio.Future[dict[str, np.ndarray]]:
+        """On the event loop: queue the task; the future has the caller's rows, or why the task was refused (too
+        large, queue full: it is done at once). A plain function, not a coroutine: the caller awaits the future
+        itself (and puts its deadline on it) with no task around it."""
+        self._loop = loop = asyncio.get_running_loop()
+        try:
+            return self._enqueue(loop, signature, inputs, output_keys)
+        except ServingError as exc:
+            refused: asyncio.Future[dict[str, np.ndarray]] = loop.create_future()
+            refused.set_exception(exc)
+            return refused
+
+    def _enqueue(
+        self, loop: asyncio.AbstractEventLoop, signature: str, inputs: Mapping[str, np.ndarray],
+        output_keys: Sequence[str],
+    ) -> asyncio.Future[dict[str, np.ndarray]]:
         size = self._task_size(inputs)
         if size > self.options.max_batch_size:
             raise ServingError(
@@ -298,11 +358,10 @@ class Batcher:
         elif self.retired:
             self._scheduler.add(queue)
             self._scheduler._retired = True  # so it leaves again once empty
-        self._loop = loop = asyncio.get_running_loop()
         task = _Task(inputs, size, loop.create_future())
         queue.enqueue(task)
-        self._scheduler.pump()
-        return await task.future
+        self._scheduler.enqueued(queue)
+        return task.future
 
     def run_blocking(
         self, signature: str, inputs: Mapping[str, np.ndarray], output_keys: Sequence[str]
@@ -310,7 +369,10 @@ class Batcher:
         """`run` from a thread other than the loop's (warm-up on the control thread)."""
         if self._loop is None:
             raise RuntimeError("a Batcher used from another thread needs the event loop it runs on")
-        return asyncio.run_coroutine_threadsafe(self.run(signature, inputs, output_keys), self._loop).result()
+        async def run() -> dict[str, np.ndarray]:
+            return await self.run(signature, inputs, output_keys)
+
+        return asyncio.run_coroutine_threadsafe(run(), self._loop).result()
 
     @staticmethod
     def _task_size(inputs: Mapping[str, np.ndarray]) -> int:

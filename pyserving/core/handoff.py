@@ -23,11 +23,21 @@ import threading
 from collections import deque
 from collections.abc import Callable
 from concurrent.futures import Executor
-from typing import Any
+from typing import Any, Protocol
 
 LANE_CALLS = 16
 """Calls a lane runs before it yields its executor thread to other queued work."""
 DEFAULT_LANES = 4
+
+
+class Answer(Protocol):
+    """Where a call's answer goes: an asyncio.Future, or anything that takes an answer the same way."""
+
+    def done(self) -> bool: ...
+
+    def set_result(self, value: Any, /) -> None: ...
+
+    def set_exception(self, exc: BaseException, /) -> None: ...
 
 
 class _Outbox:
@@ -37,10 +47,10 @@ class _Outbox:
 
     def __init__(self, loop: asyncio.AbstractEventLoop) -> None:
         self.loop = loop
-        self.answers: deque[tuple[asyncio.Future[Any], BaseException | None, Any]] = deque()
+        self.answers: deque[tuple[Answer, BaseException | None, Any]] = deque()
         self.scheduled = False
 
-    def post(self, future: asyncio.Future[Any], error: BaseException | None, value: Any) -> None:
+    def post(self, future: Answer, error: BaseException | None, value: Any) -> None:
         """From a worker thread. The answer is queued before the flag is read, and the loop clears the flag before
         it drains: an answer is never left behind (at worst a delivery finds nothing to do)."""
         self.answers.append((future, error, value))
@@ -73,21 +83,28 @@ class ModelCalls:
         self._max_lanes = max(1, lanes or getattr(executor, "_max_workers", DEFAULT_LANES))
         self._lanes = 0
         self._lock = threading.Lock()
-        self._queue: deque[tuple[_Outbox, asyncio.Future[Any], Callable[..., Any], tuple[Any, ...]]] = deque()
+        self._queue: deque[tuple[_Outbox, Answer, Callable[..., Any], tuple[Any, ...]]] = deque()
         self._outboxes: dict[asyncio.AbstractEventLoop, _Outbox] = {}
 
     def run(self, fn: Callable[..., Any], *args: Any) -> asyncio.Future[Any]:
         """On the event loop: queue the call; the future holds its answer (or its exception). A future cancelled
         (or given an exception) before a lane reaches the call skips the call."""
+        future = asyncio.get_running_loop().create_future()
+        self.start(future, fn, *args)
+        return future
+
+    def start(self, target: Answer, fn: Callable[..., Any], *args: Any) -> None:
+        """On the event loop: queue the call; its answer goes to `target.set_result` (or `set_exception`) on the
+        loop, unless `target.done()` by then. `run` with a future of the caller's own: a batch completes all its
+        callers in the one delivery rather than through a future and a callback of its own."""
         loop = asyncio.get_running_loop()
         outbox = self._outboxes.get(loop)
         if outbox is None:
             outbox = self._outboxes[loop] = _Outbox(loop)
             for old in [lp for lp in self._outboxes if lp.is_closed()]:
                 del self._outboxes[old]
-        future = loop.create_future()
         with self._lock:
-            self._queue.append((outbox, future, fn, args))
+            self._queue.append((outbox, target, fn, args))
             start = self._lanes < self._max_lanes
             if start:
                 self._lanes += 1
@@ -98,11 +115,10 @@ class ModelCalls:
                 with self._lock:
                     self._lanes -= 1
                     try:
-                        self._queue.remove((outbox, future, fn, args))
+                        self._queue.remove((outbox, target, fn, args))
                     except ValueError:  # a running lane took it already
-                        return future
+                        return
                 raise
-        return future
 
     def _lane(self) -> None:
         ran = 0

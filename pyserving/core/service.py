@@ -12,10 +12,10 @@ ask first and pass the chosen `Route` back with the request.
 from __future__ import annotations
 
 import asyncio
+import collections
 import time
-from collections.abc import Awaitable, Callable, Iterator, Mapping, Sequence
+from collections.abc import Awaitable, Callable, Mapping, Sequence
 from concurrent.futures import Executor
-from contextlib import contextmanager
 from dataclasses import dataclass, field
 from typing import Any, Protocol
 
@@ -180,11 +180,21 @@ def _check_dtypes(sig: Signature, inputs: Inputs, decoded_for: ServableId, now: 
 
 @dataclass(slots=True)
 class _Held:
-    """A leased servable and how the traffic split chose it (controller and arm are None without a split)."""
+    """A leased servable and how the traffic split chose it (controller and arm are None without a split). As a
+    context manager it releases the lease and names the version in a ServingError on the way out (a class, not a
+    @contextmanager generator: REST leases twice per request)."""
 
     lease: Lease
     controller: TrafficController | None = None
     arm: ArmId | None = None
+
+    def __enter__(self) -> _Held:
+        return self
+
+    def __exit__(self, kind: type[BaseException] | None, exc: BaseException | None, tb: Any) -> None:
+        if isinstance(exc, ServingError) and exc.version is None:
+            exc.version = self.lease.id.version
+        self.lease.release()
 
 
 class _Expired(Exception):
@@ -194,6 +204,61 @@ class _Expired(Exception):
 def _expire(call: asyncio.Future[Any]) -> None:
     if not call.done():
         call.set_exception(_Expired())
+
+
+class _Deadlines:
+    """Deadline timers for model calls that share one timeout (REST's --rest_api_timeout_in_ms gives every request
+    the same): their expiries come in arrival order, so a deque and one loop timer serve them all, instead of a
+    TimerHandle pushed onto (and cancelled out of) the loop's heap per request. A call with another timeout (gRPC
+    deadlines differ per request) gets its own timer while this one has calls waiting.
+
+    Entries are [expiry, future]; the caller clears the future once its call is over, so an entry left behind a
+    slow call holds no answer. Finished entries leave from the front as calls are added, and when the timer fires:
+    at most timeout x request rate entries, a small list each."""
+
+    __slots__ = ("_loop", "_timeout", "_entries", "_timer")
+
+    def __init__(self) -> None:
+        self._loop: asyncio.AbstractEventLoop | None = None
+        self._timeout = 0.0
+        self._entries: collections.deque[list[Any]] = collections.deque()
+        self._timer: asyncio.TimerHandle | None = None
+
+    def add(self, loop: asyncio.AbstractEventLoop, timeout_s: float, call: asyncio.Future[Any]) -> list[Any] | None:
+        """Expire `call` in `timeout_s`; its entry, to clear once the call is over (None: the caller must time it
+        itself)."""
+        entries = self._entries
+        if loop is not self._loop:  # another loop (a test's fresh one): nothing of the old one's matters here
+            self._loop, self._timer, self._timeout = loop, None, timeout_s
+            entries.clear()
+        while entries and entries[0][1] is None:
+            entries.popleft()
+        if timeout_s != self._timeout:
+            if entries:
+                return None
+            self._timeout = timeout_s
+            if self._timer is not None:  # armed for a call of the old timeout, which may expire after this one
+                self._timer.cancel()
+                self._timer = None
+        entry = [loop.time() + timeout_s, call]
+        entries.append(entry)
+        if self._timer is None:
+            self._timer = loop.call_at(entries[0][0], self._fire)
+        return entry
+
+    def _fire(self) -> None:
+        self._timer = None
+        loop, entries = self._loop, self._entries
+        assert loop is not None
+        now = loop.time()
+        while entries:
+            at, call = entries[0]
+            if call is not None:
+                if at > now:
+                    self._timer = loop.call_at(at, self._fire)
+                    return
+                _expire(call)
+            entries.popleft()
 
 
 def _deadline_exceeded(timeout_s: float) -> ServingError:
@@ -231,6 +296,7 @@ class InferenceService:
         self._manager = manager
         self._executor = executor
         self._calls = ModelCalls(executor)
+        self._deadlines = _Deadlines()
         self._method_name_check = method_name_check
         self._events: ServiceEvents = events or _NoEvents()
         self.traffic = TrafficControllers(manager.traffic_split, self._events.on_rollback)
@@ -238,20 +304,12 @@ class InferenceService:
 
     # --- routing ----------------------------------------------------------------------------------------------
 
-    @contextmanager
-    def _hold(self, model: ServableRequest, headers: Mapping[str, str], route: Route | None = None) -> Iterator[_Held]:
-        """Lease the version the request asks for. A request naming no version or label goes through the model's
-        traffic split, if it has one (falling back to another arm while one is not AVAILABLE). `route` repeats an
-        earlier choice; if that version went away meanwhile (a swap), an unpinned request is routed afresh."""
-        held = self._route(model, headers, route)
-        try:
-            yield held
-        except ServingError as exc:
-            if exc.version is None:
-                exc.version = held.lease.id.version
-            raise
-        finally:
-            held.lease.release()
+    def _hold(self, model: ServableRequest, headers: Mapping[str, str], route: Route | None = None) -> _Held:
+        """Lease the version the request asks for, as a context manager (`with self._hold(...) as held`). A request
+        naming no version or label goes through the model's traffic split, if it has one (falling back to another
+        arm while one is not AVAILABLE). `route` repeats an earlier choice; if that version went away meanwhile (a
+        swap), an unpinned request is routed afresh."""
+        return self._route(model, headers, route)
 
     def _route(self, model: ServableRequest, headers: Mapping[str, str], route: Route | None) -> _Held:
         if model.version is not None or model.label is not None:
@@ -341,23 +399,24 @@ class InferenceService:
     ) -> dict[str, np.ndarray]:
         if lease.batcher is None:
             call = self._calls.run(lease.servable.run, signature, inputs, output_keys)
-            if timeout_s is None:
-                return await call
-            # A timer on the call's own future: asyncio.wait_for would wrap it in another future and task
-            timer = asyncio.get_running_loop().call_later(timeout_s, _expire, call)
-            try:
-                return await call
-            except _Expired:
-                raise _deadline_exceeded(timeout_s) from None
-            finally:
-                timer.cancel()
-        future = lease.batcher.run(signature, inputs, output_keys)
+        else:
+            call = lease.batcher.run(signature, inputs, output_keys)
         if timeout_s is None:
-            return await future
+            return await call
+        # A timer on the call's own future: asyncio.wait_for would wrap it in a task, per request. An expired call
+        # is skipped by its lane if it has not started, and left out of its batch's answers if it has.
+        loop = asyncio.get_running_loop()
+        entry = self._deadlines.add(loop, timeout_s, call)
+        timer = loop.call_later(timeout_s, _expire, call) if entry is None else None
         try:
-            return await asyncio.wait_for(future, timeout_s)
-        except TimeoutError:
+            return await call
+        except _Expired:
             raise _deadline_exceeded(timeout_s) from None
+        finally:
+            if entry is not None:
+                entry[1] = None
+            else:
+                timer.cancel()  # type: ignore[union-attr]
 
     # --- predict ----------------------------------------------------------------------------------------------
 

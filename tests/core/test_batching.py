@@ -748,3 +748,38 @@ def test_run_blocking_from_another_thread() -> None:
         loop.call_soon_threadsafe(loop.stop)
         thread.join(5)
         loop.close()
+
+
+def test_a_batch_answers_all_its_callers_in_one_loop_step() -> None:
+    """Batcher.run hands back a plain future, and a batch's answers land together: once one caller has its rows,
+    every caller of that batch has them (no task or callback per caller in between)."""
+    model = Model()
+    ts = tasks_of([1, 2, 1])
+
+    async def main() -> None:
+        with engine(model, max_batch_size=4, batch_timeout_micros=5_000_000) as batcher:
+            futures = [batcher.run(*t) for t in ts]  # called, not awaited: nothing runs until the loop turns
+            assert all(isinstance(f, asyncio.Future) and not f.done() for f in futures)
+            await asyncio.wait(futures, return_when=asyncio.FIRST_COMPLETED)
+            assert all(f.done() for f in futures)
+            for t, f in zip(ts, futures):
+                assert_own_rows(t, f.result())
+            assert [c.size for c in model.calls] == [4]
+
+    run(main())
+
+
+def test_a_shut_down_executor_fails_the_batch_and_gives_its_thread_back() -> None:
+    model = Model()
+
+    async def main() -> None:
+        pool = ThreadPoolExecutor(2)
+        pool.shutdown()
+        batcher = Batcher(model, BatchingOptions(max_batch_size=2, batch_timeout_micros=0), BatchScheduler(1, pool))
+        for _ in range(2):  # the second finds its batch thread free again
+            with pytest.raises(ServingError) as info:
+                await batcher.run(*task(2))
+            assert info.value.code == Code.INTERNAL and "shutdown" in info.value.message
+        assert model.calls == []
+
+    run(main())

@@ -1,4 +1,5 @@
-"""Deadlines: REST's --rest_api_timeout_in_ms and the gRPC client's deadline end a slow request in time."""
+"""Deadlines: REST's --rest_api_timeout_in_ms and the gRPC client's deadline end a slow request in time, batched
+or not."""
 
 from __future__ import annotations
 
@@ -12,12 +13,15 @@ import tensorflow as tf
 from tensorflow_serving.apis import predict_pb2, prediction_service_pb2_grpc
 
 from conftest import model_options, run_server
+from pyserving.options import BatchingOptions
 
 SPINS_PER_SECOND = 300_000
 
 
-def test_rest_timeout_and_grpc_deadline(slow_model: Path) -> None:
-    with run_server(model_options("slow", slow_model, rest_api_timeout_ms=300)) as server:
+@pytest.mark.parametrize("batching", [None, BatchingOptions(max_batch_size=8, num_batch_threads=1)],
+                         ids=["unbatched", "batched"])
+def test_rest_timeout_and_grpc_deadline(slow_model: Path, batching: BatchingOptions | None) -> None:
+    with run_server(model_options("slow", slow_model, rest_api_timeout_ms=300, batching=batching)) as server:
         stub = prediction_service_pb2_grpc.PredictionServiceStub(server.channel())
         request = predict_pb2.PredictRequest()
         request.model_spec.name = "slow"
@@ -45,3 +49,7 @@ def test_rest_timeout_and_grpc_deadline(slow_model: Path) -> None:
             stub.Predict(request, timeout=0.3)
         assert info.value.code() == grpc.StatusCode.DEADLINE_EXCEEDED
         assert time.monotonic() - started < 2.5
+
+        # The expired calls' batch thread (or worker) comes back: a later request is answered.
+        request.inputs["spins"].CopyFrom(tf.make_tensor_proto([10], dtype=tf.int64))
+        assert list(tf.make_ndarray(stub.Predict(request, timeout=60).outputs["y"])) == [1.0]
