@@ -493,6 +493,7 @@ class Bench:
             f.write_text("".join(f"{k} {{ value: {v} }}\n" for k, v in params.items()))
             cmd += ["--enable_batching=true", f"--batching_parameters_file={f}"]
             label = "yes"
+        cmd += self.args.serve_flags.split()
         name = f"pyserving-{model}-{'batching' if batching else 'nobatching'}"
         p = self.start_server(name, cmd, self.logs, env=child_env(PYTHONPATH=self.src))
         try:
@@ -503,6 +504,8 @@ class Bench:
             extra = ""
             if batching:
                 extra = " with " + " ".join(f"{k}={v}" for k, v in BATCHING[model].items())
+            if self.args.serve_flags:
+                extra += f", serve flags {self.args.serve_flags}"
             self.say(f"pyserving {model}, batching {label}{extra} (ready in {took:.1f} s)")
             if "rest" in self.args.protocols:
                 self.engine_points(model, label, Target("rest", f"http://127.0.0.1:{rest_port}", model),
@@ -908,6 +911,9 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
                         "working tree, e.g. --commit HEAD while others edit the checkout")
     p.add_argument("--batching", action="append", default=[], metavar="MODEL:KEY=VALUE[,KEY=VALUE]",
                    help="override a model's batching parameters, e.g. small:max_batch_size=32,num_batch_threads=2")
+    p.add_argument("--serve-flags", default="",
+                   help="more `pyserving serve` flags, space-separated, e.g. --serve-flags=--frontend_processes=0 "
+                        "(default: none, i.e. serve's defaults: one front-end process per core)")
     p.add_argument("--profile", action="store_true",
                    help="also py-spy pyserving (small model, c=32) for 10 s under REST and 10 s under gRPC load; needs py-spy")
     p.add_argument("--profile-batching", choices=("yes", "no"), default="yes",
