@@ -3,13 +3,16 @@ REST (wrk), next to a bare grpc.aio servicer and a bare starlette app doing the 
 
     python bench/floor.py [--rounds 3] [--duration 5] [--warmup 1] [--concurrency 32] [--plot floor.png]
                           [--src DIR] [--base-src DIR] [--protocols grpc,rest] [--serve-flags "--flag=value ..."]
+                          [--variant NAME=FLAGS ...]
 
 Servers, all started once and kept up (idle ones cost nothing), measured in turn, `--rounds` times:
   * bare-grpc: bench/peers/grpc_servicer.py, grpc.aio decoding the PredictRequest and answering a fixed
     PredictResponse (the gRPC ceiling);
   * bare-starlette: bench/peers/starlette_app.py, uvicorn + starlette + orjson + the model's math in numpy (the
     REST ceiling);
-  * pyserving: `pyserving serve` of the small model (no batching) from --src (default: this checkout);
+  * pyserving: `pyserving serve` of the small model (no batching) from --src (default: this checkout), with serve's
+    defaults (one front-end process per core);
+  * pyserving[NAME] (with --variant NAME=FLAGS): the same with more flags, e.g. one-process=--frontend_processes=0;
   * pyserving-base (with --base-src DIR): the same from another tree, e.g. the main branch, for before/after.
 
 Load: h2load (32 streams over 4 connections, a length-prefixed PredictRequest as the body) and wrk (`-c32`), both
@@ -99,12 +102,13 @@ def start_servers(args: argparse.Namespace, model: Path, logs: Path) -> list[Ser
                                      str(model / "weights.npz"), str(port)], logs)
         wait_ready(p, f"http://127.0.0.1:{port}/readyz", "bare-starlette", logs, 60)
         servers.append(Server("bare-starlette", p, {"REST": f"http://127.0.0.1:{port}{PREDICT_REST}"}))
-    trees = [("pyserving", args.src)] + ([("pyserving-base", args.base_src)] if args.base_src else [])
-    for name, src in trees:
+    trees = [("pyserving", args.src, "")] + ([("pyserving-base", args.base_src, "")] if args.base_src else [])
+    trees += [(f"pyserving[{name}]", args.src, flags) for name, flags in args.variant]
+    for name, src, variant_flags in trees:
         grpc_port, rest_port = free_port(), free_port()
         p = start(name, [sys.executable, "-m", "pyserving", "serve", "--host=127.0.0.1", f"--port={grpc_port}",
                          f"--rest_api_port={rest_port}", "--model_name=small", f"--model_base_path={model}",
-                         *args.serve_flags.split()],
+                         *args.serve_flags.split(), *variant_flags.split()],
                   logs, env=child_env(PYTHONPATH=str(src), TF_CPP_MIN_LOG_LEVEL="3"))
         wait_ready(p, f"http://127.0.0.1:{rest_port}/v1/models/small", name, logs, 180, expect=b"AVAILABLE")
         servers.append(Server(name, p, {"gRPC": f"http://127.0.0.1:{grpc_port}{PREDICT_GRPC}",
@@ -179,6 +183,10 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     p.add_argument("--src", type=Path, default=REPO, help="the pyserving tree to serve from (default: this one)")
     p.add_argument("--base-src", type=Path, help="also serve from this tree (before/after in one run)")
     p.add_argument("--serve-flags", default="", help="more `pyserving serve` flags for both trees, space-separated")
+    p.add_argument("--variant", action="append", default=[], metavar="NAME=FLAGS",
+                   type=lambda v: tuple(v.split("=", 1)) if "=" in v else (v, ""),
+                   help="also serve this tree with these extra flags, e.g. --variant 'one-process=--frontend_processes=0'"
+                        " (repeatable; the row is named pyserving[NAME])")
     p.add_argument("--plot", type=Path)
     p.add_argument("--scratch", type=Path, default=Path(tempfile.gettempdir()) / "pyserving-bench")
     return p.parse_args(argv)

@@ -14,6 +14,7 @@ from __future__ import annotations
 import asyncio
 import collections
 import time
+import weakref
 from collections.abc import Awaitable, Callable, Mapping, Sequence
 from concurrent.futures import Executor
 from dataclasses import dataclass, field
@@ -22,7 +23,7 @@ from typing import Any, Protocol
 import numpy as np
 
 from pyserving.core.canary import ArmId, TrafficController, TrafficControllers
-from pyserving.core.handoff import ModelCalls
+from pyserving.core.handoff import ModelCalls, Pace
 from pyserving.core.ids import ServableId, ServableRequest
 from pyserving.core.manager import Lease, ModelManager
 from pyserving.core.routing import resolve
@@ -269,6 +270,21 @@ def _deadline_exceeded(timeout_s: float) -> ServingError:
     )
 
 
+class _LanesOnly(Pace):
+    """A Pace that never lets a call run inline."""
+
+    __slots__ = ()
+
+    def lane_call(self, seconds: float) -> None:
+        pass
+
+    def inline_ok(self, nbytes: int) -> bool:
+        return False
+
+
+_LANES_ONLY = _LanesOnly()
+
+
 class _NoEvents:
     def on_runtime(self, model: str, api: str, seconds: float) -> None:
         pass
@@ -296,6 +312,8 @@ class InferenceService:
         self._manager = manager
         self._executor = executor
         self._calls = ModelCalls(executor)
+        self._paces: weakref.WeakKeyDictionary[Any, Pace] = weakref.WeakKeyDictionary()
+        """Per loaded servable, how fast its calls are (small requests to a fast model run inline)."""
         self._deadlines = _Deadlines()
         self._method_name_check = method_name_check
         self._events: ServiceEvents = events or _NoEvents()
@@ -398,7 +416,15 @@ class InferenceService:
         self, lease: Lease, signature: str, inputs: Inputs, output_keys: Sequence[str], timeout_s: float | None
     ) -> dict[str, np.ndarray]:
         if lease.batcher is None:
-            call = self._calls.run(lease.servable.run, signature, inputs, output_keys)
+            servable = lease.servable
+            try:
+                pace = self._paces[servable]
+            except KeyError:
+                pace = self._paces[servable] = Pace()
+            except TypeError:  # a servable that cannot be weakly referenced: always a lane
+                pace = _LANES_ONLY
+            call = self._calls.run_paced(pace, sum(a.nbytes for a in inputs.values()), servable.run, signature,
+                                         inputs, output_keys)
         else:
             call = lease.batcher.run(signature, inputs, output_keys)
         if timeout_s is None:

@@ -109,3 +109,48 @@ def test_a_shut_down_executor_refuses_calls_as_run_in_executor_does() -> None:
             ModelCalls(executor).run(print)
 
     run(main())
+
+
+def _where_paced_calls_run(fn_seconds: list[float], nbytes: int = 100) -> list[str]:
+    """For each call (taking the given seconds), whether run_paced ran it on the loop's thread or in a lane."""
+    from pyserving.core.handoff import Pace
+
+    where: list[str] = []
+
+    def model(seconds: float, loop_thread: int) -> None:
+        where.append("loop" if threading.get_ident() == loop_thread else "lane")
+        end = time.perf_counter() + seconds
+        while time.perf_counter() < end:  # busy, as a model is (a sleep would let the thread go)
+            pass
+
+    async def main() -> None:
+        with ThreadPoolExecutor(2) as executor:
+            calls, pace = ModelCalls(executor), Pace()
+            for seconds in fn_seconds:
+                await calls.run_paced(pace, nbytes, model, seconds, threading.get_ident())
+
+    run(main())
+    return where
+
+
+def test_a_fast_model_runs_small_requests_on_the_loop_after_one_window() -> None:
+    from pyserving.core.handoff import PACE_WINDOW
+
+    where = _where_paced_calls_run([0.0] * (PACE_WINDOW + 5))
+    assert where == ["lane"] * PACE_WINDOW + ["loop"] * 5
+
+
+def test_a_slow_model_and_a_big_request_stay_in_lanes() -> None:
+    from pyserving.core.handoff import FAST_CALL_S, INLINE_MAX_BYTES, PACE_WINDOW
+
+    assert set(_where_paced_calls_run([FAST_CALL_S * 3] * (PACE_WINDOW * 2 + 3))) == {"lane"}
+    assert set(_where_paced_calls_run([0.0] * (PACE_WINDOW * 2), nbytes=INLINE_MAX_BYTES + 1)) == {"lane"}
+
+
+def test_one_slow_inline_call_sends_the_model_back_to_the_lanes() -> None:
+    from pyserving.core.handoff import PACE_WINDOW, SLOW_INLINE_S
+
+    calls = [0.0] * PACE_WINDOW + [0.0, SLOW_INLINE_S * 3] + [0.0] * (PACE_WINDOW + 2)
+    where = _where_paced_calls_run(calls)
+    # a window to learn; inline until the slow call; a fresh window in lanes; inline again
+    assert where == ["lane"] * PACE_WINDOW + ["loop", "loop"] + ["lane"] * PACE_WINDOW + ["loop", "loop"]
