@@ -9,6 +9,7 @@ requests -> unload models -> close request logs.
 from __future__ import annotations
 
 import asyncio
+import dataclasses
 import gc
 import logging
 import os
@@ -65,7 +66,13 @@ class Server:
     """
 
     def __init__(self, options: ServerOptions) -> None:
+        if options.frontend_processes < 0:  # the command line's "one per core", asked for in code
+            from pyserving.config.cpus import default_frontend_processes
+
+            options = dataclasses.replace(options, frontend_processes=default_frontend_processes())
         self.options = options
+        self._serving = False
+        """start() has finished: everything listens."""
         workers = options.num_worker_threads or max(4, 2 * (os.cpu_count() or 1))
         self._executor = ThreadPoolExecutor(max_workers=workers, thread_name_prefix="pyserving-model")
         self._loop: asyncio.AbstractEventLoop | None = None
@@ -243,6 +250,7 @@ class Server:
             self.grpc_port = self._grpc.port if self._grpc is not None else None
             self.rest_port = self._rest.port if self._rest is not None else None
         self._announce_available()
+        self._serving = True
         lifecycle = self.options.lifecycle
         self.control.start_polling(lifecycle.file_system_poll_wait_seconds,
                                    lifecycle.model_config_file_poll_wait_seconds)
@@ -283,10 +291,11 @@ class Server:
         opts = self.options
         grpc_port = rest_port = 0
         if opts.grpc_port:
-            self._reserved.append(reuse_port_socket(opts.host, opts.grpc_port, "gRPC", "--port"))
+            self._reserved.append(reuse_port_socket(opts.host, opts.grpc_port, "gRPC", "--port", must_be_free=True))
             grpc_port = self._reserved[-1].getsockname()[1]
         if opts.rest_api_port:
-            self._reserved.append(reuse_port_socket(opts.host, opts.rest_api_port, "REST", "--rest_api_port"))
+            self._reserved.append(reuse_port_socket(opts.host, opts.rest_api_port, "REST", "--rest_api_port",
+                                                     must_be_free=True))
             rest_port = self._reserved[-1].getsockname()[1]
         records = ModelProcessRecords(self.metrics, self.request_loggers)
         self._frontends = FrontendSupervisor(
@@ -325,7 +334,7 @@ class Server:
             self._rest.drain()
         if self._frontends is not None:
             self._frontends.push_now()  # front ends turn not ready (health NOT_SERVING, Connection: close)
-        if self.options.drain_delay_s > 0:
+        if self.options.drain_delay_s > 0 and self._serving:  # never ready: no load balancer to wait for
             log.info("Draining: /readyz answers 503; closing the listeners in %g s (--drain_delay_s)",
                      self.options.drain_delay_s)
             await asyncio.sleep(self.options.drain_delay_s)
@@ -349,8 +358,9 @@ class Server:
 
 
 async def serve(options: ServerOptions) -> None:
-    """Run until SIGINT or SIGTERM, then shut down gracefully. A signal during start-up cancels the start first
-    (a model load or a front end still starting is not waited for), then stops what it had opened."""
+    """Run until SIGINT or SIGTERM, then shut down gracefully. A signal during start-up cancels the start, then
+    stops what it had opened (a model load already under way finishes first, on the control thread, and is then
+    unloaded)."""
     server = Server(options)
     loop = asyncio.get_running_loop()
     starting = asyncio.ensure_future(server.start())

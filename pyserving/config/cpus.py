@@ -18,51 +18,56 @@ MAX_DEFAULT_FRONTEND_PROCESSES = 4
 limit, and each front end holds about 68 MiB. More can be asked for with --frontend_processes=N."""
 
 _CGROUP_ROOT = Path("/sys/fs/cgroup")
+_OWN_CGROUP = Path("/proc/self/cgroup")
 
 
-def _quota_cpus(root: Path = _CGROUP_ROOT) -> float | None:
-    """The CPU quota of this process's cgroup as cores (None: no limit, or not readable)."""
+def _ancestry(root: Path, rel: str) -> list[Path]:
+    """root/a/b/c, root/a/b, root/a, root: a limit on any enclosing cgroup (a systemd slice, a pod) binds too."""
+    parts = [p for p in rel.strip("/").split("/") if p]
+    return [root.joinpath(*parts[:n]) for n in range(len(parts), -1, -1)]
+
+
+def _quota_cpus(root: Path = _CGROUP_ROOT, own: Path = _OWN_CGROUP) -> float | None:
+    """The tightest CPU quota over this process's cgroup and its ancestors, as cores (None: no limit found)."""
     try:
-        own = Path("/proc/self/cgroup").read_text().splitlines()
+        lines = own.read_text().splitlines()
     except OSError:
-        own = []
-    candidates: list[tuple[Path, Path | None]] = []
-    for line in own:
-        _, controllers, path = line.split(":", 2)
-        rel = path.lstrip("/")
-        if controllers == "":  # cgroup v2: one hierarchy
-            candidates.append((root / rel / "cpu.max", None))
-            candidates.append((root / "cpu.max", None))
-        elif "cpu" in controllers.split(","):  # cgroup v1
-            for mount in (root / "cpu,cpuacct", root / "cpu"):
-                candidates.append((mount / rel / "cpu.cfs_quota_us", mount / rel / "cpu.cfs_period_us"))
-                candidates.append((mount / "cpu.cfs_quota_us", mount / "cpu.cfs_period_us"))
-    for quota_file, period_file in candidates:
+        return None
+    limits: list[float] = []
+    for line in lines:
         try:
-            if period_file is None:
-                quota, period = quota_file.read_text().split()[:2]
-            else:
-                quota, period = quota_file.read_text().strip(), period_file.read_text().strip()
-        except (OSError, ValueError):
-            continue
-        if quota in ("max", "-1"):
-            return None
-        try:
-            q, p = int(quota), int(period)
+            _, controllers, rel = line.split(":", 2)
         except ValueError:
             continue
-        if q > 0 and p > 0:
-            return q / p
-    return None
+        if controllers == "":  # cgroup v2: "max 100000" or "150000 100000"
+            for directory in _ancestry(root, rel):
+                try:
+                    quota, period = (directory / "cpu.max").read_text().split()[:2]
+                    if quota != "max" and int(quota) > 0 and int(period) > 0:
+                        limits.append(int(quota) / int(period))
+                except (OSError, ValueError):  # absent, or caught half-written: no limit known there
+                    continue
+        elif "cpu" in controllers.split(","):  # cgroup v1: cfs_quota_us -1 is no limit
+            for mount in (root / "cpu,cpuacct", root / "cpu"):
+                for directory in _ancestry(mount, rel):
+                    try:
+                        quota = int((directory / "cpu.cfs_quota_us").read_text())
+                        period = int((directory / "cpu.cfs_period_us").read_text())
+                    except (OSError, ValueError):
+                        continue
+                    if quota > 0 and period > 0:
+                        limits.append(quota / period)
+    return min(limits) if limits else None
 
 
-def usable_cpus(cgroup_root: Path = _CGROUP_ROOT) -> int:
-    """Cores this process may run on: the affinity mask, bounded by the cgroup's CPU quota (rounded up)."""
+def usable_cpus(cgroup_root: Path = _CGROUP_ROOT, own_cgroup: Path = _OWN_CGROUP) -> int:
+    """Cores this process may run on: the affinity mask, bounded by the cgroup CPU quota rounded up (a 1.5-CPU
+    limit can keep two cores busy half the time each)."""
     try:
         cpus = len(os.sched_getaffinity(0))
     except (AttributeError, OSError):  # not Linux
         cpus = os.cpu_count() or 1
-    quota = _quota_cpus(cgroup_root)
+    quota = _quota_cpus(cgroup_root, own_cgroup)
     if quota is not None:
         cpus = min(cpus, max(1, math.ceil(quota)))
     return max(1, cpus)

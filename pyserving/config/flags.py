@@ -55,9 +55,11 @@ FLAGS: tuple[Flag, ...] = (
     Flag("batching_parameters_file", str, "", "BatchingParameters text proto"),
     Flag("enable_per_model_batching_parameters", bool, False, "read batching_params.pbtxt per version"),
     Flag("saved_model_tags", str, "serve", "comma-separated tag set of the MetaGraph to load"),
-    Flag("tensorflow_session_parallelism", int, 0, "intra- and inter-op threads of each model (0: TensorFlow picks)"),
+    Flag("tensorflow_session_parallelism", int, 0, "intra- and inter-op threads of each model (0: intra-op as "
+         "TensorFlow picks, ops in the calling thread)"),
     Flag("tensorflow_intra_op_parallelism", int, 0, "intra-op threads of each model (0: TensorFlow picks)"),
-    Flag("tensorflow_inter_op_parallelism", int, 0, "inter-op threads of each model (0: TensorFlow picks)"),
+    Flag("tensorflow_inter_op_parallelism", int, 0, "inter-op threads of each model (0: none, ops run in the "
+         "calling thread, measured faster; N: a pool of N, as TF Serving's default of one per core)"),
     Flag("tensorflow_session_config_file", str, "", "tensorflow.ConfigProto text proto; flags override its fields"),
     Flag("per_process_gpu_memory_fraction", float, 0.0, "fraction of GPU memory each process may take (0: "
          "TensorFlow's default, all of it)"),

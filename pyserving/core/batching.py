@@ -259,7 +259,10 @@ class _BatchRun:
         try:
             if exc is None:
                 for piece, out in zip(batch.pieces, results):  # type: ignore[arg-type]
-                    _complete(piece, out, None)
+                    try:
+                        _complete(piece, out, None)
+                    except Exception as failure:  # e.g. a split task's parts that do not concatenate: its alone
+                        _complete(piece, None, ServingError(Code.INTERNAL, f"{type(failure).__name__}: {failure}"))
             else:  # the model failed: every caller in the batch gets the error
                 error = exc if isinstance(exc, ServingError) else ServingError(
                     Code.INTERNAL, f"{type(exc).__name__}: {exc}")

@@ -21,13 +21,17 @@ handed over, even with lanes: the wake-ups are what grpc.aio pays for most (meas
 gRPC at c=32: 1010 -> 720 us of server CPU per request). `run_paced` runs such calls inline. What earns it: the
 fastest of the last `PACE_WINDOW` calls through a lane took under `FAST_CALL_S` (the fastest, because GIL waits
 and wake-ups only ever add), and the request is small (`INLINE_MAX_BYTES`). One inline call over `SLOW_INLINE_S`
-sends the model back to the lanes until a new window shows it fast again: a model that is sometimes slow holds
-the loop for at most one slow call per window.
+sends the model back to the lanes until new windows show it fast again, twice as many after each demotion: a
+model that is sometimes slow holds the loop for one slow call, and then ever more rarely. Only runtimes whose
+cost follows the input's shape opt in (`inline_when_fast`: TensorFlow, ONNX Runtime, torch; not Python models,
+whose code may do anything, nor TFLite, whose interpreters are handed out under a lock); string inputs never run
+inline.
 """
 
 from __future__ import annotations
 
 import asyncio
+import logging
 import math
 import threading
 import time
@@ -36,43 +40,55 @@ from collections.abc import Callable
 from concurrent.futures import Executor
 from typing import Any, Protocol
 
+log = logging.getLogger("pyserving.handoff")
+
 LANE_CALLS = 16
 """Calls a lane runs before it yields its executor thread to other queued work."""
 DEFAULT_LANES = 4
 FAST_CALL_S = 100e-6
 """A model whose fastest recent call took less than this runs small requests on the event loop."""
-SLOW_INLINE_S = 1e-3
+SLOW_INLINE_S = 4 * FAST_CALL_S
 """An inline call slower than this sends its model back to the lanes."""
 INLINE_MAX_BYTES = 64 << 10
 """Requests with more input bytes than this always go to a lane."""
 PACE_WINDOW = 16
+MAX_BACKOFF_WINDOWS = 64
+"""After its k-th demotion a model must look fast for 2**k windows (at most this many) before it is inlined again:
+one whose cost depends on what is sent cannot hold the loop often."""
 
 
 class Pace:
-    """How fast one model's calls are (one per loaded version): decides whether `run_paced` runs them inline.
-    Written from lanes and the loop without a lock: a lost update only delays a decision by a window."""
+    """How fast one model's small calls are (one per loaded version): decides whether `run_paced` runs them
+    inline. Only calls that could run inline are measured. Written from lanes and the loop without a lock: a lost
+    update only delays a decision by a window."""
 
-    __slots__ = ("fastest", "_window_min", "_count")
+    __slots__ = ("fastest", "_window_min", "_count", "_fast_windows", "_needed")
 
     def __init__(self) -> None:
         self.fastest = math.inf
         """The fastest call of the last full window through a lane (inf: not known yet, or just demoted)."""
         self._window_min = math.inf
         self._count = 0
+        self._fast_windows = 0
+        self._needed = 1
+        """Fast windows in a row before inlining (doubles at each demotion)."""
 
     def lane_call(self, seconds: float) -> None:
         if seconds < self._window_min:
             self._window_min = seconds
         self._count += 1
         if self._count >= PACE_WINDOW:
-            self.fastest, self._window_min, self._count = self._window_min, math.inf, 0
+            fastest, self._window_min, self._count = self._window_min, math.inf, 0
+            self._fast_windows = self._fast_windows + 1 if fastest < FAST_CALL_S else 0
+            self.fastest = fastest if self._fast_windows >= self._needed else math.inf
 
     def inline_ok(self, nbytes: int) -> bool:
         return self.fastest < FAST_CALL_S and nbytes <= INLINE_MAX_BYTES
 
     def inline_call(self, seconds: float) -> None:
-        if seconds > SLOW_INLINE_S:
-            self.fastest = math.inf  # back to the lanes, to be measured afresh
+        if seconds > SLOW_INLINE_S:  # back to the lanes, measured afresh, and trusted later next time
+            self.fastest, self._window_min, self._count, self._fast_windows = math.inf, math.inf, 0, 0
+            self._needed = min(self._needed * 2, MAX_BACKOFF_WINDOWS)
 
 
 class Answer(Protocol):
@@ -113,10 +129,13 @@ class _Outbox:
             future, error, value = answers.popleft()
             if future.done():  # cancelled meanwhile (client gone, deadline): the answer is nobody's
                 continue
-            if error is not None:
-                future.set_exception(error)
-            else:
-                future.set_result(value)
+            try:
+                if error is not None:
+                    future.set_exception(error)
+                else:
+                    future.set_result(value)
+            except Exception:  # one answer's taker failing must not strand the answers queued behind it
+                log.exception("Delivering a model call's answer failed")
 
 
 class ModelCalls:
@@ -138,19 +157,22 @@ class ModelCalls:
         self.start(future, fn, *args)
         return future
 
-    def run_paced(self, pace: Pace, nbytes: int, fn: Callable[..., Any], *args: Any) -> asyncio.Future[Any]:
-        """`run`, but inline on the loop when `pace` says the model is fast and the request (`nbytes` of input) is
-        small; either way the call's time feeds `pace`."""
+    def run_paced(self, pace: Pace, nbytes: int | None, fn: Callable[..., Any], *args: Any) -> asyncio.Future[Any]:
+        """`run`, but inline on the loop when `pace` says the model is fast and the request (`nbytes` of input,
+        None: unknown, never inline) is small; a small request's time feeds `pace` either way."""
         future = asyncio.get_running_loop().create_future()
-        if pace.inline_ok(nbytes):
+        small = nbytes is not None and nbytes <= INLINE_MAX_BYTES
+        if small and pace.inline_ok(nbytes):
             started = time.perf_counter()
             try:
                 future.set_result(fn(*args))
             except BaseException as exc:  # noqa: BLE001 - the caller's await re-raises it
                 future.set_exception(exc)
             pace.inline_call(time.perf_counter() - started)
-        else:
+        elif small:
             self.start(future, _timed, pace, fn, *args)
+        else:
+            self.start(future, fn, *args)
         return future
 
     def start(self, target: Answer, fn: Callable[..., Any], *args: Any) -> None:

@@ -270,19 +270,14 @@ def _deadline_exceeded(timeout_s: float) -> ServingError:
     )
 
 
-class _LanesOnly(Pace):
-    """A Pace that never lets a call run inline."""
-
-    __slots__ = ()
-
-    def lane_call(self, seconds: float) -> None:
-        pass
-
-    def inline_ok(self, nbytes: int) -> bool:
-        return False
-
-
-_LANES_ONLY = _LanesOnly()
+def _plain_bytes(inputs: Inputs) -> int | None:
+    """The inputs' size, or None when it says nothing of the work (strings: an object array holds pointers)."""
+    total = 0
+    for array in inputs.values():
+        if array.dtype.hasobject:
+            return None
+        total += array.nbytes
+    return total
 
 
 class _NoEvents:
@@ -417,14 +412,13 @@ class InferenceService:
     ) -> dict[str, np.ndarray]:
         if lease.batcher is None:
             servable = lease.servable
-            try:
-                pace = self._paces[servable]
-            except KeyError:
-                pace = self._paces[servable] = Pace()
-            except TypeError:  # a servable that cannot be weakly referenced: always a lane
-                pace = _LANES_ONLY
-            call = self._calls.run_paced(pace, sum(a.nbytes for a in inputs.values()), servable.run, signature,
-                                         inputs, output_keys)
+            if getattr(servable, "inline_when_fast", False):
+                pace = self._paces.get(servable)
+                if pace is None:
+                    pace = self._paces[servable] = Pace()
+                call = self._calls.run_paced(pace, _plain_bytes(inputs), servable.run, signature, inputs, output_keys)
+            else:
+                call = self._calls.run(servable.run, signature, inputs, output_keys)
         else:
             call = lease.batcher.run(signature, inputs, output_keys)
         if timeout_s is None:

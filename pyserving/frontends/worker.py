@@ -154,7 +154,8 @@ async def run(options: ServerOptions, index: int, fds: Sequence[int]) -> None:
         # Nothing can be served without it (requests in flight have had their 503 / UNAVAILABLE already): close
         # the listeners at once, so that load balancers get refused connections and go elsewhere.
         log.error("Front-end process %d: the model process went away; stopping", index)
-        await server.stop(grace_s=0)
+        await server.stop(grace_s=1.0)  # gRPC: its listener closes at once whatever the grace; the grace lets the
+        # UNAVAILABLE answers already on their way go out rather than turn into CANCELLED
     else:
         await server.stop()
     channel.close()

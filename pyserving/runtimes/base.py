@@ -125,7 +125,9 @@ class Servable(Protocol):
     """One loaded model version.
 
     `run` is blocking and thread-safe: callers run it in worker threads, several at once. It raises
-    ServingError for failures the request caused. Nobody calls `run` after `unload`.
+    ServingError for failures the request caused. Nobody calls `run` after `unload`. A servable class may say
+    `inline_when_fast = True` when a call's cost follows its inputs' shapes and it never waits on a lock another
+    call holds: small requests to it then run on the event loop once it has shown itself fast (core/handoff.py).
     """
 
     signatures: Mapping[str, Signature]

@@ -65,6 +65,10 @@ class OnnxServable:
     """One ONNX model. Thread-safe: an ONNX Runtime session may run several calls at once, and `run` keeps no
     state of its own."""
 
+    inline_when_fast = True
+    """A call's cost follows its inputs' shapes: small requests may run on the event loop once the model has shown
+    itself fast (core/handoff.py Pace)."""
+
     def __init__(self, path: str, options: RuntimeOptions) -> None:
         ort = import_framework("onnxruntime", "ONNX Runtime", "onnx", path)
         self._path = path

@@ -130,6 +130,10 @@ class TorchServable:
     """One torch model in eval mode. Thread-safe: inference keeps no state in the module (torch runs forward
     from several threads at once), and `run` keeps none of its own."""
 
+    inline_when_fast = True
+    """A call's cost follows its inputs' shapes: small requests may run on the event loop once the model has shown
+    itself fast (core/handoff.py Pace)."""
+
     def __init__(self, path: str, options: RuntimeOptions) -> None:
         torch = import_framework("torch", "PyTorch", "torch", path)
         self._path = path

@@ -145,6 +145,10 @@ def _report_gpu_settings(gpu: config_pb2.GPUOptions) -> None:
 class TensorFlowServable:
     """A SavedModel loaded into its own Session. Thread-safe: Session.run releases the GIL and runs concurrently."""
 
+    inline_when_fast = True
+    """A call's cost follows its inputs' shapes: small requests may run on the event loop once the model has shown
+    itself fast (core/handoff.py Pace)."""
+
     def __init__(self, path: str, options: RuntimeOptions) -> None:
         if not any(os.path.isfile(os.path.join(path, f)) for f in SAVED_MODEL_FILES):
             raise ServingError(

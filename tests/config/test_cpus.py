@@ -23,30 +23,36 @@ def test_one_per_core_capped_and_none_on_one_core() -> None:
     assert MAX_DEFAULT_FRONTEND_PROCESSES == 4
 
 
-@pytest.mark.parametrize("layout, files, cpus", [
-    ("v2 quota of 1.5 cores", {"cpu.max": "150000 100000\n"}, min(AFFINITY, 2)),
-    ("v2 without a limit", {"cpu.max": "max 100000\n"}, AFFINITY),
-    ("v2 quota of half a core", {"cpu.max": "50000 100000\n"}, 1),
-    ("v1 quota of 1 core", {"cpu,cpuacct/cpu.cfs_quota_us": "100000\n",
-                            "cpu,cpuacct/cpu.cfs_period_us": "100000\n"}, 1),
-    ("v1 without a limit", {"cpu/cpu.cfs_quota_us": "-1\n", "cpu/cpu.cfs_period_us": "100000\n"}, AFFINITY),
-    ("a file caught half-written", {"cpu.max": ""}, AFFINITY),
-    ("nothing mounted", {}, AFFINITY),
+HYBRID = "12:cpu,cpuacct:/kubepods/pod1/c1\n0::/kubepods/pod1/c1\n"
+V2 = "0::/kubepods/pod1/c1\n"
+
+
+@pytest.mark.parametrize("layout, own, files, cpus", [
+    ("v2 quota of 1.5 cores", V2, {"kubepods/pod1/c1/cpu.max": "150000 100000\n"}, min(AFFINITY, 2)),
+    ("v2 without a limit", V2, {"kubepods/pod1/c1/cpu.max": "max 100000\n"}, AFFINITY),
+    ("v2 limit on the pod, none on the container", V2,
+     {"kubepods/pod1/c1/cpu.max": "max 100000\n", "kubepods/pod1/cpu.max": "50000 100000\n"}, 1),
+    ("v2 in a container's own namespace (at the root)", "0::/\n", {"cpu.max": "100000 100000\n"}, 1),
+    ("v1 quota of 1 core", HYBRID, {"cpu,cpuacct/kubepods/pod1/c1/cpu.cfs_quota_us": "100000\n",
+                                    "cpu,cpuacct/kubepods/pod1/c1/cpu.cfs_period_us": "100000\n"}, 1),
+    ("v1 without a limit", HYBRID, {"cpu/kubepods/pod1/c1/cpu.cfs_quota_us": "-1\n",
+                                    "cpu/kubepods/pod1/c1/cpu.cfs_period_us": "100000\n"}, AFFINITY),
+    ("a file caught half-written", V2, {"kubepods/pod1/c1/cpu.max": ""}, AFFINITY),
+    ("nothing mounted", V2, {}, AFFINITY),
 ])
-def test_a_container_cpu_quota_bounds_the_count(tmp_path: Path, layout: str, files: dict[str, str], cpus: int) -> None:
-    """A pod limited to 1.5 CPUs on a bigger node counts 2 cores, whatever the node has. The files sit where this
-    process's own /proc/self/cgroup says its cgroup is, at the root of the mount (as in a container)."""
-    own = [line.split(":", 2) for line in Path("/proc/self/cgroup").read_text().splitlines()]
+def test_a_container_cpu_quota_bounds_the_count(tmp_path: Path, layout: str, own: str, files: dict[str, str],
+                                                cpus: int) -> None:
+    """A pod limited to 1.5 CPUs on a bigger node counts 2 cores, whatever the node has; a limit on an enclosing
+    cgroup counts too. A fake /proc/self/cgroup and cgroup mount, so the cases do not depend on this machine's."""
+    (tmp_path / "proc-self-cgroup").write_text(own)
     for name, text in files.items():
-        directory, _, leaf = name.rpartition("/")
-        for _, controllers, path in own:
-            v2 = controllers == "" and not directory
-            v1 = directory and set(directory.split(",")) & set(controllers.split(","))
-            if v2 or v1:
-                target = tmp_path / directory / path.lstrip("/") / leaf
-                target.parent.mkdir(parents=True, exist_ok=True)
-                target.write_text(text)
-    assert usable_cpus(tmp_path) == cpus, layout
+        (tmp_path / "fs" / name).parent.mkdir(parents=True, exist_ok=True)
+        (tmp_path / "fs" / name).write_text(text)
+    assert usable_cpus(tmp_path / "fs", tmp_path / "proc-self-cgroup") == cpus, layout
+
+
+def test_this_machines_own_cgroup_is_read_without_error() -> None:
+    assert 1 <= usable_cpus() <= AFFINITY
 
 
 @pytest.mark.skipif(not os.path.exists("/usr/bin/taskset"), reason="needs taskset (util-linux)")
@@ -76,5 +82,13 @@ def test_serve_on_two_cores_runs_two_front_ends(testdata: Path, tmp_path: Path) 
                           command=("taskset", "-c", "0,1", sys.executable, "-m", "pyserving")) as proc:
         children = psutil.Process(proc.pid).children()
         assert len(children) == 2 and all("pyserving.frontends.worker" in c.cmdline() for c in children)
+        # Front ends share their ports with SO_REUSEPORT; a second server on the same port must still be refused,
+        # not handed half the connections.
+        second = subprocess.run([sys.executable, "-m", "pyserving", "serve", f"--port={free_port()}",
+                                 f"--rest_api_port={rest}", "--host=127.0.0.1", "--model_name=half",
+                                 f"--model_base_path={testdata / 'saved_model_half_plus_two_cpu'}"],
+                                capture_output=True, text=True, timeout=120)
+        assert second.returncode == 1, second.stderr[-2000:]
+        assert f"Cannot serve REST on 127.0.0.1:{rest}" in second.stderr and "Is the port in use?" in second.stderr
         assert requests.post(f"http://127.0.0.1:{rest}/v1/models/half:predict", json={"instances": [2.0]},
                              timeout=10).json() == {"predictions": [3.0]}
