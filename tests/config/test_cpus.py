@@ -6,6 +6,8 @@ from __future__ import annotations
 import os
 import subprocess
 import sys
+from collections.abc import Iterator
+from contextlib import contextmanager
 from pathlib import Path
 
 import psutil
@@ -55,40 +57,45 @@ def test_this_machines_own_cgroup_is_read_without_error() -> None:
     assert 1 <= usable_cpus() <= AFFINITY
 
 
-@pytest.mark.skipif(not os.path.exists("/usr/bin/taskset"), reason="needs taskset (util-linux)")
-def test_serve_on_one_core_runs_one_process(testdata: Path, tmp_path: Path) -> None:
-    """`taskset -c 0 pyserving serve ...`: one usable core, so no front-end process (they would only add hops)."""
+NO_TASKSET = pytest.mark.skipif(not os.path.exists("/usr/bin/taskset"), reason="needs taskset (util-linux)")
+
+
+@contextmanager
+def _serve_on(cores: str, testdata: Path, tmp_path: Path) -> Iterator[tuple[psutil.Process, int]]:
+    """`taskset -c CORES pyserving serve` of half_plus_two with serve's defaults; (the server, its REST port)."""
     rest = free_port()
     ready = lambda: requests.get(f"http://127.0.0.1:{rest}/v1/models/half", timeout=5).ok  # noqa: E731
-    flags = [f"--port={free_port()}", f"--rest_api_port={rest}", "--host=127.0.0.1", "--model_name=half",
-             f"--model_base_path={testdata / 'saved_model_half_plus_two_cpu'}"]
-    with serve_subprocess(flags, tmp_path / "stderr.log", ready,
-                          command=("taskset", "-c", "0", sys.executable, "-m", "pyserving")) as proc:
+    with serve_subprocess(_flags(rest, testdata), tmp_path / "stderr.log", ready,
+                          command=("taskset", "-c", cores, sys.executable, "-m", "pyserving")) as proc:
         server = psutil.Process(proc.pid)
-        assert server.name() != "taskset" and server.children() == []
+        assert server.name() != "taskset"
+        yield server, rest
         assert requests.post(f"http://127.0.0.1:{rest}/v1/models/half:predict", json={"instances": [2.0]},
                              timeout=10).json() == {"predictions": [3.0]}
-    log = (tmp_path / "stderr.log").read_text()
-    assert "front-end processes" not in log
 
 
-@pytest.mark.skipif(AFFINITY < 2, reason="needs 2 cores")
+def _flags(rest: int, testdata: Path) -> list[str]:
+    return [f"--port={free_port()}", f"--rest_api_port={rest}", "--host=127.0.0.1", "--model_name=half",
+            f"--model_base_path={testdata / 'saved_model_half_plus_two_cpu'}"]
+
+
+@NO_TASKSET
+def test_serve_on_one_core_runs_one_process(testdata: Path, tmp_path: Path) -> None:
+    """`taskset -c 0 pyserving serve ...`: one usable core, so no front-end process (they would only add hops)."""
+    with _serve_on("0", testdata, tmp_path) as (server, _):
+        assert server.children() == []
+    assert "front-end processes" not in (tmp_path / "stderr.log").read_text()
+
+
+@NO_TASKSET
+@pytest.mark.skipif(usable_cpus() < 2, reason="needs 2 usable cores")
 def test_serve_on_two_cores_runs_two_front_ends(testdata: Path, tmp_path: Path) -> None:
-    rest = free_port()
-    ready = lambda: requests.get(f"http://127.0.0.1:{rest}/v1/models/half", timeout=5).ok  # noqa: E731
-    flags = [f"--port={free_port()}", f"--rest_api_port={rest}", "--host=127.0.0.1", "--model_name=half",
-             f"--model_base_path={testdata / 'saved_model_half_plus_two_cpu'}"]
-    with serve_subprocess(flags, tmp_path / "stderr.log", ready,
-                          command=("taskset", "-c", "0,1", sys.executable, "-m", "pyserving")) as proc:
-        children = psutil.Process(proc.pid).children()
+    with _serve_on("0,1", testdata, tmp_path) as (server, rest):
+        children = server.children()
         assert len(children) == 2 and all("pyserving.frontends.worker" in c.cmdline() for c in children)
         # Front ends share their ports with SO_REUSEPORT; a second server on the same port must still be refused,
         # not handed half the connections.
-        second = subprocess.run([sys.executable, "-m", "pyserving", "serve", f"--port={free_port()}",
-                                 f"--rest_api_port={rest}", "--host=127.0.0.1", "--model_name=half",
-                                 f"--model_base_path={testdata / 'saved_model_half_plus_two_cpu'}"],
+        second = subprocess.run([sys.executable, "-m", "pyserving", "serve", *_flags(rest, testdata)],
                                 capture_output=True, text=True, timeout=120)
         assert second.returncode == 1, second.stderr[-2000:]
         assert f"Cannot serve REST on 127.0.0.1:{rest}" in second.stderr and "Is the port in use?" in second.stderr
-        assert requests.post(f"http://127.0.0.1:{rest}/v1/models/half:predict", json={"instances": [2.0]},
-                             timeout=10).json() == {"predictions": [3.0]}
