@@ -33,9 +33,10 @@ except ImportError:  # pragma: no cover
 # np.asarray ~45 ns per number plus ~250 ns per list, more once gc and cache misses kick in on big documents.
 # Arrays of short rows (images) break even near 128 KiB and win 2-3x at megabytes, int arrays win from ~40 KiB,
 # but float arrays with long rows (>= ~10) stay ~25% slower up to megabytes. With simdjson reading the numbers
-# (~40 ns per float, plus ~20 for the layout scan): images win from ~64 KiB (128 KiB: 0.46 vs 0.69 ms of orjson
-# + asarray; 3 MB of 17-digit floats: parse_body 12 vs 29 ms numpy, 62 orjson), rows of 20 floats break even at
-# 128 KiB (0.48 vs 0.44) and win 1.6x at 3 MB, ints win from ~20 KiB. The threshold stays where both paths pay.
+# (~45 ns per float, plus ~30 for the layout scan): images win from ~64 KiB (128 KiB: 0.46 vs 0.69 ms of orjson
+# + asarray), rows of 20 floats break even at 128 KiB (0.48 vs 0.44) and win 1.6x at 3 MB, ints win from ~20 KiB.
+# The article's CNN body (3 MB, 224x224x3 17-digit floats), json_codec.parse_body, median of 5: 12-17 ms with
+# simdjson, 31-35 ms numpy path, orjson 33 ms (+14 for np.asarray). The threshold stays where both paths pay.
 MIN_FAST_BYTES = 128 << 10
 _MAX_DEPTH = 1024  # orjson's nesting limit
 _DEEP = b"[" * _MAX_DEPTH

@@ -290,7 +290,8 @@ def test_exponents() -> None:
 def test_long_mantissas(reader: str) -> None:
     """Past 19 significant digits the numpy path reads each number with float(), so arrays made mostly of such
     numbers stay lists there (orjson is faster); simdjson reads them exactly and as fast: arrays."""
-    tokens = ["%d.%025d" % (i, i * 7919) for i in range(200)] + ["0." + "3" * 400, "1" * 300 + ".5", "-" + "9" * 30 + "e-10"]
+    tokens = ["%d.%025d" % (i, i * 7919) for i in range(200)]
+    tokens += ["0." + "3" * 400, "1" * 300 + ".5", "-" + "9" * 30 + "e-10"]
     ours = check(big(tokens))
     assert isinstance(ours, np.ndarray) == (reader == "simdjson")
     if reader == "simdjson":
@@ -309,7 +310,6 @@ def test_ragged_arrays_with_a_rectangle_s_count_stay_lists(ragged: str) -> None:
     assert isinstance(check(body), list)
     rows = np.arange(300).reshape(100, 3).tolist()
     rows[10].append(rows[11].pop())  # 300 numbers in 100 rows, one of 4 and one of 2
-    assert isinstance(check(orjson.dumps({"x": rows})), dict)
     assert isinstance(check(orjson.dumps({"x": rows}))["x"], list)
     cube = (np.arange(300) * 0.5).reshape(10, 10, 3).tolist()
     cube[4].append(cube[5].pop())
