@@ -1,30 +1,42 @@
 """JSON decoding that turns big numeric arrays straight into numpy arrays.
 
 A 224x224x3 float image is ~3 MB of JSON: orjson builds 150k floats and 50k lists, and np.asarray walks them
-again. Here each big all-number '[...]' is validated and parsed from the raw bytes with vectorised numpy (SWAR
-digit decoding, exact float64 rounding), the rest of the document ("skeleton", one placeholder per array) is
-parsed by orjson, and the arrays are put back. Anything unusual falls back to the plain path, which also
-reports errors, so results and errors always match it.
+again. Here each big all-number '[...]' is found from the raw bytes (its bracket-and-comma layout gives its
+shape and proves it rectangular), its numbers are read by simdjson (pysimdjson) straight into one buffer, the
+rest of the document ("skeleton", one placeholder per array) is parsed by orjson, and the arrays are put back.
+Where simdjson is not installed or refuses an array, vectorised numpy reads it (SWAR digit decoding, exact
+float64 rounding). Anything unusual falls back to the plain path, which also reports errors, so results and
+errors always match it.
 
 Arrays that stay lists although rectangular: ones holding NaN/Infinity or empty lists, nested over 32 deep,
-int arrays with a value outside int64, and arrays where over 1/16 of the numbers have more than 19 significant
-digits (those go through float() one by one, so orjson is faster).
+int arrays with a value outside int64, and (numpy path only) arrays where over 1/16 of the numbers have more
+than 19 significant digits (those go through float() one by one, so orjson is faster).
 """
 
 from __future__ import annotations
 
 import json
 import re
+import threading
 from fractions import Fraction
 from typing import Any
 
 import numpy as np
 import orjson
 
-# Measured: the vectorised path costs ~250 us fixed plus ~70 ns per float (~45 per int); orjson + np.asarray
-# ~45 ns per number plus ~250 ns per list, more once gc and cache misses kick in on big documents. Arrays of
-# short rows (images) break even near 128 KiB and win 2-3x at megabytes, int arrays win from ~40 KiB, but
-# float arrays with long rows (>= ~10) stay ~25% slower up to megabytes.
+try:
+    import simdjson as _simdjson  # pysimdjson: a declared dependency, but the numpy path below gives the same answers
+except ImportError:  # pragma: no cover
+    _simdjson = None
+
+# Measured (CPU ms, median): the numpy path costs ~250 us fixed plus ~70 ns per float (~45 per int); orjson +
+# np.asarray ~45 ns per number plus ~250 ns per list, more once gc and cache misses kick in on big documents.
+# Arrays of short rows (images) break even near 128 KiB and win 2-3x at megabytes, int arrays win from ~40 KiB,
+# but float arrays with long rows (>= ~10) stay ~25% slower up to megabytes. With simdjson reading the numbers
+# (~45 ns per float, plus ~30 for the layout scan): images win from ~64 KiB (128 KiB: 0.46 vs 0.69 ms of orjson
+# + asarray), rows of 20 floats break even at 128 KiB (0.48 vs 0.44) and win 1.6x at 3 MB, ints win from ~20 KiB.
+# The article's CNN body (3 MB, 224x224x3 17-digit floats), json_codec.parse_body, median of 5: 12-17 ms with
+# simdjson, 31-35 ms numpy path, orjson 33 ms (+14 for np.asarray). The threshold stays where both paths pay.
 MIN_FAST_BYTES = 128 << 10
 _MAX_DEPTH = 1024  # orjson's nesting limit
 _DEEP = b"[" * _MAX_DEPTH
@@ -181,6 +193,10 @@ def _span_array(body: bytes, b: np.ndarray, S: np.ndarray, T: np.ndarray) -> np.
     if n == 0:
         return None
     lo, hi = int(S[0]), int(S[-1])
+    if _simdjson is not None:
+        arr = _simd_numbers(body, lo, hi, n)
+        if arr is not None:
+            return arr.reshape(shape)
     ep = _find_all(body, b, b"eE", lo, hi)
     spaced = b[lo:hi].min() <= 32
     out = np.empty(n, np.float64 if ep.size or body.find(b".", lo, hi) >= 0 else np.int64)
@@ -204,6 +220,39 @@ def _span_array(body: bytes, b: np.ndarray, S: np.ndarray, T: np.ndarray) -> np.
             return None
         done += k.size
     return out.reshape(shape) if done == n else None
+
+
+# One simdjson parser per thread, kept for spans under _KEEP_PARSER_BYTES: a fresh parser's buffers (~14 bytes per
+# byte of span, mostly untouched) came from fresh pages, 3.5k page faults and +5 ms per 3 MB body; a kept one
+# holds the pages its biggest span touched (9.4 MB RSS measured for the 3 MB image), so bigger spans get their own.
+_KEEP_PARSER_BYTES = 16 << 20
+_parsers = threading.local()
+
+
+def _simd_numbers(body: bytes, lo: int, hi: int, n: int) -> np.ndarray | None:
+    """The n numbers of body[lo : hi+1] read by simdjson (int64 when none has a '.' or an exponent, else
+    float64), or None where it refuses the text, a number or the count: the numpy path then decides.
+
+    simdjson rounds exactly like float(); an int element of a float array is cast from int64/uint64, rounding as
+    float(int) does, and "-0" is the integer 0 there as in orjson. It flattens nested arrays: the caller has
+    checked the bracket-and-comma layout, so n numbers fill exactly that shape."""
+    floats = any(body.find(c, lo, hi) >= 0 for c in (b".", b"e", b"E"))
+    keep = hi - lo < _KEEP_PARSER_BYTES
+    parser = getattr(_parsers, "parser", None) if keep else None
+    if parser is None:
+        parser = _simdjson.Parser()
+    elif keep:
+        _parsers.parser = None  # taken: should an error below leave a proxy of its document, it could not parse
+    try:
+        doc = parser.parse(memoryview(body)[lo : hi + 1])
+        buf = doc.as_buffer(of_type="d" if floats else "i")
+    except (ValueError, TypeError, RuntimeError):
+        return None  # invalid JSON, not all numbers, or out of int64 (uint64, double) range
+    del doc
+    if keep:
+        _parsers.parser = parser
+    arr = np.frombuffer(buf, np.float64 if floats else np.int64)
+    return arr if arr.size == n else None
 
 
 def _trim(b: np.ndarray, pos: np.ndarray, step: int) -> bool:
@@ -345,7 +394,8 @@ def _scale_dd(m: np.ndarray, i: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
     """m * 10**(i + _EMIN) as a ~104-bit double-double product rounded once, and where that is within 2**-95
     (relative) of a rounding boundary so the error could matter (exact ties; float() redoes those)."""
     mh = m.astype(np.float64)
-    ml = (m - mh.astype(np.uint64)).view(np.int64).astype(np.float64)  # m == mh + ml exactly
+    with np.errstate(invalid="ignore"):  # m >= 2**64 - 1024 rounds to 2**64, out of uint64: slow, float() redoes it
+        ml = (m - mh.astype(np.uint64)).view(np.int64).astype(np.float64)  # m == mh + ml exactly
     ph, hh, hl = _P_HI.take(i), _P_HH.take(i), _P_HL.take(i)
     mhh = mh * _SPLIT
     t = mhh - mh

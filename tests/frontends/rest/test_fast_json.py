@@ -6,6 +6,7 @@ import json
 import math
 import random
 import struct
+from concurrent.futures import ThreadPoolExecutor
 from decimal import Decimal
 from typing import Any
 
@@ -19,9 +20,15 @@ from pyserving.frontends.rest.fast_json import JsonParseError, loads
 SMALL = 256  # most tests lower MIN_FAST_BYTES to this, so that small documents take the fast path
 
 
-@pytest.fixture(autouse=True)
-def small_threshold(monkeypatch: pytest.MonkeyPatch) -> None:
+@pytest.fixture(autouse=True, params=["simdjson", "numpy"])
+def reader(request: pytest.FixtureRequest, monkeypatch: pytest.MonkeyPatch) -> str:
+    """Every test runs twice: numbers read by simdjson, and by the numpy path (as where pysimdjson is missing)."""
     monkeypatch.setattr(fast_json, "MIN_FAST_BYTES", SMALL)
+    if request.param == "numpy":
+        monkeypatch.setattr(fast_json, "_simdjson", None)
+    elif fast_json._simdjson is None:
+        pytest.skip("pysimdjson is not installed")
+    return request.param
 
 
 def plain(body: bytes) -> Any:
@@ -46,7 +53,7 @@ def assert_same(ours: Any, ref: Any, path: str = "$") -> None:
     """Equal, except that an ndarray stands for a rectangular list of numbers with the same values."""
     if isinstance(ours, np.ndarray):
         assert isinstance(ref, list), path
-        assert ours.flags.c_contiguous, path
+        assert ours.flags.c_contiguous and ours.flags.writeable, path
         flat = np.asarray(ref, dtype=object).ravel().tolist()
         assert np.asarray(ref, dtype=object).shape == ours.shape, path
         ints = all(type(v) is int and -(2**63) <= v < 2**63 for v in flat)
@@ -223,6 +230,116 @@ def test_overflow_follows_the_plain_path() -> None:
     assert info.value.reason == "Number too big to be stored in double."
     ours = loads(big(["1e400"])[:-1] + b',"x", NaN]')  # json.loads path: inf
     assert ours[-3] == math.inf and math.isnan(ours[-1])
+
+
+# --- what simdjson reads (and the numpy path too: both readers run every test) --------------------------------
+
+
+def floats_of(ours: Any, tokens: list[str]) -> None:
+    """The last len(tokens) values of `ours` are exactly float(token) (sign of zero included)."""
+    got = ours[len(ours) - len(tokens) :].tolist()
+    expect = [float(int(t)) if t.lstrip("-").isdigit() else float(t) for t in tokens]
+    assert [same_number(a, b) for a, b in zip(got, expect)] == [True] * len(tokens), list(zip(tokens, got))
+
+
+def test_17_digit_floats() -> None:
+    """float32 pixels written by json.dumps (as the article's client does), and doubles at full precision."""
+    rng = np.random.default_rng(3)
+    pixels = rng.random(300, dtype=np.float32).astype(np.float64)
+    doubles = rng.standard_normal(300) * 10.0 ** rng.integers(-300, 300, 300)
+    tokens = [json.dumps(v) for v in pixels.tolist()] + ["%.17g" % v for v in doubles] + ["%.16e" % v for v in doubles]
+    assert max(len(t.lstrip("-").split("e")[0]) for t in tokens) >= 18  # 17 digits and a dot
+    ours = check(big(tokens))
+    assert isinstance(ours, np.ndarray) and ours.dtype == np.float64
+    floats_of(ours, tokens)
+
+
+def test_integers_near_int64_limits() -> None:
+    limits = ["9223372036854775807", "-9223372036854775808", "-9223372036854775807", "9223372036854775806", "-0", "0"]
+    ours = check(("[" + ",".join(limits * SMALL) + "]").encode())
+    assert isinstance(ours, np.ndarray) and ours.dtype == np.int64
+    assert ours[: len(limits)].tolist() == [int(t) for t in limits]
+    # In a float array, as np.asarray converts orjson's ints: float(int), rounded to nearest even.
+    beyond = ["9223372036854775808", "-9223372036854775809", "18446744073709551615", "18446744073709551616",
+              "9007199254740993", "9007199254740995", "-9007199254740993", "1" + "0" * 30, "-0"]
+    for tokens in (limits + beyond, limits + beyond[:3] + beyond[4:7]):  # (with and without one beyond uint64)
+        ours = check(big(tokens))
+        assert isinstance(ours, np.ndarray) and ours.dtype == np.float64
+        floats_of(ours, tokens)
+
+
+def test_mixed_int_and_float_arrays() -> None:
+    ours = check(orjson.dumps([[1, 2.5, -3], [0, 100.0, 7], [-1, 0.7, 2**40 + 1]] * 40))
+    assert isinstance(ours, np.ndarray) and ours.dtype == np.float64 and ours.shape == (120, 3)
+    tokens = ["1", "2.5", "-3", "-0", "-0.0", "0", "0.0", "1e2", "7E-1", "123456789012345678", "-1", "4503599627370497"]
+    ours = check(big(tokens))
+    assert isinstance(ours, np.ndarray) and ours.dtype == np.float64
+    floats_of(ours, tokens)  # with "-0" the integer 0 (+0.0), "-0.0" -0.0
+
+
+def test_exponents() -> None:
+    tokens = ["1E5", "1e+05", "1e-05", "2.5E-3", "-3e-0007", "0e0", "-0e0", "0E-0", "5E00", "1e308", "-1e-400",
+              "1.7976931348623157e308", "1.7976931348623158e308", "1e-400", "4.9e-324", "2.4703282292062328e-324",
+              "2.4703282292062327e-324", "2.2250738585072011e-308", "1e-320", "123456789e-9", "1" + "0" * 25 + "e-25",
+              "0.000001e6", "-9.999999999999999e22", "1e23", "8.98846567431158e307", "1E-0000000000000000000001"]
+    ours = check(big(tokens))
+    assert isinstance(ours, np.ndarray) and ours.dtype == np.float64
+    floats_of(ours, tokens)
+
+
+def test_long_mantissas(reader: str) -> None:
+    """Past 19 significant digits the numpy path reads each number with float(), so arrays made mostly of such
+    numbers stay lists there (orjson is faster); simdjson reads them exactly and as fast: arrays."""
+    tokens = ["%d.%025d" % (i, i * 7919) for i in range(200)]
+    tokens += ["0." + "3" * 400, "1" * 300 + ".5", "-" + "9" * 30 + "e-10"]
+    ours = check(big(tokens))
+    assert isinstance(ours, np.ndarray) == (reader == "simdjson")
+    if reader == "simdjson":
+        floats_of(ours, tokens)
+
+
+@pytest.mark.parametrize(
+    "ragged",
+    ["[[1,2],[3],[4,5,6]]", "[[1,2,3],[4],[5,6]]", "[[1],[2,3]]", "[[1,2,3],[],[4,5,6]]", "[[1,2,3],[4,[5],6]]",
+     "[[1,2,3],[[4,5,6]]]", "[[[1,2],[3,4]],[[5,6,7,8]]]", "[[[1,2],[3,4]],[[5],[6,7,8]]]", "[[1,2],[3,4],5,6]"],
+)
+def test_ragged_arrays_with_a_rectangle_s_count_stay_lists(ragged: str) -> None:
+    """simdjson flattens any nesting: the count alone cannot tell these from rectangles, the layout does."""
+    inner = ragged[1:-1]
+    body = ("[" + ",".join([inner] * (SMALL // len(inner) + 1)) + "]").encode()
+    assert isinstance(check(body), list)
+    rows = np.arange(300).reshape(100, 3).tolist()
+    rows[10].append(rows[11].pop())  # 300 numbers in 100 rows, one of 4 and one of 2
+    assert isinstance(check(orjson.dumps({"x": rows}))["x"], list)
+    cube = (np.arange(300) * 0.5).reshape(10, 10, 3).tolist()
+    cube[4].append(cube[5].pop())
+    assert isinstance(check(orjson.dumps(cube)), list)
+
+
+@pytest.mark.parametrize("keep_bytes", [None, 1024])
+def test_parser_reuse_after_refusals_and_across_threads(monkeypatch: pytest.MonkeyPatch, keep_bytes: int) -> None:
+    """A refused array (invalid, not numbers, out of range, an error) must not spoil the next parse, in any
+    thread; spans from _KEEP_PARSER_BYTES up get a parser of their own (keep_bytes lowers it to cover both)."""
+    if keep_bytes is not None:
+        monkeypatch.setattr(fast_json, "_KEEP_PARSER_BYTES", keep_bytes)
+    good = [orjson.dumps({"a": np.arange(600).reshape(200, 3).tolist()}),
+            orjson.dumps({"b": (np.arange(3000) * 0.25).reshape(1000, 3).tolist(), "c": (np.arange(300) / 7).tolist()})]
+    bad = [big(["NaN"]), big(["null"]), big(["1e400"]), big(["1.5", "{}"]), big(["1 2"]), big(["1.5"])[:-1] + b",]",
+           ("[" + ",".join(["1"] * SMALL + ["9223372036854775808"]) + "]").encode(), b"[[" + b"1," * SMALL + b"2]"]
+    for body in bad + good + bad[::-1] + good:
+        check(body)
+
+    def work(seed: int) -> int:
+        rng = random.Random(seed)
+        arrays = 0
+        for _ in range(15):
+            body = rng.choice(good + bad)
+            ours = check(body)
+            arrays += isinstance(ours, dict) and all(isinstance(v, np.ndarray) for v in ours.values())
+        return arrays
+
+    with ThreadPoolExecutor(4) as pool:
+        assert sum(pool.map(work, range(8))) > 0
 
 
 # --- shapes --------------------------------------------------------------------------------------------------
