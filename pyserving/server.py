@@ -219,6 +219,11 @@ class Server:
 
     async def start(self) -> None:
         self._loop = asyncio.get_running_loop()
+        # Said first: front ends answer as soon as each listens, before the rest of start-up is done.
+        if self._auth_watcher is None and self.options.host not in _LOOPBACK:
+            log.warning("No --auth_config_file: anyone who can reach %s may call every model and reload the "
+                        "configuration. Give an --auth_config_file (API keys or JWT) or bind --host=127.0.0.1.",
+                        self.options.host)
         try:
             for platform in sorted({m.platform for m in self.options.models}):
                 await asyncio.to_thread(prepare_runtime, platform)
@@ -242,10 +247,6 @@ class Server:
             await self._start_frontends()
         if self._auth_watcher is not None:
             self._auth_watcher.start()
-        elif self.options.host not in _LOOPBACK:
-            log.warning("No --auth_config_file: anyone who can reach %s may call every model and reload the "
-                        "configuration. Give an --auth_config_file (API keys or JWT) or bind --host=127.0.0.1.",
-                        self.options.host)
         if not self.options.frontend_processes:
             self.grpc_port = self._grpc.port if self._grpc is not None else None
             self.rest_port = self._rest.port if self._rest is not None else None
