@@ -298,7 +298,7 @@ class Server:
             self._reserved.append(reuse_port_socket(opts.host, opts.rest_api_port, "REST", "--rest_api_port",
                                                      must_be_free=True))
             rest_port = self._reserved[-1].getsockname()[1]
-        records = ModelProcessRecords(self.metrics, self.request_loggers)
+        records = ModelProcessRecords(self.metrics, self.request_loggers, self.observer)
         self._frontends = FrontendSupervisor(
             opts, opts.frontend_processes, SnapshotSource(self.manager, self.control, lambda: self.draining,
                                                           records.logged),

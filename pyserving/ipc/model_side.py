@@ -44,6 +44,7 @@ from pyserving.ipc.results import decode_results, encode_classes
 from pyserving.ipc.state import signature_data, status_data
 from pyserving.observability.metrics import Metrics
 from pyserving.observability.request_log import LoggedRequest, RequestLoggers
+from pyserving.observability.requests import RequestObserver
 from pyserving.options import ServerOptions
 
 log = logging.getLogger("pyserving.frontends")
@@ -194,18 +195,16 @@ class ModelProcessRecords:
     """What front ends report, recorded in the model process: request counts and latencies (one registry: a scrape
     counts every front end's requests once), request logs (one writer per file), and the metrics exposition."""
 
-    def __init__(self, metrics: Metrics, loggers: RequestLoggers) -> None:
+    def __init__(self, metrics: Metrics, loggers: RequestLoggers, observer: RequestObserver) -> None:
         self._metrics = metrics
         self._loggers = loggers
-        self._in_flight: dict[str, Any] = {}
+        self._observer = observer
 
     def observe(self, header: dict[str, Any]) -> None:
         for protocol, delta in header["d"].items():
             if delta:
-                gauge = self._in_flight.get(protocol)
-                if gauge is None:  # labels() once per protocol, not on every report
-                    gauge = self._in_flight[protocol] = self._metrics.in_flight.labels(protocol)
-                gauge.inc(delta)
+                # the in-flight gauge reads the model process's observer through a function: counted there
+                self._observer.in_flight_elsewhere(protocol, delta)
         if header["r"]:
             self._metrics.observe_requests(header["r"])
 

@@ -53,13 +53,20 @@ class RequestObserver:
         self.metrics = metrics
         # Plain counts read at scrape time: a Gauge's inc()/dec() take a lock each, twice per request.
         self._in_flight = {"rest": 0, "grpc": 0}
+        self._elsewhere = {"rest": 0, "grpc": 0}
+        """Requests in flight in front-end processes, as they reported them (the gauge shows the sum)."""
         if metrics is not None:
             for protocol in self._in_flight:
-                metrics.in_flight.labels(protocol).set_function(lambda p=protocol: self._in_flight[p])
+                metrics.in_flight.labels(protocol).set_function(
+                    lambda p=protocol: self._in_flight[p] + self._elsewhere.get(p, 0))
         self.loggers = loggers if loggers is not None else RequestLoggers()
 
     def start(self, info: RequestInfo) -> None:
         self._in_flight[info.protocol] += 1
+
+    def in_flight_elsewhere(self, protocol: str, delta: int) -> None:
+        """Front-end processes' requests started (+) or ended (-): a Gauge with a function ignores inc()."""
+        self._elsewhere[protocol] = self._elsewhere.get(protocol, 0) + delta
 
     def failed(self, info: RequestInfo, version: int | None, signature: str) -> None:
         """What the service said of a failed request: the servable it had reached, if any."""
