@@ -193,7 +193,7 @@ def _span_array(body: bytes, b: np.ndarray, S: np.ndarray, T: np.ndarray) -> np.
     if n == 0:
         return None
     lo, hi = int(S[0]), int(S[-1])
-    if _simdjson is not None:
+    if _simdjson is not None and hi - lo < _SIMD_MAX_BYTES:
         arr = _simd_numbers(body, lo, hi, n)
         if arr is not None:
             return arr.reshape(shape)
@@ -225,8 +225,13 @@ def _span_array(body: bytes, b: np.ndarray, S: np.ndarray, T: np.ndarray) -> np.
 # One simdjson parser per thread, kept for spans under _KEEP_PARSER_BYTES: a fresh parser's buffers (~14 bytes per
 # byte of span, mostly untouched) came from fresh pages, 3.5k page faults and +5 ms per 3 MB body; a kept one
 # holds the pages its biggest span touched (9.4 MB RSS measured for the 3 MB image), so bigger spans get their own.
-_KEEP_PARSER_BYTES = 16 << 20
+_KEEP_PARSER_BYTES = 4 << 20
 _parsers = threading.local()
+# simdjson's buffers grow with the span (its padded copy, a structural index and 16 bytes of tape a number: ~3x a
+# span of short numbers, more than the numpy path's own temporaries): spans over this go the numpy path, whose
+# memory is bounded at 5.5-7.6x the body (tests/test_hostile_limits.py measured 177 MiB for a 15 MiB body of
+# 9-character numbers through simdjson, against a bound of 160). Images (3 MB) stay well under.
+_SIMD_MAX_BYTES = 8 << 20
 
 
 def _simd_numbers(body: bytes, lo: int, hi: int, n: int) -> np.ndarray | None:
