@@ -82,8 +82,9 @@ class Pace:
             self._fast_windows = self._fast_windows + 1 if fastest < FAST_CALL_S else 0
             self.fastest = fastest if self._fast_windows >= self._needed else math.inf
 
-    def inline_ok(self, nbytes: int) -> bool:
-        return self.fastest < FAST_CALL_S and nbytes <= INLINE_MAX_BYTES
+    @property
+    def fast(self) -> bool:
+        return self.fastest < FAST_CALL_S
 
     def inline_call(self, seconds: float) -> None:
         if seconds > SLOW_INLINE_S:  # back to the lanes, measured afresh, and trusted later next time
@@ -162,7 +163,7 @@ class ModelCalls:
         None: unknown, never inline) is small; a small request's time feeds `pace` either way."""
         future = asyncio.get_running_loop().create_future()
         small = nbytes is not None and nbytes <= INLINE_MAX_BYTES
-        if small and pace.inline_ok(nbytes):
+        if small and pace.fast:
             started = time.perf_counter()
             try:
                 future.set_result(fn(*args))

@@ -421,7 +421,7 @@ class InferenceService:
                 call = self._calls.run(servable.run, signature, inputs, output_keys)
         else:
             call = lease.batcher.run(signature, inputs, output_keys)
-        if timeout_s is None:
+        if timeout_s is None or call.done():  # done: it ran inline, there is nothing left to time
             return await call
         # A timer on the call's own future: asyncio.wait_for would wrap it in a task, per request. An expired call
         # is skipped by its lane if it has not started, and left out of its batch's answers if it has.
