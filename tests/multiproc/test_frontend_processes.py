@@ -247,7 +247,9 @@ def test_reload_request_log_and_sigterm_act_on_the_whole_server(tmp_path: Path) 
     logged = (f'config {{ name: "default" base_path: "{MODEL}" logging_config {{ sampling_config {{ sampling_rate: '
               f'1.0 }} log_collector_config {{ type: "jsonl" filename_prefix: "{logs}" }} }} }}')
     (tmp_path / "models.config").write_text(f"model_config_list {{ {logged} }}\n")
-    with serve_tree(tmp_path, "--drain_delay_s=2", f"--model_config_file={tmp_path / 'models.config'}") as running:
+    # The drain delay outlasts the checks below with room to spare: under CI's load, 2 s did not (the listeners
+    # closed before the last check).
+    with serve_tree(tmp_path, "--drain_delay_s=6", f"--model_config_file={tmp_path / 'models.config'}") as running:
         frontends = running.frontends()
         for i in range(10):
             assert requests.post(f"{running.rest}/v1/models/default:predict", json={"instances": [float(i)]},
