@@ -20,9 +20,15 @@ Calls too quick to be worth a thread (`Pace`): a model that answers a small requ
 handed over, even with lanes: the wake-ups are what grpc.aio pays for most (measured, small model, one process,
 gRPC at c=32: 1010 -> 720 us of server CPU per request). `run_paced` runs such calls inline. What earns it: the
 fastest of the last `PACE_WINDOW` calls through a lane took under `FAST_CALL_S` (the fastest, because GIL waits
-and wake-ups only ever add), and the request is small (`INLINE_MAX_BYTES`). One inline call over `SLOW_INLINE_S`
-sends the model back to the lanes until new windows show it fast again, twice as many after each demotion: a
-model that is sometimes slow holds the loop for one slow call, and then ever more rarely. Only runtimes whose
+and wake-ups only ever add), and the request is small (`INLINE_MAX_BYTES`). A second inline call over `SLOW_INLINE_S`
+within `PACE_WINDOW` inline calls sends the model back to the lanes until new windows show it fast again, twice
+as many after each demotion: a model that is sometimes slow holds the loop for two slow calls, and then ever more
+rarely. A slow call is slow by the wall clock and also busy in the loop's thread (CPU time over half of
+`SLOW_INLINE_S`): a thread preempted by the OS, or waiting for the GIL after the model released it, reads slow by
+the wall clock now and then however fast the model is, in bursts (measured on 2 busy cores, wall clock alone: a
+demotion every second or so, each sending the small model to the lanes for up to 64 windows, 630 -> 750-930 us
+of server CPU per request). A model whose ops run on other threads still shows in the caller's CPU time: its
+thread runs a share of the work and waits for the rest. Only runtimes whose
 cost follows the input's shape opt in (`inline_when_fast`: TensorFlow, ONNX Runtime, torch; not Python models,
 whose code may do anything, nor TFLite, whose interpreters are handed out under a lock); string inputs never run
 inline.
@@ -48,7 +54,8 @@ DEFAULT_LANES = 4
 FAST_CALL_S = 100e-6
 """A model whose fastest recent call took less than this runs small requests on the event loop."""
 SLOW_INLINE_S = 4 * FAST_CALL_S
-"""An inline call slower than this sends its model back to the lanes."""
+"""Two inline calls slower than this (and busy for half of it), within `PACE_WINDOW` inline calls, send their model
+back to the lanes."""
 INLINE_MAX_BYTES = 64 << 10
 """Requests with more input bytes than this always go to a lane."""
 PACE_WINDOW = 16
@@ -62,7 +69,7 @@ class Pace:
     inline. Only calls that could run inline are measured. Written from lanes and the loop without a lock: a lost
     update only delays a decision by a window."""
 
-    __slots__ = ("fastest", "_window_min", "_count", "_fast_windows", "_needed")
+    __slots__ = ("fastest", "_window_min", "_count", "_fast_windows", "_needed", "_inline", "_slow_at")
 
     def __init__(self) -> None:
         self.fastest = math.inf
@@ -72,6 +79,10 @@ class Pace:
         self._fast_windows = 0
         self._needed = 1
         """Fast windows in a row before inlining (doubles at each demotion)."""
+        self._inline = 0
+        """Inline calls since the last demotion."""
+        self._slow_at = -PACE_WINDOW
+        """`_inline` at the last slow inline call."""
 
     def lane_call(self, seconds: float) -> None:
         if seconds < self._window_min:
@@ -86,10 +97,18 @@ class Pace:
     def fast(self) -> bool:
         return self.fastest < FAST_CALL_S
 
-    def inline_call(self, seconds: float) -> None:
-        if seconds > SLOW_INLINE_S:  # back to the lanes, measured afresh, and trusted later next time
-            self.fastest, self._window_min, self._count, self._fast_windows = math.inf, math.inf, 0, 0
-            self._needed = min(self._needed * 2, MAX_BACKOFF_WINDOWS)
+    def inline_call(self, seconds: float, cpu_seconds: float) -> None:
+        """An inline call took `seconds` by the wall clock, `cpu_seconds` of its (the loop's) thread."""
+        self._inline += 1
+        if seconds <= SLOW_INLINE_S or cpu_seconds <= SLOW_INLINE_S / 2:
+            return
+        if self._inline - self._slow_at > PACE_WINDOW:  # the first in a while: maybe the OS's doing, not the model's
+            self._slow_at = self._inline
+            return
+        # back to the lanes, measured afresh, and trusted later next time
+        self.fastest, self._window_min, self._count, self._fast_windows = math.inf, math.inf, 0, 0
+        self._needed = min(self._needed * 2, MAX_BACKOFF_WINDOWS)
+        self._inline, self._slow_at = 0, -PACE_WINDOW
 
 
 class Answer(Protocol):
@@ -164,12 +183,12 @@ class ModelCalls:
         future = asyncio.get_running_loop().create_future()
         small = nbytes is not None and nbytes <= INLINE_MAX_BYTES
         if small and pace.fast:
-            started = time.perf_counter()
+            started, cpu_started = time.perf_counter(), time.thread_time()
             try:
                 future.set_result(fn(*args))
             except BaseException as exc:  # noqa: BLE001 - the caller's await re-raises it
                 future.set_exception(exc)
-            pace.inline_call(time.perf_counter() - started)
+            pace.inline_call(time.perf_counter() - started, time.thread_time() - cpu_started)
         elif small:
             self.start(future, _timed, pace, fn, *args)
         else:
