@@ -10,6 +10,7 @@ and read their ServerOptions from stdin.
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import logging
 import os
 import pickle
@@ -351,6 +352,9 @@ class FrontendSupervisor:
                           type(exc).__name__, exc, delay)
                 await asyncio.sleep(delay)
                 continue
+            if self._stopping:  # stop() came while it was being spawned, and did not see it
+                with contextlib.suppress(ProcessLookupError):
+                    slot.process.send_signal(signal.SIGTERM)
             channel = slot.channel
             assert channel is not None
             reading = asyncio.create_task(channel.run())
