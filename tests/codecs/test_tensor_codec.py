@@ -51,3 +51,42 @@ def test_undecodable_tensors_are_tf_serving_parse_errors(proto: TensorProto) -> 
     with pytest.raises(ServingError) as err:
         to_ndarray("x", proto)
     assert err.value.code == Code.INVALID_ARGUMENT and err.value.message.startswith("tensor parsing error: x (")
+
+
+def _unpacked(field: int, values: np.ndarray) -> bytes:
+    """Wire bytes of a TensorProto's typed field sent unpacked (one tag per value), as protobuf lets senders do."""
+    tag = bytes([(field << 3) | (5 if values.itemsize == 4 else 1)])
+    return b"".join(tag + v.tobytes() for v in values.astype(values.dtype.newbyteorder("<")))
+
+
+@pytest.mark.parametrize("dtype", [tf.float32, tf.float64, tf.complex64, tf.complex128])
+@pytest.mark.parametrize("count", [1023, 1024, 150_528])
+def test_big_typed_float_fields_decode_as_make_ndarray(dtype: tf.DType, count: int) -> None:
+    """Big float_val/double_val/scomplex_val/dcomplex_val tensors (an image sent in float_val) are read from the
+    wire bytes in one copy: the same values, bit for bit (NaN, -0.0, subnormals), as tf.make_ndarray's."""
+    rng = np.random.default_rng(count)
+    values = rng.standard_normal(count * (2 if dtype.is_complex else 1)).astype(dtype.real_dtype.as_numpy_dtype)
+    values[:4] = [np.nan, -0.0, np.finfo(values.dtype).tiny / 4, np.inf]
+    field = {tf.float32: "float_val", tf.float64: "double_val", tf.complex64: "scomplex_val",
+             tf.complex128: "dcomplex_val"}[dtype]
+    proto = TensorProto(dtype=dtype.as_datatype_enum)
+    proto.tensor_shape.dim.add(size=1)
+    proto.tensor_shape.dim.add(size=count)
+    getattr(proto, field).extend(values.tolist())
+    wire = proto.SerializeToString()
+    expected = tf.make_ndarray(tf.make_tensor_proto(0).FromString(wire))
+    number = {tf.float32: 5, tf.float64: 6, tf.complex64: 9, tf.complex128: 12}[dtype]
+    header = TensorProto(dtype=proto.dtype, tensor_shape=proto.tensor_shape).SerializeToString()
+    for sent in (wire, header + _unpacked(number, values)):
+        got = to_ndarray("x", TensorProto.FromString(sent))
+        assert got.dtype == expected.dtype and got.shape == expected.shape == (1, count)
+        assert got.tobytes() == expected.tobytes()
+        assert got.flags.writeable == (len(values) < 1024)  # 1024 values and more: a view of the wire bytes
+
+
+def test_a_big_float_val_shorter_than_its_shape_repeats_its_last_value() -> None:
+    proto = TensorProto(dtype=tf.float32.as_datatype_enum, float_val=np.arange(2000, dtype=np.float32).tolist())
+    proto.tensor_shape.dim.add(size=2500)
+    got = to_ndarray("x", TensorProto.FromString(proto.SerializeToString()))
+    np.testing.assert_array_equal(got, tf.make_ndarray(proto))
+    assert got[-1] == 1999.0

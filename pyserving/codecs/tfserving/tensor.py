@@ -42,14 +42,72 @@ _SHAPES: dict[tuple[int, ...], TensorShapeProto] = {}
 _MAX_SHAPES = 256
 
 
+# Typed fields of fixed width, by TensorProto field number, and their values' wire type (little-endian).
+_FIXED_WIDTH_FIELDS = {DType.DT_FLOAT: (5, np.dtype("<f4")), DType.DT_DOUBLE: (6, np.dtype("<f8")),
+                       DType.DT_COMPLEX64: (9, np.dtype("<f4")), DType.DT_COMPLEX128: (12, np.dtype("<f8"))}
+_FROM_WIRE_MIN_VALUES = 1024
+"""Fewer values than this are read from the field itself: re-serializing the tensor would cost more."""
+
+
 def _typed_values(proto: TensorProto, dtype: DType) -> np.ndarray:
     """The values of a tensor sent in its typed *_val field, as tf.make_ndarray reads them."""
     if dtype == DType.DT_HALF:
         return np.fromiter(proto.half_val, dtype=np.uint16).view(np.float16)
-    if dtype in (DType.DT_COMPLEX64, DType.DT_COMPLEX128):
-        parts = np.fromiter(getattr(proto, _VAL_FIELD[dtype]), dtype=dtype.numpy.type(0).real.dtype)
-        return parts.view(dtype.numpy)
-    return np.fromiter(getattr(proto, _VAL_FIELD[dtype]), dtype=dtype.numpy)
+    values = getattr(proto, _VAL_FIELD[dtype])
+    fixed = _FIXED_WIDTH_FIELDS.get(dtype)
+    parts = None
+    if fixed is not None and len(values) >= _FROM_WIRE_MIN_VALUES:
+        parts = _packed_from_wire(proto, *fixed)
+    if parts is None:
+        part_dtype = dtype.numpy.type(0).real.dtype if dtype in (DType.DT_COMPLEX64, DType.DT_COMPLEX128) else \
+            dtype.numpy
+        parts = np.fromiter(values, dtype=part_dtype)
+    return parts.view(dtype.numpy) if parts.dtype != dtype.numpy else parts
+
+
+def _packed_from_wire(proto: TensorProto, field: int, wire_dtype: np.dtype) -> np.ndarray | None:
+    """A packed fixed-width repeated field (float_val of an image, say) read from the tensor's wire bytes in one
+    copy. Iterating the field makes a Python float per value: 150,528 floats (a 224x224x3 image) took 10.8 ms that
+    way, on the event loop, against ~1 ms for serializing the tensor again. None unless the field is one packed
+    record (a sender may leave it unpacked, or split it, as protobuf allows): the caller then iterates."""
+    data = proto.SerializeToString()
+    pos, end, found = 0, len(data), None
+    try:
+        while pos < end:
+            key, pos = _varint(data, pos)
+            number, wire = key >> 3, key & 7
+            if wire == 2:
+                length, pos = _varint(data, pos)
+                if number == field:
+                    if found is not None:
+                        return None
+                    found = (pos, length)
+                pos += length
+            elif number == field:  # unpacked values
+                return None
+            elif wire == 0:
+                _, pos = _varint(data, pos)
+            elif wire in (1, 5):
+                pos += 8 if wire == 1 else 4
+            else:  # groups: not in a TensorProto
+                return None
+    except IndexError:
+        return None
+    if found is None or pos != end or found[1] % wire_dtype.itemsize:
+        return None
+    values = np.frombuffer(data, dtype=wire_dtype, count=found[1] // wire_dtype.itemsize, offset=found[0])
+    return values.astype(wire_dtype.newbyteorder("="), copy=False)
+
+
+def _varint(data: bytes, pos: int) -> tuple[int, int]:
+    value = shift = 0
+    while True:
+        byte = data[pos]
+        pos += 1
+        value |= (byte & 0x7F) << shift
+        if byte < 0x80:
+            return value, pos
+        shift += 7
 
 
 _STRING_ELEMENT_BYTES = 8  # an object array's pointer per element, before the strings themselves
