@@ -20,15 +20,14 @@ Calls too quick to be worth a thread (`Pace`): a model that answers a small requ
 handed over, even with lanes: the wake-ups are what grpc.aio pays for most (measured, small model, one process,
 gRPC at c=32: 1010 -> 720 us of server CPU per request). `run_paced` runs such calls inline. What earns it: the
 fastest of the last `PACE_WINDOW` calls through a lane took under `FAST_CALL_S` (the fastest, because GIL waits
-and wake-ups only ever add), and the request is small (`INLINE_MAX_BYTES`). A second inline call over `SLOW_INLINE_S`
-within `PACE_WINDOW` inline calls sends the model back to the lanes until new windows show it fast again, twice
-as many after each demotion: a model that is sometimes slow holds the loop for two slow calls, and then ever more
-rarely. A slow call is slow by the wall clock and also busy in the loop's thread (CPU time over half of
-`SLOW_INLINE_S`): a thread preempted by the OS, or waiting for the GIL after the model released it, reads slow by
-the wall clock now and then however fast the model is, in bursts (measured on 2 busy cores, wall clock alone: a
-demotion every second or so, each sending the small model to the lanes for up to 64 windows, 630 -> 750-930 us
-of server CPU per request). A model whose ops run on other threads still shows in the caller's CPU time: its
-thread runs a share of the work and waits for the rest. Only runtimes whose
+and wake-ups only ever add), and the request is small (`INLINE_MAX_BYTES`). A second inline call over
+`SLOW_INLINE_S` within `PACE_WINDOW` inline calls sends the model back to the lanes until new windows show it fast
+again, twice as many after each demotion: a model that is sometimes slow holds the loop for two slow calls, and
+then ever more rarely. A slow call is slow by the wall clock and also busy in the loop's thread (CPU time over half
+of `SLOW_INLINE_S`): a thread preempted by the OS, or waiting for the GIL after the model released it, reads slow
+by the wall clock now and then however fast the model is, in bursts (logged on 2 busy cores, wall clock alone: a
+demotion every second or so, each sending the small model to the lanes for up to 64 windows). A model whose ops
+run on other threads still shows in the caller's CPU time, which runs a share of the work. Only runtimes whose
 cost follows the input's shape opt in (`inline_when_fast`: TensorFlow, ONNX Runtime, torch; not Python models,
 whose code may do anything, nor TFLite, whose interpreters are handed out under a lock); string inputs never run
 inline.

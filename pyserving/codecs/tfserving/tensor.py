@@ -42,7 +42,7 @@ _SHAPES: dict[tuple[int, ...], TensorShapeProto] = {}
 _MAX_SHAPES = 256
 
 
-# Typed fields of fixed width, by TensorProto field number, and their values' wire type (little-endian).
+# Typed fields of fixed width: their TensorProto field number and their values' dtype on the wire (little-endian).
 _FIXED_WIDTH_FIELDS = {DType.DT_FLOAT: (5, np.dtype("<f4")), DType.DT_DOUBLE: (6, np.dtype("<f8")),
                        DType.DT_COMPLEX64: (9, np.dtype("<f4")), DType.DT_COMPLEX128: (12, np.dtype("<f8"))}
 _FROM_WIRE_MIN_VALUES = 1024
