@@ -358,8 +358,8 @@ def test_sigterm_while_the_front_ends_start(tmp_path: Path, after_load_s: float)
         gone, alive = psutil.wait_procs(children, timeout=5)
         assert not alive
         ours = (f"--rest_api_port={rest_port}", f"--rest_port={rest_port}")  # the server's, a front end's
-        assert not [p for p in psutil.process_iter(["cmdline"])
-                    if set(ours) & set(p.info["cmdline"] or ()) and p.status() != psutil.STATUS_ZOMBIE]
+        assert not [p for p in psutil.process_iter(["cmdline", "status"])
+                    if set(ours) & set(p.info["cmdline"] or ()) and p.info["status"] != psutil.STATUS_ZOMBIE]
     finally:
         if proc.poll() is None:
             proc.kill()
