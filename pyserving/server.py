@@ -335,7 +335,10 @@ class Server:
             self._rest.drain()
         if self._frontends is not None:
             self._frontends.push_now()  # front ends turn not ready (health NOT_SERVING, Connection: close)
-        if self.options.drain_delay_s > 0 and self._serving:  # never ready: no load balancer to wait for
+        # Never ready, no load balancer to wait for. Front ends answer (/readyz too) as soon as each listens, before
+        # start-up is over: a signal then still gets its drain delay.
+        answered = self._serving or (self._frontends is not None and self._frontends.answering)
+        if self.options.drain_delay_s > 0 and answered:
             log.info("Draining: /readyz answers 503; closing the listeners in %g s (--drain_delay_s)",
                      self.options.drain_delay_s)
             await asyncio.sleep(self.options.drain_delay_s)

@@ -270,6 +270,11 @@ class FrontendSupervisor:
     def pids(self) -> list[int]:
         return [s.process.pid for s in self._slots if s.process is not None and s.process.returncode is None]
 
+    @property
+    def answering(self) -> bool:
+        """Whether a front end has listened: from then on a load balancer may have seen the server ready."""
+        return any(s.started for s in self._slots)
+
     async def start(self, timeout_s: float = 60) -> None:
         """Start every front end and return once each is listening (it says so on the channel); StartupError if
         one exits first or they take longer than `timeout_s`."""
