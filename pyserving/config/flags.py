@@ -117,6 +117,9 @@ FLAGS: tuple[Flag, ...] = (
          "4, and 0 on a single core"),
     Flag("drain_delay_s", float, 0.0, "on SIGTERM, answer /readyz 503 (and gRPC health NOT_SERVING) and keep "
          "serving this long before closing the listeners, so load balancers stop sending first"),
+    Flag("shutdown_grace_s", float, 10.0, "on SIGTERM, once the listeners are closed, let the requests in flight "
+         "finish for up to this long, then answer the rest 503 (a model call already running still ends before "
+         "the process exits). Kubernetes: keep terminationGracePeriodSeconds above --drain_delay_s plus this"),
     Flag("cors_allowed_origins", str, "", "with --rest_api_enable_cors_support: comma-separated allowed origins "
          "(default: any, as TF Serving's *)"),
 )
@@ -322,7 +325,7 @@ def server_options(values: dict[str, Any], warnings: list[str] | None = None) ->
         except ValueError as exc:
             raise FlagError(f"--auth_config_file={v['auth_config_file']}: {exc}") from None
     _non_negative(v, "max_request_bytes", "http_header_timeout_s", "http_body_timeout_s", "http_keepalive_timeout_s",
-                  "drain_delay_s")
+                  "drain_delay_s", "shutdown_grace_s")
     if not -1 <= v["frontend_processes"] <= 64:
         raise FlagError(f"--frontend_processes={v['frontend_processes']}: use 0 (one process) to 64, or -1 (one "
                         "per core)")
@@ -347,6 +350,7 @@ def server_options(values: dict[str, Any], warnings: list[str] | None = None) ->
         ),
         cors_allowed_origins=origins,
         drain_delay_s=v["drain_delay_s"],
+        shutdown_grace_s=v["shutdown_grace_s"],
         frontend_processes=v["frontend_processes"],
         models=models,
         monitoring_path=monitoring_path,

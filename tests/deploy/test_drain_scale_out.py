@@ -54,7 +54,7 @@ TIMEOUT = 30
 PREDICT = "/tensorflow.serving.PredictionService/Predict"
 SIGNATURES = {"serving_default": {"inputs": {"x": {"dtype": "DT_FLOAT", "shape": [-1]}},
                                   "outputs": {"y": {"dtype": "DT_FLOAT", "shape": [-1]}}}}
-GRACE_S = 10.0  # ServerOptions.shutdown_grace_s, pyserving's default (no flag)
+GRACE_S = 10.0  # --shutdown_grace_s, pyserving's default
 
 
 # --- replicas ---------------------------------------------------------------------------------------------------
@@ -357,6 +357,61 @@ def test_drain_delay_flag() -> None:
     assert server_options(parse_flags(base)[0]).drain_delay_s == 0.0
     with pytest.raises(FlagError, match="drain_delay_s"):
         server_options(parse_flags([*base, "--drain_delay_s=-1"])[0])
+
+
+def test_shutdown_grace_flag() -> None:
+    base = ["--model_base_path=/models/m"]
+    assert server_options(parse_flags([*base, "--shutdown_grace_s=2.5"])[0]).shutdown_grace_s == 2.5
+    assert server_options(parse_flags(base)[0]).shutdown_grace_s == GRACE_S
+    with pytest.raises(FlagError, match="shutdown_grace_s"):
+        server_options(parse_flags([*base, "--shutdown_grace_s=-1"])[0])
+
+
+def test_a_request_past_the_shutdown_grace_gets_503_and_why(tmp_path: Path) -> None:
+    """--shutdown_grace_s=1 and a 6 s request in flight at SIGTERM: about a second later its caller gets 503 with
+    TF Serving's error shape, saying the server shut down and to retry (uvicorn alone answered a bare "500
+    Internal Server Error"); the process exits 0 once the model call it cannot interrupt has returned."""
+    write_model(str(tmp_path / "slow" / "1"), {"signatures": SIGNATURES, "function": "affine", "scale": 1.0,
+                                               "offset": 0.0, "delay_ms": 6000})
+    config = tmp_path / "models.config"
+    config.write_text(f'model_config_list {{ config {{ name: "slow" base_path: "{tmp_path / "slow"}" '
+                      'model_platform: "memory" } }\n')
+    rest_port = free_port()
+    with open(tmp_path / "stderr.log", "wb") as err:
+        proc = subprocess.Popen(
+            [sys.executable, "-m", "pyserving", "serve", f"--port={free_port()}", f"--rest_api_port={rest_port}",
+             "--host=127.0.0.1", f"--model_config_file={config}", "--shutdown_grace_s=1", *FRONTEND_FLAGS],
+            stdout=subprocess.DEVNULL, stderr=err)
+    try:
+        deadline = time.monotonic() + 60
+        while readyz(rest_port)[0] != "200":
+            assert proc.poll() is None and time.monotonic() < deadline, (tmp_path / "stderr.log").read_text()
+            time.sleep(0.05)
+        answers: list[tuple[int, dict[str, str], float]] = []
+
+        def call() -> None:
+            conn = http.client.HTTPConnection("127.0.0.1", rest_port, timeout=TIMEOUT)
+            conn.request("POST", "/v1/models/slow:predict", body=b'{"instances": [1.0]}')
+            response = conn.getresponse()
+            answers.append((response.status, json.loads(response.read()), time.monotonic()))
+
+        caller = threading.Thread(target=call)
+        caller.start()
+        time.sleep(0.7)
+        signalled = time.monotonic()
+        proc.send_signal(signal.SIGTERM)
+        caller.join(TIMEOUT)
+        status, body, at = answers[0]
+        assert status == 503, body
+        assert body == {"error": "The server is shutting down, and this request did not finish within its shutdown "
+                                 "grace period (--shutdown_grace_s=1). Retry it: another replica, or this one once "
+                                 "restarted, will answer."}
+        assert at - signalled < 4, at - signalled  # the grace (1 s), not the request's 6 s
+        assert proc.wait(TIMEOUT) == 0
+    finally:
+        if proc.poll() is None:
+            proc.kill()
+            proc.wait(10)
 
 
 # --- 1. drain ---------------------------------------------------------------------------------------------------

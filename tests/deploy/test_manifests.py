@@ -233,7 +233,10 @@ def test_termination_grace_covers_prestop_and_drain(overlay: str) -> None:
     command = spec["containers"][0]["lifecycle"]["preStop"]["exec"]["command"]
     assert command[0] == "sleep" and len(command) == 2, command
     pre_stop_s = float(command[1])
-    drain_s = ServerOptions().shutdown_grace_s + LISTENER_SLACK_S
+    # the container's own --drain_delay_s and --shutdown_grace_s, else pyserving's defaults
+    flags = dict(a[2:].split("=", 1) for a in spec["containers"][0].get("args", []) if a.startswith("--") and "=" in a)
+    drain_s = (float(flags.get("drain_delay_s", ServerOptions().drain_delay_s))
+               + float(flags.get("shutdown_grace_s", ServerOptions().shutdown_grace_s)) + LISTENER_SLACK_S)
     assert pre_stop_s >= 5, "endpoints need a few seconds to drop the pod"
     assert spec["terminationGracePeriodSeconds"] >= pre_stop_s + drain_s + UNLOAD_MARGIN_S
 

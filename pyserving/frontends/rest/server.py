@@ -9,8 +9,9 @@ import ssl
 from collections.abc import Iterator
 from contextlib import contextmanager
 
+import orjson
 import uvicorn
-from starlette.types import ASGIApp
+from starlette.types import ASGIApp, Receive, Scope, Send
 
 from pyserving.errors import StartupError
 from pyserving.frontends.rest.protocol import LimitedHttpToolsProtocol
@@ -27,24 +28,52 @@ class _UvicornServer(uvicorn.Server):
         yield
 
 
+class _AnswerCutRequests:
+    """A request still running when the shutdown grace ends is cancelled by uvicorn, which then answers a bare "500
+    Internal Server Error". Answer in TF Serving's shape instead, saying what happened: 503, retry."""
+
+    def __init__(self, app: ASGIApp, listener: RestListener) -> None:
+        self._app = app
+        self._listener = listener
+
+    async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
+        try:
+            await self._app(scope, receive, send)
+        except asyncio.CancelledError:
+            if not self._listener.stopping or scope["type"] != "http":
+                raise
+            body = orjson.dumps({"error": "The server is shutting down, and this request did not finish within its "
+                                          f"shutdown grace period (--shutdown_grace_s={self._listener.grace_s:g}). "
+                                          "Retry it: another replica, or this one once restarted, will answer."})
+            try:
+                await send({"type": "http.response.start", "status": 503, "headers": [
+                    (b"content-type", b"application/json"), (b"content-length", str(len(body)).encode()),
+                    (b"connection", b"close")]})
+                await send({"type": "http.response.body", "body": body})
+            except (RuntimeError, OSError):  # the answer had begun, or the connection is gone: nothing to say
+                pass
+
+
 class RestListener:
     """Serves `app` on host:port until `stop()`."""
 
     def __init__(
-        self, app: ASGIApp, *, host: str, port: int, what: str, flag: str, grace_s: float = 0,
+        self, app: ASGIApp, *, host: str, port: int, what: str, flag: str, grace_s: float | None = None,
         announce: str = "Exporting HTTP at %s:%s", ssl_context: ssl.SSLContext | None = None,
         limits: HttpLimits | None = None, reuse_port: bool = False,
     ) -> None:
         """`what` and `flag` name the listener in errors ("REST", "--rest_api_port"); `announce` is the log line
         (with host and port) once it listens. `reuse_port`: bind with SO_REUSEPORT, so that several front-end
-        processes share the port (the kernel spreads connections over them)."""
+        processes share the port (the kernel spreads connections over them). `grace_s`: how long requests in
+        flight may finish once `stop()` is called (None: as long as they take)."""
         self._reuse_port = reuse_port
-        self._app = app
+        self._app = app if grace_s is None else _AnswerCutRequests(app, self)
         self._host = host
         self._requested_port = port
         self._what = what
         self._flag = flag
-        self._grace_s = grace_s
+        self.grace_s = grace_s
+        self.stopping = False
         self._announce = announce
         self._ssl = ssl_context
         self._limits = limits or HttpLimits()
@@ -56,7 +85,8 @@ class RestListener:
     async def start(self) -> None:
         config = uvicorn.Config(
             self._app, host=self._host, port=self._requested_port, log_level="warning", lifespan="off",
-            access_log=False, timeout_graceful_shutdown=int(self._grace_s) or None,
+            access_log=False,
+            timeout_graceful_shutdown=self.grace_s,  # type: ignore[arg-type]  # a float works (asyncio.wait_for)
             # httptools parses HTTP in C (h11, the pure-Python fallback, cost ~15% of a small predict), wrapped
             # with the limits uvicorn lacks; nothing is proxied in front of us unless the user says so, so skip
             # the X-Forwarded-* rewriting.
@@ -87,7 +117,8 @@ class RestListener:
 
     async def stop(self) -> None:
         """Stop accepting; in-flight requests finish (uvicorn waits up to the grace period)."""
+        self.stopping = True
         if self._server is not None:
             self._server.should_exit = True
         if self._task is not None:
-            await asyncio.wait([self._task], timeout=self._grace_s + 5)
+            await asyncio.wait([self._task], timeout=(self.grace_s or 0) + 5)
