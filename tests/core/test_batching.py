@@ -630,6 +630,33 @@ def test_a_failed_piece_fails_its_split_task_but_not_the_other_batches_tasks() -
     assert isinstance(last, ServingError) and last.code == Code.INTERNAL  # it shared the failing batch
 
 
+def test_a_split_task_whose_pieces_do_not_concatenate_fails_alone() -> None:
+    """A model whose answer's inner shape depends on the batch (here: two columns for a batch holding MARKER, else
+    one) hands a split task pieces that do not concatenate. That task gets INTERNAL saying why; the other tasks of
+    its batches get their answers, and the engine keeps working."""
+    def widening(inputs: Mapping[str, np.ndarray], output_keys: Sequence[str]) -> dict[str, np.ndarray]:
+        return {k: np.repeat(v, 2, axis=1) for k, v in answer(inputs, output_keys).items()}
+
+    model = Model(respond=failing(widening))
+    split = (SIG, {"x": np.array([[1], [2], [3], [MARKER]], np.float32)}, ("y",))  # pieces: [1] | [2, 3] | [MARKER]
+    ts = [task(1, offset=10), split, task(1, offset=20)]
+
+    async def main() -> list[Any]:
+        with engine(model, max_batch_size=8, enable_large_batch_splitting=True, max_execution_batch_size=2) as b:
+            results = await while_busy(b, model, ts)
+            later = tasks_of([1, 2])
+            for t, result in zip(later, await asyncio.gather(*start(b, later))):
+                assert_own_rows(t, result)
+            return results
+
+    first, failed, last = run(main())
+    assert model.sizes()[:3] == [2, 2, 2]  # [10, 1] [2, 3] [MARKER, 20]
+    assert_own_rows(ts[0], first)
+    assert isinstance(failed, ServingError) and failed.code == Code.INTERNAL
+    assert failed.message.startswith("ValueError: "), failed.message  # numpy's reason: the shapes that differ
+    np.testing.assert_array_equal(last["y"], [[40.0, 40.0]])  # its batch's answer, as the model gave it
+
+
 @pytest.mark.parametrize("when", ["queued", "running"])
 @pytest.mark.parametrize("splitting", [False, True], ids=["whole", "split"])
 def test_a_cancelled_caller_does_not_break_its_batch(when: str, splitting: bool) -> None:
