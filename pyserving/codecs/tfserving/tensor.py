@@ -58,10 +58,8 @@ def _typed_values(proto: TensorProto, dtype: DType) -> np.ndarray:
     parts = None
     if fixed is not None and len(values) >= _FROM_WIRE_MIN_VALUES:
         parts = _packed_from_wire(proto, *fixed)
-    if parts is None:
-        part_dtype = dtype.numpy.type(0).real.dtype if dtype in (DType.DT_COMPLEX64, DType.DT_COMPLEX128) else \
-            dtype.numpy
-        parts = np.fromiter(values, dtype=part_dtype)
+    if parts is None:  # complex values travel as their real and imaginary parts
+        parts = np.fromiter(values, dtype=np.dtype(dtype.numpy).type(0).real.dtype)
     return parts.view(dtype.numpy) if parts.dtype != dtype.numpy else parts
 
 

@@ -246,7 +246,7 @@ def _simd_numbers(body: bytes, lo: int, hi: int, n: int) -> np.ndarray | None:
     parser = getattr(_parsers, "parser", None) if keep else None
     if parser is None:
         parser = _simdjson.Parser()
-    elif keep:
+    else:
         _parsers.parser = None  # taken: should an error below leave a proxy of its document, it could not parse
     try:
         doc = parser.parse(memoryview(body)[lo : hi + 1])
