@@ -89,6 +89,10 @@ class Gauges(Protocol):
     """(model, arm, weight now) for every traffic split's arm."""
 
 
+_GONE_KEPT = 1024
+"""Forgotten versions remembered for late reports (a report is seconds late at most)."""
+
+
 class Metrics:
     """The server's metrics. One per server; `registry` is what the endpoints expose."""
 
@@ -168,6 +172,8 @@ class Metrics:
             registry=r,
         )
         self._request_children: dict[tuple[str, ...], tuple[Any, Any, Any]] = {}
+        self._gone: dict[tuple[str, str], None] = {}
+        """(model, version) forgotten lately, oldest first: front ends' late reports of them are dropped."""
         self._runtime_children: dict[tuple[str, str], Any] = {}
         self._batch_children: dict[tuple[str, int, str], tuple[Any, Any, Any]] = {}
         self._tfs = _TfServingCounters()
@@ -206,7 +212,10 @@ class Metrics:
         code, latency_s)` each. Counters go up once per label set, not once per request."""
         counts: dict[tuple[str, ...], list[Any]] = {}  # label set: [its children, requests]
         cache = self._request_children
+        gone = self._gone
         for model, version, signature, api, protocol, code, latency_s in records:
+            if gone and (model, version) in gone:  # reported after its version was forgotten: its series are gone
+                continue
             key = (model, version, signature, api, protocol, code)
             counted = counts.get(key)
             if counted is None:
@@ -235,6 +244,7 @@ class Metrics:
         key = (path, status)
         self._tfs.load_attempts[key] = self._tfs.load_attempts.get(key, 0) + 1
         if ok:
+            self._gone.pop((model, str(version)), None)  # served again
             self.load_time.labels(model, str(version)).set(seconds)
             self.load_time_histogram.labels(model).observe(seconds)
             self._tfs.load_latency[path] = self._tfs.load_latency.get(path, 0) + seconds * 1e6
@@ -265,6 +275,11 @@ class Metrics:
         """Drop a version's series once the server no longer knows the version, so that a server swapping
         versions for months does not export (and keep) every version it ever served."""
         v = str(version)
+        # Front ends report their requests in batches: one for this version may arrive after this, and must not
+        # bring its series back (a server swapping versions all day would export every version it served).
+        self._gone[(model, v)] = None
+        while len(self._gone) > _GONE_KEPT:
+            self._gone.pop(next(iter(self._gone)))
         # (called from the lifecycle's thread while the event loop adds keys: list() copies atomically)
         for key in [k for k in list(self._request_children) if k[0] == model and k[1] == v]:
             self._request_children.pop(key, None)

@@ -116,7 +116,10 @@ def test_bulk_request_reports_and_cached_batch_series_after_a_version_is_forgott
     parsed = samples(generate_latest(metrics.registry).decode())
     assert value(parsed, count, **labels) == 0
     assert value(parsed, "tensorflow_serving_batch_size_count", model="m", version="1") == 0
+    metrics.observe_requests([(*rest, 0.001)])  # a front end's report arriving late: it brings nothing back
+    assert value(samples(generate_latest(metrics.registry).decode()), count, **labels) == 0
 
+    metrics.observe_load(model="m", version=1, path="/models/m/1", seconds=0.1, ok=True)  # loaded again
     metrics.observe_batch(model="m", version=1, pool="p", size=2, task_sizes=[2], queued_s=[0.001])
     metrics.observe_requests([(*rest, 0.001)])
     parsed = samples(generate_latest(metrics.registry).decode())
