@@ -22,9 +22,11 @@ What runs at the same time, all against 127.0.0.1:
   - config edits every --edit-every s: `extra` added or removed by an atomic rename, or by truncating the file and
     writing it slowly (the server polls it half-written), or an invalid config left for a few polls and restored.
 
-The server's RSS, threads and open fds come from /proc/PID every --sample-every s. At the end: counts, failures,
-unexpected answers with the exact request, RSS at start / after warm-up / end / max and its growth per hour after
-warm-up (a straight-line fit), ERROR lines in the server's log, and how the server stopped (SIGTERM, must exit).
+The server's RSS, threads and open fds come from /proc every --sample-every s, summed over the serve process and
+every process under it (front ends), with the serve (model) process and the largest front end also apart. At the
+end: counts, failures, unexpected answers with the exact request, RSS at start / after warm-up / end / max and its
+growth per hour after warm-up (a straight-line fit), ERROR lines in the server's log, and how the server stopped
+(SIGTERM, must exit).
 Ctrl-C ends the run early with the same report. Exit status 1 when anything failed.
 
 The server runs with its own limits unless --max-request-bytes is given (its defaults are what this tests).
@@ -725,10 +727,47 @@ def read_proc(pid: int) -> dict[str, float]:
     return out
 
 
+def descendants(pid: int) -> list[int]:
+    """Every live process below pid (front-end processes, multiprocessing's helpers), from /proc/*/stat."""
+    children: dict[int, list[int]] = collections.defaultdict(list)
+    for entry in os.listdir("/proc"):
+        if entry.isdigit():
+            try:
+                with open(f"/proc/{entry}/stat") as f:
+                    ppid = int(f.read().rpartition(")")[2].split()[1])
+            except (OSError, ValueError, IndexError):
+                continue
+            children[ppid].append(int(entry))
+    out, todo = [], list(children.get(pid, ()))
+    while todo:
+        p = todo.pop()
+        out.append(p)
+        todo.extend(children.get(p, ()))
+    return out
+
+
+def read_server(pid: int) -> dict[str, float]:
+    """The whole server: the `pyserving serve` process (the model process when front ends run) and every process
+    under it. VmRSS / Threads / fds / cpu_s are sums over all of them (CPU of children that exited is lost);
+    model_rss is the top process's, frontend_rss the largest child's, procs how many there are."""
+    top = read_proc(pid)
+    out = dict(top, model_rss=top["VmRSS"], frontend_rss=0.0, procs=1.0)
+    for child in descendants(pid):
+        try:
+            c = read_proc(child)
+        except OSError:  # exited between the listing and the read
+            continue
+        for key in ("VmRSS", "Threads", "fds", "cpu_s"):
+            out[key] += c[key]
+        out["frontend_rss"] = max(out["frontend_rss"], c["VmRSS"])
+        out["procs"] += 1
+    return out
+
+
 def sample_loop(pid: int, every: float, stop: threading.Event, stats: Stats) -> None:
     while True:
         try:
-            s = read_proc(pid)
+            s = read_server(pid)
         except OSError:
             stats.problem("the server process is gone")
             return
@@ -770,8 +809,8 @@ def error_lines(log: Path, config: Path) -> tuple[collections.Counter[str], coll
     return ours, expected
 
 
-def growth_per_hour(samples: list[dict[str, float]], after: float) -> float:
-    pts = [(s["t"], s["VmRSS"]) for s in samples if s["t"] >= after]
+def growth_per_hour(samples: list[dict[str, float]], after: float, key: str = "VmRSS") -> float:
+    pts = [(s["t"], s[key]) for s in samples if s["t"] >= after]
     if len(pts) < 2:
         return float("nan")
     mt = statistics.fmean(t for t, _ in pts)
@@ -780,13 +819,13 @@ def growth_per_hour(samples: list[dict[str, float]], after: float) -> float:
     return sum((t - mt) * (r - mr) for t, r in pts) / var * 3600 if var else float("nan")
 
 
-def floors(samples: list[dict[str, float]], after: float) -> list[dict[str, float]]:
-    """The lowest-RSS sample of each minute after `after`."""
+def floors(samples: list[dict[str, float]], after: float, key: str = "VmRSS") -> list[dict[str, float]]:
+    """The lowest-`key` sample of each minute after `after`."""
     by_minute: dict[int, dict[str, float]] = {}
     for x in samples:
         if x["t"] >= after:
             m = int((x["t"] - after) // 60)
-            if m not in by_minute or x["VmRSS"] < by_minute[m]["VmRSS"]:
+            if m not in by_minute or x[key] < by_minute[m][key]:
                 by_minute[m] = x
     return [by_minute[m] for m in sorted(by_minute)]
 
@@ -844,12 +883,17 @@ def report(stats: Stats, warmup_s: float, stop_info: str, log: Path, config: Pat
     s = stats.samples
     if s:
         after = next((x for x in s if x["t"] >= warmup_s), s[-1])
-        lines.append(f"server RSS (MiB): start {s[0]['VmRSS']:.0f}, after warm-up ({after['t'] / 60:.1f} min) "
-                     f"{after['VmRSS']:.0f}, end {s[-1]['VmRSS']:.0f}, max {max(x['VmRSS'] for x in s):.0f} "
-                     f"(peak VmHWM {s[-1].get('VmHWM', float('nan')):.0f})")
-        lines.append(f"  growth after warm-up: {growth_per_hour(s, warmup_s):+.1f} MiB/hour (straight-line fit over "
-                     f"{sum(1 for x in s if x['t'] >= warmup_s)} samples); of each minute's lowest RSS: "
-                     f"{growth_per_hour(floors(s, warmup_s), warmup_s):+.1f} MiB/hour")
+        lines.append(f"server RSS, all {s[-1]['procs']:.0f} processes (MiB): start {s[0]['VmRSS']:.0f}, after warm-up "
+                     f"({after['t'] / 60:.1f} min) {after['VmRSS']:.0f}, end {s[-1]['VmRSS']:.0f}, max "
+                     f"{max(x['VmRSS'] for x in s):.0f} (serve process's peak VmHWM {s[-1].get('VmHWM', float('nan')):.0f})")
+        for key, what in (("VmRSS", "all processes"), ("model_rss", "serve (model) process"),
+                          ("frontend_rss", "largest front end")):
+            if key != "VmRSS" and s[-1]["procs"] < 2:
+                continue
+            lines.append(f"  growth after warm-up, {what}: {growth_per_hour(s, warmup_s, key):+.1f} MiB/hour "
+                         f"(straight-line fit over {sum(1 for x in s if x['t'] >= warmup_s)} samples); of each "
+                         f"minute's lowest: {growth_per_hour(floors(s, warmup_s, key), warmup_s, key):+.1f} MiB/hour"
+                         + (f"; end {s[-1][key]:.0f} MiB" if key != "VmRSS" else ""))
         lines.append("  (heavy hostile requests make RSS spike and fall back; the lowest-per-minute fit follows the "
                      "floor a leak would raise; short runs give noise)")
         lines.append(f"  threads {s[0]['Threads']:.0f} -> {s[-1]['Threads']:.0f} (max "
@@ -880,7 +924,11 @@ def plot(path: Path, stats: Stats, warmup_s: float) -> None:
         return
     fig, (mem, rate) = plt.subplots(2, 1, figsize=(11, 7), sharex=True)
     t = [x["t"] / 60 for x in s]
-    mem.plot(t, [x["VmRSS"] for x in s], color="tab:blue", label="RSS")
+    mem.plot(t, [x["VmRSS"] for x in s], color="tab:blue", label="all processes")
+    if s[-1]["procs"] > 1:
+        mem.plot(t, [x["model_rss"] for x in s], color="tab:cyan", lw=0.8, label="serve (model) process")
+        mem.plot(t, [x["frontend_rss"] for x in s], color="tab:orange", lw=0.8, label="largest front end")
+        mem.legend(loc="lower left")
     mem.set_ylabel("server RSS, MiB", color="tab:blue")
     fds = mem.twinx()
     fds.plot(t, [x["fds"] for x in s], color="tab:gray", lw=0.8, label="open fds")
@@ -949,6 +997,8 @@ def main(argv: list[str] | None = None) -> int:
                    help="pass --max_request_bytes=N to the server (default: not passed; the server's own limits)")
     p.add_argument("--oversize-mb", type=float,
                    help="oversize bodies' size (default: 1 MiB over --max-request-bytes or the server's default 256 MiB)")
+    p.add_argument("--serve-flags", default="",
+                   help="more `pyserving serve` flags, space-separated (e.g. --serve-flags=--frontend_processes=0)")
     p.add_argument("--plot", type=Path, help="PNG to write (default: soak.png in the scratch folder)")
     p.add_argument("--scratch", type=Path, default=Path(tempfile.gettempdir()) / "pyserving-bench")
     args = p.parse_args(argv)
@@ -976,6 +1026,7 @@ def main(argv: list[str] | None = None) -> int:
     flags = ["--host=127.0.0.1", f"--port={grpc_port}", f"--rest_api_port={rest}", f"--model_config_file={config}",
              "--model_config_file_poll_wait_seconds=1", "--file_system_poll_wait_seconds=1"]
     flags += [f"--max_request_bytes={args.max_request_bytes}"] if args.max_request_bytes else []
+    flags += args.serve_flags.split()
     print("pyserving serve " + " ".join(flags), flush=True)
     server = start_server(flags, log, ["stable", "rolling", "extra"], rest)
     stats = Stats(time.monotonic())
@@ -1028,7 +1079,7 @@ def main(argv: list[str] | None = None) -> int:
             t.join(30)
         hostile.close()
         if server.poll() is None:
-            final = read_proc(server.pid)
+            final = read_server(server.pid)
             with stats.lock:
                 final.update(t=stats.now(), valid=len(stats.valid), hostile=len(stats.hostile_times))
                 stats.samples.append(final)
