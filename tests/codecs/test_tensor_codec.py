@@ -8,6 +8,7 @@ import pytest
 import tensorflow as tf
 
 from pyserving.codecs.tfserving.protos.tensor_pb2 import TensorProto
+from pyserving.codecs.tfserving import tensor as tensor_codec
 from pyserving.codecs.tfserving.tensor import to_ndarray, to_proto
 from pyserving.errors import Code, ServingError
 
@@ -90,3 +91,61 @@ def test_a_big_float_val_shorter_than_its_shape_repeats_its_last_value() -> None
     got = to_ndarray("x", TensorProto.FromString(proto.SerializeToString()))
     np.testing.assert_array_equal(got, tf.make_ndarray(proto))
     assert got[-1] == 1999.0
+
+
+def _varints(values: list[int]) -> bytes:
+    out = bytearray()
+    for v in values:
+        v &= (1 << 64) - 1  # negative int32s travel sign-extended, in ten bytes
+        while v >= 0x80:
+            out.append(v & 0x7F | 0x80)
+            v >>= 7
+        out.append(v)
+    return bytes(out)
+
+
+INT_VAL_CASES = [(tf.uint8, 0, 256), (tf.uint16, 0, 16384), (tf.int8, 0, 128), (tf.int16, 0, 16384),
+                 (tf.int32, 0, 16384), (tf.int32, 0, 128),  # every value one byte
+                 (tf.uint16, 0, 65536), (tf.int32, -5, 5), (tf.int16, -300, 300)]  # values of 3 and 10 bytes
+
+
+@pytest.mark.parametrize(("dtype", "lo", "hi"), INT_VAL_CASES,
+                         ids=[f"{c[0].name}[{c[1]},{c[2]})" for c in INT_VAL_CASES])
+@pytest.mark.parametrize("count", [1023, 1024, 150_528])
+def test_big_int_val_fields_decode_as_make_ndarray(dtype: tf.DType, lo: int, hi: int, count: int) -> None:
+    """int_val tensors (a uint8 image sent in int_val) whose values take one or two varint bytes are read from the
+    wire bytes with numpy; values of more bytes (negative ones take ten) go value by value. Both give
+    tf.make_ndarray's array, sent packed or unpacked, with the smallest and largest values in the range."""
+    values = np.random.default_rng(count).integers(lo, hi, count)
+    values[:2] = [lo, hi - 1]
+    proto = TensorProto(dtype=dtype.as_datatype_enum, int_val=values.tolist())
+    proto.tensor_shape.dim.add(size=count)
+    wire = proto.SerializeToString()
+    expected = tf.make_ndarray(tf.make_tensor_proto(0).FromString(wire))
+    header = TensorProto(dtype=proto.dtype, tensor_shape=proto.tensor_shape).SerializeToString()
+    unpacked = b"".join(b"\x38" + _varints([v]) for v in values.tolist())  # field 7, wire type 0
+    for sent in (wire, header + unpacked):
+        got = to_ndarray("x", TensorProto.FromString(sent))
+        assert got.dtype == expected.dtype and got.shape == expected.shape == (count,)
+        np.testing.assert_array_equal(got, expected)
+    numpy_read = tensor_codec._small_varints_from_wire(TensorProto.FromString(wire), 7, count, expected.dtype)
+    assert (numpy_read is not None) == (lo >= 0 and hi <= 16384)
+
+
+@pytest.mark.parametrize(("dtype", "bad"), [(tf.uint8, 256), (tf.int8, 128), (tf.uint8, 16383)])
+def test_a_big_int_val_the_dtype_cannot_hold_is_refused_as_before(dtype: tf.DType, bad: int) -> None:
+    values = [1, 200 % 128, 0] * 700 + [bad]
+    proto = TensorProto(dtype=dtype.as_datatype_enum, int_val=values)
+    proto.tensor_shape.dim.add(size=len(values))
+    with pytest.raises(ServingError) as err:
+        to_ndarray("x", TensorProto.FromString(proto.SerializeToString()))
+    assert err.value.code == Code.INVALID_ARGUMENT
+    assert err.value.message == f"tensor parsing error: x (Python integer {bad} out of bounds for {dtype.name})"
+
+
+def test_a_big_int_val_shorter_than_its_shape_repeats_its_last_value() -> None:
+    proto = TensorProto(dtype=tf.uint8.as_datatype_enum, int_val=[v % 256 for v in range(2000)])
+    proto.tensor_shape.dim.add(size=2500)
+    got = to_ndarray("x", TensorProto.FromString(proto.SerializeToString()))
+    np.testing.assert_array_equal(got, tf.make_ndarray(proto))
+    assert got[-1] == 1999 % 256

@@ -49,25 +49,32 @@ _FROM_WIRE_MIN_VALUES = 1024
 """Fewer values than this are read from the field itself: re-serializing the tensor would cost more."""
 
 
+# int_val's field number, for the dtypes that travel in it (varints on the wire).
+_VARINT_FIELDS = {DType.DT_INT8: 7, DType.DT_INT16: 7, DType.DT_INT32: 7, DType.DT_UINT8: 7, DType.DT_UINT16: 7}
+
+
 def _typed_values(proto: TensorProto, dtype: DType) -> np.ndarray:
     """The values of a tensor sent in its typed *_val field, as tf.make_ndarray reads them."""
     if dtype == DType.DT_HALF:
         return np.fromiter(proto.half_val, dtype=np.uint16).view(np.float16)
     values = getattr(proto, _VAL_FIELD[dtype])
-    fixed = _FIXED_WIDTH_FIELDS.get(dtype)
     parts = None
-    if fixed is not None and len(values) >= _FROM_WIRE_MIN_VALUES:
-        parts = _packed_from_wire(proto, *fixed)
+    if len(values) >= _FROM_WIRE_MIN_VALUES:
+        fixed = _FIXED_WIDTH_FIELDS.get(dtype)
+        if fixed is not None:
+            parts = _packed_from_wire(proto, *fixed)
+        elif dtype in _VARINT_FIELDS:
+            parts = _small_varints_from_wire(proto, _VARINT_FIELDS[dtype], len(values), np.dtype(dtype.numpy))
     if parts is None:  # complex values travel as their real and imaginary parts
         parts = np.fromiter(values, dtype=np.dtype(dtype.numpy).type(0).real.dtype)
     return parts.view(dtype.numpy) if parts.dtype != dtype.numpy else parts
 
 
-def _packed_from_wire(proto: TensorProto, field: int, wire_dtype: np.dtype) -> np.ndarray | None:
-    """A packed fixed-width repeated field (float_val of an image, say) read from the tensor's wire bytes in one
-    copy. Iterating the field makes a Python float per value: 150,528 floats (a 224x224x3 image) took 10.8 ms that
-    way, on the event loop, against ~1 ms for serializing the tensor again. None unless the field is one packed
-    record (a sender may leave it unpacked, or split it, as protobuf allows): the caller then iterates."""
+def _packed_record(proto: TensorProto, field: int) -> tuple[bytes, int, int] | None:
+    """(wire bytes, offset, length) of a repeated scalar field sent as one packed record. Iterating such a field
+    makes a Python number per value: 150,528 floats (a 224x224x3 image) took 10.8 ms that way, on the event loop,
+    against ~1 ms for serializing the tensor again and reading the record with numpy. None unless the field is
+    one packed record (a sender may leave it unpacked, or split it, as protobuf allows): the caller then iterates."""
     data = proto.SerializeToString()
     pos, end, found = 0, len(data), None
     try:
@@ -91,10 +98,45 @@ def _packed_from_wire(proto: TensorProto, field: int, wire_dtype: np.dtype) -> n
                 return None
     except IndexError:
         return None
-    if found is None or pos != end or found[1] % wire_dtype.itemsize:
+    if found is None or pos != end:
         return None
-    values = np.frombuffer(data, dtype=wire_dtype, count=found[1] // wire_dtype.itemsize, offset=found[0])
+    return data, found[0], found[1]
+
+
+def _packed_from_wire(proto: TensorProto, field: int, wire_dtype: np.dtype) -> np.ndarray | None:
+    """A packed fixed-width field (float_val of an image, say) read in one copy, or None (see _packed_record)."""
+    record = _packed_record(proto, field)
+    if record is None or record[2] % wire_dtype.itemsize:
+        return None
+    data, offset, length = record
+    values = np.frombuffer(data, dtype=wire_dtype, count=length // wire_dtype.itemsize, offset=offset)
     return values.astype(wire_dtype.newbyteorder("="), copy=False)
+
+
+def _small_varints_from_wire(proto: TensorProto, field: int, count: int, dtype: np.dtype) -> np.ndarray | None:
+    """A packed int_val whose values all lie in [0, 16384) (one or two varint bytes each: uint8 and uint16 images)
+    decoded with numpy. A 224x224x3 uint8 image: 2.6-2.8 ms against 4.6-5.4 ms for a Python int per value (half of
+    it re-serializing the tensor); 0.2 ms when every value is under 128. None for anything else (negative values
+    take ten bytes; values the dtype cannot hold must fail as before): the caller then iterates."""
+    record = _packed_record(proto, field)
+    if record is None:
+        return None
+    data, offset, length = record
+    wire = np.frombuffer(data, np.uint8, count=length, offset=offset)
+    more = wire >= 0x80  # a varint's bytes before its last
+    if length == count and not more.any():  # every value one byte (0..127)
+        return wire.astype(dtype)
+    ends = np.flatnonzero(~more)
+    if len(ends) != count or (length and more[-1]) or np.any(more[:-1] & more[1:]):
+        return None  # a value of three bytes or more, or a record that does not hold `count` values
+    # Gathers, not a boolean mask: a mask half true at random costs 4x as much, in branch misses.
+    last = wire[ends].astype(np.uint16)
+    first = wire[ends - 1]  # a value's first byte where it has two (ends[0] - 1 wraps to the end: masked below)
+    two = (first >= 0x80) & (ends > 0)
+    values = np.where(two, (last << 7) | (first & 0x7F), last)
+    if len(values) and values.max() > np.iinfo(dtype).max:
+        return None
+    return values.astype(dtype)
 
 
 def _varint(data: bytes, pos: int) -> tuple[int, int]:
