@@ -12,6 +12,7 @@ from typing import Any, TypeVar
 from starlette.requests import Request
 
 from pyserving.errors import Code, RequestTooLarge, ServingError
+from pyserving.malloc import BIG_REQUEST_BYTES, release_free_memory_soon
 
 MAX_GUNZIPPED_BYTES = 100 << 20
 OFF_LOOP_BYTES = 1 << 20
@@ -38,6 +39,9 @@ async def read_body(request: Request, limit: int | None) -> bytes:
     async for chunk in request.stream():
         size += len(chunk)
         if size > limit:
+            chunks.clear()
+            if size >= BIG_REQUEST_BYTES:  # what it took stays in the heap unless handed back (see malloc)
+                release_free_memory_soon()
             raise RequestTooLarge("The request body", limit)
         chunks.append(chunk)
     return b"".join(chunks)
@@ -50,6 +54,7 @@ async def decoded_body(request: Request, limit: int | None) -> bytes:
     encoding = request.headers.get("content-encoding", "")
     if "gzip" in encoding.lower():
         max_unzipped = limit or MAX_GUNZIPPED_BYTES
+        refused = True
         try:
             decompressor = zlib.decompressobj(16 + zlib.MAX_WBITS)
             body = decompressor.decompress(body, max_unzipped)
@@ -62,8 +67,12 @@ async def decoded_body(request: Request, limit: int | None) -> bytes:
                 )
             if not decompressor.eof:
                 raise zlib.error("the body ends before its compressed data does (cut short in transfer?)")
+            refused = False
         except (zlib.error, gzip.BadGzipFile) as exc:
             raise ServingError(Code.INVALID_ARGUMENT, f"Failed to gunzip the request body: {exc}") from None
+        finally:
+            if refused and max_unzipped >= BIG_REQUEST_BYTES:
+                release_free_memory_soon()  # it may have inflated up to the limit before it was refused
     return body
 
 
