@@ -20,6 +20,7 @@ from pathlib import Path
 
 import grpc
 import numpy as np
+import psutil
 import pytest
 import requests
 from tensorflow_serving.apis import predict_pb2, prediction_service_pb2_grpc
@@ -47,18 +48,7 @@ class Served:
 
     def pids(self) -> list[int]:
         """The server's processes: `pyserving serve` and, with front ends, every process it started."""
-        children: dict[int, list[int]] = {}
-        for stat in Path("/proc").glob("[0-9]*/stat"):
-            try:
-                ppid = int(stat.read_text().rpartition(")")[2].split()[1])
-            except (OSError, ValueError):
-                continue
-            children.setdefault(ppid, []).append(int(stat.parent.name))
-        pids, todo = [], [self.proc.pid]
-        while todo:
-            pids.append(pid := todo.pop())
-            todo.extend(children.get(pid, ()))
-        return pids
+        return [self.proc.pid, *(c.pid for c in psutil.Process(self.proc.pid).children(recursive=True))]
 
     def status(self, field: str) -> int:
         """A /proc/PID/status figure in bytes (VmRSS: resident now; VmHWM: the peak since the last reset), summed
