@@ -885,7 +885,8 @@ def report(stats: Stats, warmup_s: float, stop_info: str, log: Path, config: Pat
         after = next((x for x in s if x["t"] >= warmup_s), s[-1])
         lines.append(f"server RSS, all {s[-1]['procs']:.0f} processes (MiB): start {s[0]['VmRSS']:.0f}, after warm-up "
                      f"({after['t'] / 60:.1f} min) {after['VmRSS']:.0f}, end {s[-1]['VmRSS']:.0f}, max "
-                     f"{max(x['VmRSS'] for x in s):.0f} (serve process's peak VmHWM {s[-1].get('VmHWM', float('nan')):.0f})")
+                     f"{max(x['VmRSS'] for x in s):.0f} (serve process's peak VmHWM "
+                     f"{s[-1].get('VmHWM', float('nan')):.0f})")
         for key, what in (("VmRSS", "all processes"), ("model_rss", "serve (model) process"),
                           ("frontend_rss", "largest front end")):
             if key != "VmRSS" and s[-1]["procs"] < 2:
