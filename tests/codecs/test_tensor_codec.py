@@ -134,7 +134,7 @@ def test_big_int_val_fields_decode_as_make_ndarray(dtype: tf.DType, lo: int, hi:
 
 @pytest.mark.parametrize(("dtype", "bad"), [(tf.uint8, 256), (tf.int8, 128), (tf.uint8, 16383)])
 def test_a_big_int_val_the_dtype_cannot_hold_is_refused_as_before(dtype: tf.DType, bad: int) -> None:
-    values = [1, 200 % 128, 0] * 700 + [bad]
+    values = [1, 100, 0] * 700 + [bad]  # one-byte values, then one the dtype cannot hold
     proto = TensorProto(dtype=dtype.as_datatype_enum, int_val=values)
     proto.tensor_shape.dim.add(size=len(values))
     with pytest.raises(ServingError) as err:
