@@ -58,6 +58,8 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
+import psutil
+
 BENCH = Path(__file__).resolve().parent
 sys.path.insert(0, str(BENCH))
 from big_body import export_affine, free_port, model_available, pct, proc_cpu_s, start_server, stop_server  # noqa: E402
@@ -727,34 +729,15 @@ def read_proc(pid: int) -> dict[str, float]:
     return out
 
 
-def descendants(pid: int) -> list[int]:
-    """Every live process below pid (front-end processes, multiprocessing's helpers), from /proc/*/stat."""
-    children: dict[int, list[int]] = collections.defaultdict(list)
-    for entry in os.listdir("/proc"):
-        if entry.isdigit():
-            try:
-                with open(f"/proc/{entry}/stat") as f:
-                    ppid = int(f.read().rpartition(")")[2].split()[1])
-            except (OSError, ValueError, IndexError):
-                continue
-            children[ppid].append(int(entry))
-    out, todo = [], list(children.get(pid, ()))
-    while todo:
-        p = todo.pop()
-        out.append(p)
-        todo.extend(children.get(p, ()))
-    return out
-
-
 def read_server(pid: int) -> dict[str, float]:
     """The whole server: the `pyserving serve` process (the model process when front ends run) and every process
     under it. VmRSS / Threads / fds / cpu_s are sums over all of them (CPU of children that exited is lost);
     model_rss is the top process's, frontend_rss the largest child's, procs how many there are."""
     top = read_proc(pid)
     out = dict(top, model_rss=top["VmRSS"], frontend_rss=0.0, procs=1.0)
-    for child in descendants(pid):
+    for child in psutil.Process(pid).children(recursive=True):
         try:
-            c = read_proc(child)
+            c = read_proc(child.pid)
         except OSError:  # exited between the listing and the read
             continue
         for key in ("VmRSS", "Threads", "fds", "cpu_s"):
@@ -768,7 +751,7 @@ def sample_loop(pid: int, every: float, stop: threading.Event, stats: Stats) -> 
     while True:
         try:
             s = read_server(pid)
-        except OSError:
+        except (OSError, psutil.Error):
             stats.problem("the server process is gone")
             return
         with stats.lock:
