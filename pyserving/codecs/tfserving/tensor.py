@@ -49,8 +49,8 @@ _FROM_WIRE_MIN_VALUES = 1024
 """Fewer values than this are read from the field itself: re-serializing the tensor would cost more."""
 
 
-# int_val's field number, for the dtypes that travel in it (varints on the wire).
-_VARINT_FIELDS = {DType.DT_INT8: 7, DType.DT_INT16: 7, DType.DT_INT32: 7, DType.DT_UINT8: 7, DType.DT_UINT16: 7}
+_INT_VAL_FIELD = 7
+"""int_val's field number: its values travel as varints."""
 
 
 def _typed_values(proto: TensorProto, dtype: DType) -> np.ndarray:
@@ -63,8 +63,8 @@ def _typed_values(proto: TensorProto, dtype: DType) -> np.ndarray:
         fixed = _FIXED_WIDTH_FIELDS.get(dtype)
         if fixed is not None:
             parts = _packed_from_wire(proto, *fixed)
-        elif dtype in _VARINT_FIELDS:
-            parts = _small_varints_from_wire(proto, _VARINT_FIELDS[dtype], len(values), np.dtype(dtype.numpy))
+        elif _VAL_FIELD[dtype] == "int_val":
+            parts = _small_varints_from_wire(proto, _INT_VAL_FIELD, len(values), np.dtype(dtype.numpy))
     if parts is None:  # complex values travel as their real and imaginary parts
         parts = np.fromiter(values, dtype=np.dtype(dtype.numpy).type(0).real.dtype)
     return parts.view(dtype.numpy) if parts.dtype != dtype.numpy else parts
