@@ -160,7 +160,8 @@ class LimitedHttpToolsProtocol(HttpToolsProtocol):
         self._disarm()
         if self.transport.is_closing():
             return
-        if self.cycle is None or not self.cycle.response_started:
+        # (on a kept-alive connection `cycle` is still the previous request's until the next head is whole)
+        if self.cycle is None or not self.cycle.response_started or self.cycle.response_complete:
             body = orjson.dumps({"error": message})
             self.transport.write(
                 b"HTTP/1.1 %d %s\r\ncontent-type: application/json\r\ncontent-length: %d\r\nconnection: close\r\n\r\n"

@@ -9,6 +9,7 @@ import socket
 import pytest
 
 from pyserving.frontends.rest.server import RestListener
+from pyserving.options import HttpLimits
 
 
 async def _ok(scope, receive, send) -> None:  # type: ignore[no-untyped-def]
@@ -42,3 +43,56 @@ def test_accepted_connections_have_tcp_nodelay(reuse_port: bool) -> None:
             await listener.stop()
 
     assert asyncio.run(main()) == 1
+
+
+def _data_segments_in(sock: socket.socket) -> int:
+    """Linux's tcp_info.tcpi_data_segs_in: segments carrying data that this socket has received."""
+    info = sock.getsockopt(socket.IPPROTO_TCP, socket.TCP_INFO, 256)
+    return int.from_bytes(info[152:156], "little")
+
+
+async def _sized(scope, receive, send) -> None:  # type: ignore[no-untyped-def]
+    """Answers `/<n>` with n bytes of body, in uvicorn's two writes (head, then body)."""
+    if scope["type"] != "http":
+        return
+    body = b"x" * int(scope["path"][1:] or 2)
+    await send({"type": "http.response.start", "status": 200, "headers": [(b"content-length", b"%d" % len(body))]})
+    await send({"type": "http.response.body", "body": body})
+
+
+async def _with_listener(reuse_port: bool, client, limits: HttpLimits | None = None):  # type: ignore[no-untyped-def]
+    listener = RestListener(_sized, host="127.0.0.1", port=0, what="REST", flag="--rest_api_port",
+                            reuse_port=reuse_port, limits=limits)
+    await listener.start()
+    try:
+        reader, writer = await asyncio.open_connection("127.0.0.1", listener.port)
+        try:
+            return await client(reader, writer)
+        finally:
+            writer.close()
+    finally:
+        await listener.stop()
+
+
+async def _response(reader: asyncio.StreamReader) -> tuple[bytes, bytes]:
+    head = await reader.readuntil(b"\r\n\r\n")
+    length = int(head.lower().split(b"content-length: ")[1].split(b"\r\n")[0])
+    return head, await reader.readexactly(length)
+
+
+def test_a_head_deadline_shorter_than_the_body_one_still_holds() -> None:
+    """After a request whose body armed the 5 s body deadline, the next request's head on the same connection,
+    stalled, is refused at its own 0.3 s, and answered (408) though the connection's last response is done."""
+
+    async def client(reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> tuple[bytes, float]:
+        writer.write(b"POST /3 HTTP/1.1\r\nHost: x\r\nContent-Length: 4\r\n\r\nbody")
+        assert (await _response(reader))[1] == b"xxx"
+        writer.write(b"GET /3 HTTP/1.1\r\nHo")
+        start = asyncio.get_running_loop().time()
+        answer = await asyncio.wait_for(reader.read(), 5)
+        return answer, asyncio.get_running_loop().time() - start
+
+    answer, waited = asyncio.run(_with_listener(
+        False, client, HttpLimits(header_timeout_s=0.3, body_timeout_s=5.0)))
+    assert answer.startswith(b"HTTP/1.1 408") and b"--http_header_timeout_s" in answer
+    assert waited < 2.5
