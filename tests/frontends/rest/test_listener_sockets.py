@@ -80,9 +80,46 @@ async def _response(reader: asyncio.StreamReader) -> tuple[bytes, bytes]:
     return head, await reader.readexactly(length)
 
 
+@pytest.mark.parametrize("reuse_port", [False, True])
+def test_a_small_response_leaves_in_one_segment(reuse_port: bool) -> None:
+    """uvicorn writes a response's head and body apart; with TCP_NODELAY each was its own segment, waking the
+    client twice per answer. The listener's transport sends what one loop turn wrote in one go."""
+
+    async def client(reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> int:
+        sock = writer.get_extra_info("socket")
+        before = _data_segments_in(sock)
+        for _ in range(20):
+            writer.write(b"GET /100 HTTP/1.1\r\nHost: x\r\n\r\n")
+            head, body = await _response(reader)
+            assert head.startswith(b"HTTP/1.1 200") and body == b"x" * 100
+        return _data_segments_in(sock) - before
+
+    assert asyncio.run(_with_listener(reuse_port, client)) == 20
+
+
+def test_held_writes_keep_http_semantics() -> None:
+    """What is held until the end of a loop turn still goes out whole and in order: a big body, pipelined
+    requests, a HEAD answer (a head with no body write), and the answer before the close on `Connection: close`."""
+
+    async def client(reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
+        writer.write(b"GET /3000000 HTTP/1.1\r\nHost: x\r\n\r\n")
+        assert (await _response(reader))[1] == b"x" * 3_000_000
+        writer.write(b"GET /5 HTTP/1.1\r\nHost: x\r\n\r\nGET /7 HTTP/1.1\r\nHost: x\r\n\r\n")
+        assert (await _response(reader))[1] == b"x" * 5
+        assert (await _response(reader))[1] == b"x" * 7
+        writer.write(b"HEAD /9 HTTP/1.1\r\nHost: x\r\n\r\n")
+        head = await reader.readuntil(b"\r\n\r\n")
+        assert head.startswith(b"HTTP/1.1 200") and b"content-length: 9" in head.lower()
+        writer.write(b"GET /11 HTTP/1.1\r\nHost: x\r\nConnection: close\r\n\r\n")
+        assert (await _response(reader))[1] == b"x" * 11
+        assert await asyncio.wait_for(reader.read(), 5) == b""  # then the server closes
+
+    asyncio.run(_with_listener(False, client))
+
+
 def test_a_head_deadline_shorter_than_the_body_one_still_holds() -> None:
-    """After a request whose body armed the 5 s body deadline, the next request's head on the same connection,
-    stalled, is refused at its own 0.3 s, and answered (408) though the connection's last response is done."""
+    """The connection keeps one timer, moved only when a deadline comes earlier than it: after a request whose
+    body armed the 5 s body deadline, the next request's head, stalled, is still refused at its own 0.3 s."""
 
     async def client(reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> tuple[bytes, float]:
         writer.write(b"POST /3 HTTP/1.1\r\nHost: x\r\nContent-Length: 4\r\n\r\nbody")
