@@ -505,7 +505,11 @@ def _plain(body: bytes) -> Any:
             raise JsonParseError("Invalid value.", 0) from None
     text = error.doc if isinstance(error.doc, str) else body.decode("utf-8", "replace")
     offset = error.pos if body.isascii() else len(text[: error.pos].encode())
-    raise JsonParseError(_reason(error.msg, body, offset), offset) from None
+    reason = _reason(error.msg, body, offset)
+    if "trailing comma" in error.msg:
+        # orjson points at the comma; rapidjson, past it and its whitespace, at the value or name it found missing
+        offset = len(body) - len(body[offset + 1 :].lstrip(_WS))
+    raise JsonParseError(reason, offset) from None
 
 
 def _reason(msg: str, body: bytes, pos: int) -> str:
