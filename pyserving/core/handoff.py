@@ -23,11 +23,14 @@ fastest of the last `PACE_WINDOW` calls through a lane took under `FAST_CALL_S` 
 and wake-ups only ever add), and the request is small (`INLINE_MAX_BYTES`). A second inline call over
 `SLOW_INLINE_S` within `PACE_WINDOW` inline calls sends the model back to the lanes until new windows show it fast
 again, twice as many after each demotion: a model that is sometimes slow holds the loop for two slow calls, and
-then ever more rarely. A slow call is slow by the wall clock and also busy in the loop's thread (CPU time over half
-of `SLOW_INLINE_S`): a thread preempted by the OS, or waiting for the GIL after the model released it, reads slow
-by the wall clock now and then however fast the model is, in bursts (logged on 2 busy cores, wall clock alone: a
-demotion every second or so, each sending the small model to the lanes for up to 64 windows). A model whose ops
-run on other threads still shows in the caller's CPU time, which runs a share of the work. Only runtimes whose
+then ever more rarely; `TRUST_BACK_CALLS` inline calls without a slow one halve what the next demotion asks. A
+slow call is slow by the wall clock and also busy in the loop's thread (CPU time over `SLOW_INLINE_S` too): a
+thread preempted by the OS, or waiting for the GIL after the model released it, reads slow by the wall clock now
+and then however fast the model is, in bursts; and on a busy machine even its CPU time swells (logged on 2 cores
+under load, the small model, 40-50 µs at its fastest: slow calls of 1-4.7 ms by the wall clock and 200-730 µs of
+CPU every 0.1-0.5 s; with half of `SLOW_INLINE_S` as the CPU bar and windows that only doubled, the model spent
+most of its time in lanes, at ~50 µs more of the model process's CPU per request). A model whose ops run on other
+threads still shows in the caller's CPU time, which runs a share of the work. Only runtimes whose
 cost follows the input's shape opt in (`inline_when_fast`: TensorFlow, ONNX Runtime, torch; not Python models,
 whose code may do anything, nor TFLite, whose interpreters are handed out under a lock); string inputs never run
 inline.
@@ -53,7 +56,7 @@ DEFAULT_LANES = 4
 FAST_CALL_S = 100e-6
 """A model whose fastest recent call took less than this runs small requests on the event loop."""
 SLOW_INLINE_S = 4 * FAST_CALL_S
-"""Two inline calls slower than this (and busy for half of it), within `PACE_WINDOW` inline calls, send their model
+"""Two inline calls slower than this (and busy for as long), within `PACE_WINDOW` inline calls, send their model
 back to the lanes."""
 INLINE_MAX_BYTES = 64 << 10
 """Requests with more input bytes than this always go to a lane."""
@@ -61,6 +64,8 @@ PACE_WINDOW = 16
 MAX_BACKOFF_WINDOWS = 64
 """After its k-th demotion a model must look fast for 2**k windows (at most this many) before it is inlined again:
 one whose cost depends on what is sent cannot hold the loop often."""
+TRUST_BACK_CALLS = 16 * PACE_WINDOW
+"""Inline calls without a slow one that halve the windows the next demotion will ask for."""
 
 
 class Pace:
@@ -68,7 +73,7 @@ class Pace:
     inline. Only calls that could run inline are measured. Written from lanes and the loop without a lock: a lost
     update only delays a decision by a window."""
 
-    __slots__ = ("fastest", "_window_min", "_count", "_fast_windows", "_needed", "_inline", "_slow_at")
+    __slots__ = ("fastest", "_window_min", "_count", "_fast_windows", "_needed", "_inline", "_slow_at", "_trusted_at")
 
     def __init__(self) -> None:
         self.fastest = math.inf
@@ -82,6 +87,8 @@ class Pace:
         """Inline calls since the last demotion."""
         self._slow_at = -PACE_WINDOW
         """`_inline` at the last slow inline call."""
+        self._trusted_at = 0
+        """`_inline` when `_needed` was last halved."""
 
     def lane_call(self, seconds: float) -> None:
         if seconds < self._window_min:
@@ -99,7 +106,10 @@ class Pace:
     def inline_call(self, seconds: float, cpu_seconds: float) -> None:
         """An inline call took `seconds` by the wall clock, `cpu_seconds` of its (the loop's) thread."""
         self._inline += 1
-        if seconds <= SLOW_INLINE_S or cpu_seconds <= SLOW_INLINE_S / 2:
+        if seconds <= SLOW_INLINE_S or cpu_seconds <= SLOW_INLINE_S:
+            if self._needed > 1 and self._inline - self._trusted_at >= TRUST_BACK_CALLS:
+                self._needed //= 2  # a long stretch without a slow call: the next demotion costs less
+                self._trusted_at = self._inline
             return
         if self._inline - self._slow_at > PACE_WINDOW:  # the first in a while: maybe the OS's doing, not the model's
             self._slow_at = self._inline
@@ -107,7 +117,7 @@ class Pace:
         # back to the lanes, measured afresh, and trusted later next time
         self.fastest, self._window_min, self._count, self._fast_windows = math.inf, math.inf, 0, 0
         self._needed = min(self._needed * 2, MAX_BACKOFF_WINDOWS)
-        self._inline, self._slow_at = 0, -PACE_WINDOW
+        self._inline, self._slow_at, self._trusted_at = 0, -PACE_WINDOW, 0
 
 
 class Answer(Protocol):

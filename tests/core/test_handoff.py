@@ -174,3 +174,19 @@ def test_inline_calls_slow_only_by_the_wall_clock_keep_the_model_inline() -> Non
 
     where = _where_paced_calls_run([0.0] * PACE_WINDOW + [SLOW_INLINE_S * 3] * 8 + [0.0] * 4, busy=False)
     assert where == ["lane"] * PACE_WINDOW + ["loop"] * 12
+
+
+def test_a_long_fast_stretch_earns_back_the_trust_a_demotion_cost() -> None:
+    """On a busy machine a fast model's call is now and then slow and busy (its thread's CPU inflated by what shares
+    the cores): two of them in a burst demote it. Without a way back the windows asked doubled to 64 (1024 calls in
+    lanes after each demotion), and the small model spent most of its time in lanes on 2 cores; a long stretch of
+    fast inline calls halves what the next demotion asks."""
+    from pyserving.core.handoff import PACE_WINDOW, SLOW_INLINE_S, TRUST_BACK_CALLS
+
+    slow = SLOW_INLINE_S * 3
+    calls = ([0.0] * PACE_WINDOW + [slow, slow] + [0.0] * (2 * PACE_WINDOW) + [0.0] * TRUST_BACK_CALLS
+             + [slow, slow] + [0.0] * (2 * PACE_WINDOW + 1))
+    where = _where_paced_calls_run(calls)
+    # demoted twice, and each time two windows in lanes: without the stretch between, the second would ask four
+    assert where == (["lane"] * PACE_WINDOW + ["loop"] * 2 + ["lane"] * (2 * PACE_WINDOW)
+                     + ["loop"] * (TRUST_BACK_CALLS + 2) + ["lane"] * (2 * PACE_WINDOW) + ["loop"])
