@@ -19,18 +19,19 @@ Calls too quick to be worth a thread (`Pace`): a model that answers a small requ
 (a small dense model, TensorFlow running its ops in the caller's thread) costs less run on the event loop than
 handed over, even with lanes: the wake-ups are what grpc.aio pays for most (measured, small model, one process,
 gRPC at c=32: 1010 -> 720 us of server CPU per request). `run_paced` runs such calls inline. What earns it: the
-fastest of the last `PACE_WINDOW` calls through a lane took under `FAST_CALL_S` (the fastest, because GIL waits
-and wake-ups only ever add), and the request is small (`INLINE_MAX_BYTES`). A second inline call over
-`SLOW_INLINE_S` within `PACE_WINDOW` inline calls sends the model back to the lanes until new windows show it fast
-again, twice as many after each demotion: a model that is sometimes slow holds the loop for two slow calls, and
-then ever more rarely; `TRUST_BACK_CALLS` inline calls without a slow one halve what the next demotion asks. A
-slow call is slow by the wall clock and also busy in the loop's thread (CPU time over `SLOW_INLINE_S` too): a
-thread preempted by the OS, or waiting for the GIL after the model released it, reads slow by the wall clock now
-and then however fast the model is, in bursts; and on a busy machine even its CPU time swells (logged on 2 cores
-under load, the small model, 40-50 µs at its fastest: slow calls of 1-4.7 ms by the wall clock and 200-730 µs of
-CPU every 0.1-0.5 s; with half of `SLOW_INLINE_S` as the CPU bar and windows that only doubled, the model spent
-most of its time in lanes, at ~50 µs more of the model process's CPU per request). A model whose ops run on other
-threads still shows in the caller's CPU time, which runs a share of the work. Only runtimes whose
+fastest of the last `PACE_WINDOW` calls through a lane took under `FAST_CALL_S` (the fastest, because GIL waits and
+wake-ups only ever add), and the request is small (`INLINE_MAX_BYTES`). An inline call over `SLOW_INLINE_S` by the
+wall clock has the next `PACE_WINDOW` calls' CPU time measured; two of those slow by the wall clock and busy as
+long in the loop's thread (CPU time), within `PACE_WINDOW` inline calls, send the model back to the lanes until new
+windows show it fast again, twice as many after each demotion: a model that is sometimes slow holds the loop for
+three slow calls, and then ever more rarely; `TRUST_BACK_CALLS` inline calls without a slow one halve what the next
+demotion asks. The CPU time is read only then because each reading is a syscall (~10 µs of CPU under load). It is
+needed at all because a thread preempted by the OS, or waiting for the GIL after the model released it, reads slow
+by the wall clock now and then however fast the model is, in bursts; and on a busy machine even its CPU time swells
+(logged on 2 cores under load, the small model, 40-50 µs at its fastest: slow calls of 1-4.7 ms by the wall clock
+and 200-730 µs of CPU every 0.1-0.5 s; with half of `SLOW_INLINE_S` as the CPU bar and windows that only doubled,
+the model spent most of its time in lanes, at ~50 µs more of the model process's CPU per request). A model whose
+ops run on other threads still shows in the caller's CPU time, which runs a share of the work. Only runtimes whose
 cost follows the input's shape opt in (`inline_when_fast`: TensorFlow, ONNX Runtime, torch; not Python models,
 whose code may do anything, nor TFLite, whose interpreters are handed out under a lock); string inputs never run
 inline.
@@ -73,7 +74,8 @@ class Pace:
     inline. Only calls that could run inline are measured. Written from lanes and the loop without a lock: a lost
     update only delays a decision by a window."""
 
-    __slots__ = ("fastest", "_window_min", "_count", "_fast_windows", "_needed", "_inline", "_slow_at", "_trusted_at")
+    __slots__ = ("fastest", "_window_min", "_count", "_fast_windows", "_needed", "_inline", "_slow_at", "_trusted_at",
+                 "_watch")
 
     def __init__(self) -> None:
         self.fastest = math.inf
@@ -89,6 +91,8 @@ class Pace:
         """`_inline` at the last slow inline call."""
         self._trusted_at = 0
         """`_inline` when `_needed` was last halved."""
+        self._watch = 0
+        """Inline calls left whose CPU time is measured."""
 
     def lane_call(self, seconds: float) -> None:
         if seconds < self._window_min:
@@ -103,21 +107,36 @@ class Pace:
     def fast(self) -> bool:
         return self.fastest < FAST_CALL_S
 
-    def inline_call(self, seconds: float, cpu_seconds: float) -> None:
-        """An inline call took `seconds` by the wall clock, `cpu_seconds` of its (the loop's) thread."""
+    @property
+    def watching(self) -> bool:
+        """Whether the next inline call's CPU time is wanted. Only after a call slow by the wall clock: reading a
+        thread's CPU clock is a syscall, measured at ~10 µs of CPU and ~45 µs of wall time each on 2 busy cores
+        (two per call were a tenth of the model process's CPU per request for the small model)."""
+        return self._watch > 0
+
+    def inline_call(self, seconds: float, cpu_seconds: float | None) -> None:
+        """An inline call took `seconds` by the wall clock, `cpu_seconds` of its (the loop's) thread (None: not
+        measured, as when not `watching`)."""
         self._inline += 1
-        if seconds <= SLOW_INLINE_S or cpu_seconds <= SLOW_INLINE_S:
-            if self._needed > 1 and self._inline - self._trusted_at >= TRUST_BACK_CALLS:
-                self._needed //= 2  # a long stretch without a slow call: the next demotion costs less
-                self._trusted_at = self._inline
-            return
-        if self._inline - self._slow_at > PACE_WINDOW:  # the first in a while: maybe the OS's doing, not the model's
-            self._slow_at = self._inline
-            return
-        # back to the lanes, measured afresh, and trusted later next time
-        self.fastest, self._window_min, self._count, self._fast_windows = math.inf, math.inf, 0, 0
-        self._needed = min(self._needed * 2, MAX_BACKOFF_WINDOWS)
-        self._inline, self._slow_at, self._trusted_at = 0, -PACE_WINDOW, 0
+        if self._watch:
+            self._watch -= 1
+        if seconds > SLOW_INLINE_S:
+            if cpu_seconds is None:  # slow by the wall clock: watch the CPU time of the calls that follow
+                self._watch = PACE_WINDOW
+                return
+            if cpu_seconds > SLOW_INLINE_S:  # slow and busy: the model's doing, or the machine's
+                self._watch = PACE_WINDOW
+                if self._inline - self._slow_at > PACE_WINDOW:  # the first in a while
+                    self._slow_at = self._inline
+                    return
+                # back to the lanes, measured afresh, and trusted later next time
+                self.fastest, self._window_min, self._count, self._fast_windows = math.inf, math.inf, 0, 0
+                self._needed = min(self._needed * 2, MAX_BACKOFF_WINDOWS)
+                self._inline, self._slow_at, self._trusted_at, self._watch = 0, -PACE_WINDOW, 0, 0
+                return
+        if self._needed > 1 and self._inline - self._trusted_at >= TRUST_BACK_CALLS:
+            self._needed //= 2  # a long stretch without a slow call: the next demotion costs less
+            self._trusted_at = self._inline
 
 
 class Answer(Protocol):
@@ -192,12 +211,15 @@ class ModelCalls:
         future = asyncio.get_running_loop().create_future()
         small = nbytes is not None and nbytes <= INLINE_MAX_BYTES
         if small and pace.fast:
-            started, cpu_started = time.perf_counter(), time.thread_time()
+            watch = pace.watching
+            started = time.perf_counter()
+            cpu_started = time.thread_time() if watch else 0.0
             try:
                 future.set_result(fn(*args))
             except BaseException as exc:  # noqa: BLE001 - the caller's await re-raises it
                 future.set_exception(exc)
-            pace.inline_call(time.perf_counter() - started, time.thread_time() - cpu_started)
+            seconds = time.perf_counter() - started
+            pace.inline_call(seconds, time.thread_time() - cpu_started if watch else None)
         elif small:
             self.start(future, _timed, pace, fn, *args)
         else:
