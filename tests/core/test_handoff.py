@@ -178,9 +178,9 @@ def test_inline_calls_slow_only_by_the_wall_clock_keep_the_model_inline() -> Non
 
 def test_a_long_fast_stretch_earns_back_the_trust_a_demotion_cost() -> None:
     """On a busy machine a fast model's call is now and then slow and busy (its thread's CPU inflated by what shares
-    the cores): two of them in a burst demote it. Without a way back the windows asked doubled to 64 (1024 calls in
-    lanes after each demotion), and the small model spent most of its time in lanes on 2 cores; a long stretch of
-    fast inline calls halves what the next demotion asks."""
+    the cores): a burst of them demotes it. Without a way back the windows asked doubled to 64 (1024 calls in lanes
+    after each demotion), and the small model spent most of its time in lanes on 2 cores; a long stretch of fast
+    inline calls halves what the next demotion asks."""
     from pyserving.core.handoff import PACE_WINDOW, SLOW_INLINE_S, TRUST_BACK_CALLS
 
     slow = SLOW_INLINE_S * 3
