@@ -59,7 +59,7 @@ HEALTHY_AFTER_S = 30.0
 FRONTEND_MALLOC_ENV = ("MALLOC_ARENA_MAX", "2")
 """glibc gives each thread that allocates its own heap (up to 8 per core); gRPC's event-engine threads then leave
 freed message buffers scattered over heaps that `malloc_trim` cannot give back. Ten refused 257 MiB gRPC messages
-left a front end at 156-173 MiB with the default, 106-114 with two heaps. A front end's Python runs on one thread
+left a front end at 156-173 MiB with the default, 101-115 with two heaps. A front end's Python runs on one thread
 anyway. The operator's own MALLOC_ARENA_MAX wins."""
 
 
