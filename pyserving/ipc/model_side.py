@@ -56,11 +56,11 @@ SNAPSHOT_EVERY_S = 0.1
 RESTART_BACKOFF_S = (0.5, 1, 2, 5, 10)
 HEALTHY_AFTER_S = 30.0
 """A front end that stayed up this long starts its restart backoff over."""
-FRONTEND_MALLOC_ENV = ("MALLOC_ARENA_MAX", "2")
+FRONTEND_ENV_DEFAULTS = {"MALLOC_ARENA_MAX": "2"}
 """glibc gives each thread that allocates its own heap (up to 8 per core); gRPC's event-engine threads then leave
 freed message buffers scattered over heaps that `malloc_trim` cannot give back. Ten refused 257 MiB gRPC messages
 left a front end at 156-173 MiB with the default, 101-115 with two heaps. A front end's Python runs on one thread
-anyway. The operator's own MALLOC_ARENA_MAX wins."""
+anyway. The operator's own environment wins."""
 
 
 class ModelEndpoint:
@@ -315,7 +315,7 @@ class FrontendSupervisor:
                 sys.executable, "-m", "pyserving.frontends.worker", f"--index={slot.index}",
                 f"--fds={','.join(map(str, fds))}", f"--grpc_port={self._grpc_port}",
                 f"--rest_port={self._rest_port}", stdin=asyncio.subprocess.PIPE, pass_fds=fds,
-                env={FRONTEND_MALLOC_ENV[0]: FRONTEND_MALLOC_ENV[1], **os.environ,
+                env={**FRONTEND_ENV_DEFAULTS, **os.environ,
                      "PYSERVING_VERBOSITY": logging.getLevelName(logging.getLogger().getEffectiveLevel())},
             )
         except BaseException:
