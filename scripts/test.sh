@@ -1,11 +1,14 @@
 #!/usr/bin/env bash
 # The README's test command: installs what the tests need on a fresh Debian machine (Prometheus's promtool for the
-# alert rules, nginx for deploy/nginx, wrk/h2load are bench-only), makes the venv, runs pytest.
+# alert rules, nginx for deploy/nginx, wrk/h2load for pyserving bench's C generators), makes the venv, runs pytest.
 set -euo pipefail
 cd "$(dirname "$0")/.."
 missing=()
 command -v promtool >/dev/null 2>&1 || missing+=(prometheus)
 { command -v nginx >/dev/null 2>&1 || test -x /usr/sbin/nginx; } || missing+=(nginx)
+# wrk and h2load are the C load generators `pyserving bench` prefers; its tests of them skip without them
+command -v wrk >/dev/null 2>&1 || missing+=(wrk)
+command -v h2load >/dev/null 2>&1 || missing+=(nghttp2-client)
 if [ ${#missing[@]} -gt 0 ]; then
   SUDO=""; [ "$(id -u)" -eq 0 ] || SUDO="sudo"
   $SUDO apt-get update -qq

@@ -120,7 +120,8 @@ def test_errors_are_counted_on_both_protocols(tmp_path: Path) -> None:
     # h2load would have counted the gRPC failures (HTTP 200 + grpc-status) as successes: the Python clients ran
     assert got[1]["generator"] == "python"
     assert got[1]["first_error"].startswith("INVALID_ARGUMENT")
-    assert "h2load counts HTTP 200s" in out.stdout
+    if shutil.which("h2load"):  # the note says why h2load was passed over; without h2load there is nothing to say
+        assert "h2load counts HTTP 200s" in out.stdout
 
 
 def test_input_file_is_sent_over_both_protocols(server: RunningServer, tmp_path: Path) -> None:
