@@ -168,6 +168,47 @@ def test_failing_candidate_is_rolled_back_automatically(testdata: Path, tmp_path
         assert listing["rollbacks"] == 1
 
 
+@pytest.mark.parametrize("frontends", PROCESS_LAYOUTS, ids=lambda n: f"frontend_processes={n}")
+def test_a_burst_that_condemns_the_candidate_is_judged_when_traffic_stops(
+    testdata: Path, tmp_path: Path, frontends: int
+) -> None:
+    """The guard looks at most every CHECK_EVERY_S (0.2 s). A burst too short to meet a look after its 10th
+    request per arm was left unjudged until traffic resumed: the listing showed the failing candidate at 50%, and
+    the next request could still go to it (`pyserving status` right after a burst showed it in one CI run). Now
+    the next request or listing makes the look that was due."""
+    base = tmp_path / "m"
+    shutil.copytree(testdata / "saved_model_half_plus_two_cpu" / "00000123", base / "2")
+    export_picky_model(base / "3")  # refuses x >= 0.5: every request below fails there
+    guard = "rollback { max_error_rate_increase: 0.1 window_seconds: 60 min_requests: 10 }"
+    path = tmp_path / "models.config"
+    path.write_text(split_config(base, article_split((50, 50), guard)))
+    with run_server(server_options({"model_config_file": str(path), "frontend_processes": frontends})) as server:
+        stub = prediction_service_pb2_grpc.PredictionServiceStub(server.channel())
+        request = predict_pb2.PredictRequest()
+        request.model_spec.name = "m"
+        request.inputs["x"].CopyFrom(tf.make_tensor_proto([[0.9]]))
+
+        def call() -> int | str:
+            try:
+                return stub.Predict(request, 10).model_spec.version.value
+            except grpc.RpcError as exc:
+                assert exc.code() == grpc.StatusCode.INVALID_ARGUMENT, exc
+                return "error"
+
+        burst, started = [], time.monotonic()
+        while burst.count("error") < 10 or burst.count(2) < 10:
+            burst.append(call())
+            assert len(burst) < 200, burst
+        took = time.monotonic() - started
+        time.sleep(3 * 0.2)  # no traffic: a look is due; front ends get the split every 0.1 s
+        listing = requests.get(f"{server.rest_url}/v1/models", timeout=10).json()["models"][0]["traffic_split"]
+        after = [call() for _ in range(20)]
+    print(f"burst of {len(burst)} requests in {took * 1000:.0f} ms; then {after}")
+    candidate = next(a for a in listing["arms"] if a["version"] == "3")
+    assert listing["rollbacks"] == 1 and candidate["weight"] == 0 and "error rate" in candidate["rolled_back"]
+    assert after == [2] * 20
+
+
 def test_shadow_traffic_is_measured_and_never_answers(testdata: Path, tmp_path: Path) -> None:
     base = tmp_path / "m"
     for v in (2, 3, 4):

@@ -25,6 +25,10 @@ ArmId = int | str  # a version number or a version label
 MIN_SAMPLES_FOR_P99 = 100
 """Below this many requests a "p99" is just the slowest one (often a version's cold first call): the latency
 guard waits for enough samples on both sides; the error-rate guard needs only `min_requests`."""
+CHECK_EVERY_S = 0.2
+"""The guard reads its windows (a pass over up to `window_seconds` of samples) at most this often. What came in
+since its last look is judged on the next request or listing (`route`, `describe`; a front-end layout lists every
+0.1 s): a burst that ends within this interval of the last look is not left unjudged until traffic resumes."""
 
 
 @dataclass(slots=True)
@@ -74,6 +78,7 @@ class TrafficController:
         self.promotions = 0
         self.shadow_dropped = 0
         self._last_check = 0.0
+        self._unchecked = 0  # samples recorded since the guard last looked
         self._last_step = time.monotonic()
 
     @property
@@ -83,6 +88,8 @@ class TrafficController:
 
     def route(self, key: str | None) -> ArmId:
         """The arm for one request: by the key's stable hash when the split is sticky and a key came, else random."""
+        if self._unchecked:  # after a pause, route by what the guard makes of the traffic before it
+            self._maybe_check(time.monotonic())
         point = sticky_point(key) if key is not None else self._rng.random() * 100
         return choose_arm(list(self.weights.items()), point)
 
@@ -99,8 +106,12 @@ class TrafficController:
     def record(self, arm: ArmId, ok: bool, latency_s: float) -> None:
         now = time.monotonic()
         self.stats[arm].add(now, ok, latency_s, self.window_s)
-        if now - self._last_check >= 0.2:
-            self._last_check = now
+        self._unchecked += 1
+        self._maybe_check(now)
+
+    def _maybe_check(self, now: float) -> None:
+        if self._unchecked and now - self._last_check >= CHECK_EVERY_S:
+            self._last_check, self._unchecked = now, 0
             self._check(now)
 
     def _check(self, now: float) -> None:
@@ -150,6 +161,7 @@ class TrafficController:
 
     def describe(self) -> dict[str, Any]:
         """The split as GET /v1/models shows it: weights now and as configured, per-arm totals, rollbacks."""
+        self._maybe_check(time.monotonic())
         configured = dict(self.split.arms)
         arms = []
         for arm in [*configured, *([self.split.shadow.arm] if self.split.shadow else [])]:
