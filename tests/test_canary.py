@@ -4,10 +4,13 @@ and automatic rollback of a failing candidate."""
 from __future__ import annotations
 
 import collections
+import contextlib
 import shutil
 import threading
 import time
+from collections.abc import Callable, Iterator
 from pathlib import Path
+from typing import Any
 
 import grpc
 import numpy as np
@@ -18,6 +21,9 @@ from tensorflow_serving.apis import predict_pb2, prediction_service_pb2_grpc
 
 from conftest import PROCESS_LAYOUTS, RunningServer, export_picky_model, run_server
 from pyserving.config.flags import server_options
+from pyserving.core.canary import CHECK_EVERY_S
+from pyserving.core.routing import choose_arm, sticky_point
+from pyserving.ipc.model_side import SNAPSHOT_EVERY_S
 
 N = 2000
 
@@ -168,45 +174,82 @@ def test_failing_candidate_is_rolled_back_automatically(testdata: Path, tmp_path
         assert listing["rollbacks"] == 1
 
 
-@pytest.mark.parametrize("frontends", PROCESS_LAYOUTS, ids=lambda n: f"frontend_processes={n}")
-def test_a_burst_that_condemns_the_candidate_is_judged_when_traffic_stops(
+@contextlib.contextmanager
+def failing_candidate(
     testdata: Path, tmp_path: Path, frontends: int
-) -> None:
-    """The guard looks at most every CHECK_EVERY_S (0.2 s). A burst too short to meet a look after its 10th
-    request per arm was left unjudged until traffic resumed: the listing showed the failing candidate at 50%, and
-    the next request could still go to it (`pyserving status` right after a burst showed it in one CI run). Now
-    the next request or listing makes the look that was due."""
+) -> Iterator[tuple[RunningServer, Callable[[str], int | str], dict[int, list[str]]]]:
+    """A 50/50 split sticky on X-User-Id whose candidate (3) fails every request (its error-rate guard: +10%, 10
+    requests); yields the server, a gRPC call for a user (the version that answered, or "error") and user keys
+    that go to each arm by the server's own rule, so a test orders what each arm sees."""
     base = tmp_path / "m"
     shutil.copytree(testdata / "saved_model_half_plus_two_cpu" / "00000123", base / "2")
     export_picky_model(base / "3")  # refuses x >= 0.5: every request below fails there
     guard = "rollback { max_error_rate_increase: 0.1 window_seconds: 60 min_requests: 10 }"
     path = tmp_path / "models.config"
-    path.write_text(split_config(base, article_split((50, 50), guard)))
+    path.write_text(split_config(base, article_split((50, 50), f'sticky_key: "X-User-Id" {guard}')))
+    keys: dict[int, list[str]] = {2: [], 3: []}
+    for user in map(str, range(1000)):
+        keys[choose_arm([(2, 50.0), (3, 50.0)], sticky_point(user))].append(user)
     with run_server(server_options({"model_config_file": str(path), "frontend_processes": frontends})) as server:
         stub = prediction_service_pb2_grpc.PredictionServiceStub(server.channel())
         request = predict_pb2.PredictRequest()
         request.model_spec.name = "m"
         request.inputs["x"].CopyFrom(tf.make_tensor_proto([[0.9]]))
 
-        def call() -> int | str:
+        def call(user: str) -> int | str:
             try:
-                return stub.Predict(request, 10).model_spec.version.value
+                return stub.Predict(request, 10, metadata=(("x-user-id", user),)).model_spec.version.value
             except grpc.RpcError as exc:
                 assert exc.code() == grpc.StatusCode.INVALID_ARGUMENT, exc
                 return "error"
 
-        burst, started = [], time.monotonic()
-        while burst.count("error") < 10 or burst.count(2) < 10:
-            burst.append(call())
-            assert len(burst) < 200, burst
+        yield server, call, keys
+
+
+def split_listing(server: RunningServer) -> tuple[dict[str, Any], dict[str, Any]]:
+    """GET /v1/models: the split of model m, and its candidate (version 3) arm."""
+    listing = requests.get(f"{server.rest_url}/v1/models", timeout=10).json()["models"][0]["traffic_split"]
+    return listing, next(a for a in listing["arms"] if a["version"] == "3")
+
+
+@pytest.mark.parametrize("frontends", PROCESS_LAYOUTS, ids=lambda n: f"frontend_processes={n}")
+def test_the_failure_that_condemns_the_candidate_rolls_it_back_at_once(
+    testdata: Path, tmp_path: Path, frontends: int
+) -> None:
+    """10 successes on the baseline, then the candidate's users: its 10th failure meets the guard, and its 11th
+    user is served by the baseline, with no pause between (the guard's periodic look, every CHECK_EVERY_S, let
+    that much more traffic fail there)."""
+    with failing_candidate(testdata, tmp_path, frontends) as (server, call, keys):
+        started = time.monotonic()
+        got = [call(user) for user in keys[2][:10] + keys[3][:20]]
         took = time.monotonic() - started
-        time.sleep(3 * 0.2)  # no traffic: a look is due; front ends get the split every 0.1 s
-        listing = requests.get(f"{server.rest_url}/v1/models", timeout=10).json()["models"][0]["traffic_split"]
-        after = [call() for _ in range(20)]
-    print(f"burst of {len(burst)} requests in {took * 1000:.0f} ms; then {after}")
-    candidate = next(a for a in listing["arms"] if a["version"] == "3")
+        time.sleep(3 * SNAPSHOT_EVERY_S)  # front ends list what the model process sent them last
+        listing, candidate = split_listing(server)
+    print(f"30 requests in {took * 1000:.0f} ms: {got}")
+    assert got == [2] * 10 + ["error"] * 10 + [2] * 10
     assert listing["rollbacks"] == 1 and candidate["weight"] == 0 and "error rate" in candidate["rolled_back"]
+
+
+@pytest.mark.parametrize("frontends", PROCESS_LAYOUTS, ids=lambda n: f"frontend_processes={n}")
+def test_a_burst_that_condemns_the_candidate_is_judged_when_traffic_stops(
+    testdata: Path, tmp_path: Path, frontends: int
+) -> None:
+    """10 failures on the candidate, then 10 successes on the baseline: the evidence is complete only with the
+    last success, which the guard judges at its next look (at most every CHECK_EVERY_S, 0.2 s). A burst too short
+    to meet that look was left unjudged until traffic resumed: the listing showed the failing candidate at 50%,
+    and the next request could still go to it (`pyserving status` right after a burst showed it in one CI run).
+    Now the next request or listing makes the look that came due."""
+    with failing_candidate(testdata, tmp_path, frontends) as (server, call, keys):
+        started = time.monotonic()
+        burst = [call(user) for user in keys[3][:10] + keys[2][:10]]
+        took = time.monotonic() - started
+        time.sleep(3 * CHECK_EVERY_S)  # no traffic: a look is due; front ends get the split every 0.1 s
+        after = [call(user) for user in keys[3][10:30]]
+        listing, candidate = split_listing(server)
+    print(f"burst of 20 requests in {took * 1000:.0f} ms: {burst}; then {after}")
+    assert burst == ["error"] * 10 + [2] * 10
     assert after == [2] * 20
+    assert listing["rollbacks"] == 1 and candidate["weight"] == 0 and "error rate" in candidate["rolled_back"]
 
 
 def test_shadow_traffic_is_measured_and_never_answers(testdata: Path, tmp_path: Path) -> None:

@@ -39,23 +39,34 @@ class ArmStats:
     errors: int = 0
     latency_sum_s: float = 0.0
     recent: collections.deque[tuple[float, bool, float]] = field(default_factory=collections.deque)
+    recent_errors: int = 0  # the failures among `recent`: the error rate without a pass over the window
 
     def add(self, now: float, ok: bool, latency_s: float, window_s: float) -> None:
         self.requests += 1
         self.errors += not ok
         self.latency_sum_s += latency_s
         self.recent.append((now, ok, latency_s))
-        while self.recent and self.recent[0][0] < now - window_s:
-            self.recent.popleft()
+        self.recent_errors += not ok
+        self._forget(now, window_s)
 
-    def window(self, now: float, window_s: float) -> tuple[int, float, float]:
-        """(requests, error rate, p99 latency in seconds) over the last `window_s`."""
-        items = [(ok, lat) for t, ok, lat in self.recent if t >= now - window_s]
-        if not items:
-            return 0, 0.0, 0.0
-        latencies = sorted(lat for _, lat in items)
-        p99 = latencies[min(len(latencies) - 1, math.ceil(0.99 * len(latencies)) - 1)]
-        return len(items), sum(not ok for ok, _ in items) / len(items), p99
+    def _forget(self, now: float, window_s: float) -> None:
+        recent = self.recent
+        while recent and recent[0][0] < now - window_s:
+            self.recent_errors -= not recent.popleft()[1]
+
+    def error_rate(self, now: float, window_s: float) -> tuple[int, float]:
+        """(requests, error rate) over the last `window_s`."""
+        self._forget(now, window_s)
+        n = len(self.recent)
+        return n, self.recent_errors / n if n else 0.0
+
+    def p99(self, now: float, window_s: float) -> float:
+        """The p99 latency in seconds over the last `window_s` (a sort of the window: not on every request)."""
+        self._forget(now, window_s)
+        if not self.recent:
+            return 0.0
+        latencies = sorted(lat for _, _, lat in self.recent)
+        return latencies[min(len(latencies) - 1, math.ceil(0.99 * len(latencies)) - 1)]
 
 
 class TrafficController:
@@ -107,6 +118,12 @@ class TrafficController:
         now = time.monotonic()
         self.stats[arm].add(now, ok, latency_s, self.window_s)
         self._unchecked += 1
+        if not ok and arm in self.weights and arm != self.baseline and arm not in self.rolled_back:
+            # a failure can condemn a candidate: judge it now (O(1)) rather than at the next look, which lets
+            # CHECK_EVERY_S of traffic more fail there
+            reason = self._error_verdict(arm, now)
+            if reason is not None:
+                self._roll_back(arm, reason)
         self._maybe_check(now)
 
     def _maybe_check(self, now: float) -> None:
@@ -114,27 +131,37 @@ class TrafficController:
             self._last_check, self._unchecked = now, 0
             self._check(now)
 
+    def _error_verdict(self, arm: ArmId, now: float) -> str | None:
+        """Why the error-rate guard rolls `arm` back now, or None (no guard, too few requests, within bounds)."""
+        guard = self.split.rollback
+        if guard is None:
+            return None
+        n, err = self.stats[arm].error_rate(now, self.window_s)
+        base_n, base_err = self.stats[self.baseline].error_rate(now, self.window_s)
+        if n < guard.min_requests or base_n < guard.min_requests or err - base_err <= guard.max_error_rate_increase:
+            return None
+        return (f"error rate {err:.1%} vs baseline {base_err:.1%} over the last {guard.window_s:g} s "
+                f"(allowed +{guard.max_error_rate_increase:.1%})")
+
     def _check(self, now: float) -> None:
         guard = self.split.rollback
         if guard is None and self.split.promotion is None:
             return
-        base_n, base_err, base_p99 = self.stats[self.baseline].window(now, self.window_s)
+        base_n, _ = self.stats[self.baseline].error_rate(now, self.window_s)
         for arm, weight in list(self.weights.items()):
             if arm == self.baseline or arm in self.rolled_back:
                 continue
-            n, err, p99 = self.stats[arm].window(now, self.window_s)
+            n, _ = self.stats[arm].error_rate(now, self.window_s)
             minimum = guard.min_requests if guard is not None else 1
             if n < minimum or base_n < minimum:
                 continue
             if guard is not None:
-                reason = None
-                if err - base_err > guard.max_error_rate_increase:
-                    reason = (f"error rate {err:.1%} vs baseline {base_err:.1%} over the last {guard.window_s:g} s "
-                              f"(allowed +{guard.max_error_rate_increase:.1%})")
-                elif (min(n, base_n) >= MIN_SAMPLES_FOR_P99 and base_p99 > 0
-                      and p99 > guard.max_p99_latency_ratio * base_p99):
-                    reason = (f"p99 latency {p99 * 1000:.1f} ms vs baseline {base_p99 * 1000:.1f} ms over the last "
-                              f"{guard.window_s:g} s (allowed x{guard.max_p99_latency_ratio:g})")
+                reason = self._error_verdict(arm, now)
+                if reason is None and min(n, base_n) >= MIN_SAMPLES_FOR_P99:
+                    p99, base_p99 = (self.stats[a].p99(now, self.window_s) for a in (arm, self.baseline))
+                    if base_p99 > 0 and p99 > guard.max_p99_latency_ratio * base_p99:
+                        reason = (f"p99 latency {p99 * 1000:.1f} ms vs baseline {base_p99 * 1000:.1f} ms over the "
+                                  f"last {guard.window_s:g} s (allowed x{guard.max_p99_latency_ratio:g})")
                 if reason is not None:
                     self._roll_back(arm, reason)
                     continue
