@@ -26,9 +26,10 @@ MIN_SAMPLES_FOR_P99 = 100
 """Below this many requests a "p99" is just the slowest one (often a version's cold first call): the latency
 guard waits for enough samples on both sides; the error-rate guard needs only `min_requests`."""
 CHECK_EVERY_S = 0.2
-"""The guard reads its windows (a pass over up to `window_seconds` of samples) at most this often. What came in
-since its last look is judged on the next request or listing (`route`, `describe`; a front-end layout lists every
-0.1 s): a burst that ends within this interval of the last look is not left unjudged until traffic resumes."""
+"""The guard's look at every candidate (the p99 guard, a sort of up to `window_seconds` of samples; promotion; an
+error-rate verdict a baseline success completed) runs at most this often; a candidate's failure is judged at once.
+What came in since the last look is judged by the next request or listing (`route`, `describe`; front ends are
+sent a listing every 0.1 s), so a burst that ends between two looks is not left unjudged until traffic resumes."""
 
 
 @dataclass(slots=True)

@@ -64,8 +64,8 @@ def test_a_canary_split_with_labels_shows_weights_and_then_its_rollback(tmp_path
         for user in range(120):
             requests.post(f"{server.rest_url}/v1/models/m:predict", json={"instances": [1.0]},
                           headers={"X-User-Id": str(user)}, timeout=10)
-        # The guard looks at most every CHECK_EVERY_S; the listing makes the look due by then (front ends get
-        # the split 0.1 s later). `status` right after the burst showed the candidate at 30% in one CI run.
+        # A verdict that a baseline success completed waits for the guard's next look (CHECK_EVERY_S), and front
+        # ends list what they were sent up to 0.1 s before: `status` at once showed the candidate at 30% in a CI run.
         time.sleep(3 * CHECK_EVERY_S)
         after = pyserving("status", "--rest", server.rest_url, "--model", "m")
         assert after.returncode == 0, after.stderr
