@@ -15,6 +15,7 @@ import asyncio
 import ctypes
 import ctypes.util
 import gc
+import weakref
 from collections.abc import Callable
 
 BIG_REQUEST_BYTES = 4 << 20
@@ -33,8 +34,18 @@ def _load_malloc_trim() -> Callable[[int], int] | None:
     return trim
 
 
+QUIET_TRIM_BYTES = 1 << 20
+"""Requests from this size, under BIG_REQUEST_BYTES too, give their memory back once the server has had none for
+QUIET_S. While they keep coming the heap keeps its pages (fast_json's thresholds are there to spare every decode a
+page fault per 4 KiB); when they stop, it returns them. Measured: a front end stayed at 167-173 MiB after a CNN
+load of 3 MB REST bodies had ended (70 MiB idle), as no request reached BIG_REQUEST_BYTES."""
+QUIET_S = 1.0
+
 _malloc_trim = _load_malloc_trim()
 _scheduled: set[asyncio.AbstractEventLoop] = set()
+_last_big: weakref.WeakKeyDictionary[asyncio.AbstractEventLoop, float] = weakref.WeakKeyDictionary()
+"""Per event loop, while a release is pending for it: when the last request from QUIET_TRIM_BYTES came (weak: a
+loop closed with its timer pending goes with it)."""
 
 
 def release_free_memory() -> None:
@@ -56,3 +67,22 @@ def release_free_memory_soon() -> None:
         loop.run_in_executor(None, release_free_memory)
 
     loop.call_later(_AFTER_S, start)
+
+
+def release_free_memory_when_quiet() -> None:
+    """From the event loop, for a request from QUIET_TRIM_BYTES: release (in a thread) once no such request has come
+    for QUIET_S. One timer per loop at a time, moved on at most once per QUIET_S."""
+    loop = asyncio.get_running_loop()
+    pending = loop in _last_big
+    _last_big[loop] = loop.time()
+    if not pending:
+        loop.call_later(QUIET_S, _when_quiet, loop)
+
+
+def _when_quiet(loop: asyncio.AbstractEventLoop) -> None:
+    wait = _last_big[loop] + QUIET_S - loop.time()
+    if wait > 0:
+        loop.call_later(wait, _when_quiet, loop)
+        return
+    del _last_big[loop]
+    loop.run_in_executor(None, release_free_memory)

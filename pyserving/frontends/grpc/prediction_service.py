@@ -36,7 +36,9 @@ from pyserving.core.service import (
 )
 from pyserving.errors import Code, ServingError
 from pyserving.frontends.grpc.errors import GRPC_STATUS, grpc_message
-from pyserving.malloc import BIG_REQUEST_BYTES, release_free_memory_soon
+from pyserving.malloc import (
+    BIG_REQUEST_BYTES, QUIET_TRIM_BYTES, release_free_memory_soon, release_free_memory_when_quiet,
+)
 from pyserving.observability.requests import RequestInfo, RequestObserver, new_request_id
 from pyserving.security.auth import current_principal
 
@@ -128,8 +130,11 @@ class PredictionServicer:
     async def Predict(self, request: predict_pb2.PredictRequest, context: grpc.aio.ServicerContext) -> predict_pb2.PredictResponse:
         async def call(info: RequestInfo) -> predict_pb2.PredictResponse:
             limit = self._max_decoded_bytes
-            if request.ByteSize() >= BIG_REQUEST_BYTES:  # computed in C by upb: ~1 us for a small request
-                release_free_memory_soon()  # once this call is over
+            size = request.ByteSize()  # computed in C by upb: ~1 us for a small request
+            if size >= QUIET_TRIM_BYTES:
+                release_free_memory_when_quiet()
+                if size >= BIG_REQUEST_BYTES:
+                    release_free_memory_soon()  # once this call is over
             inputs = {alias: to_ndarray(alias, proto, max_bytes=limit) for alias, proto in request.inputs.items()}
             info.inputs = inputs
             result = await self._service.predict(PredictRequest(

@@ -12,7 +12,9 @@ from typing import Any, TypeVar
 from starlette.requests import Request
 
 from pyserving.errors import Code, RequestTooLarge, ServingError
-from pyserving.malloc import BIG_REQUEST_BYTES, release_free_memory_soon
+from pyserving.malloc import (
+    BIG_REQUEST_BYTES, QUIET_TRIM_BYTES, release_free_memory_soon, release_free_memory_when_quiet,
+)
 
 MAX_GUNZIPPED_BYTES = 100 << 20
 OFF_LOOP_BYTES = 1 << 20
@@ -31,20 +33,24 @@ strings is refused before it is parsed, not after it took gigabytes."""
 async def read_body(request: Request, limit: int | None) -> bytes:
     """The body as sent, refused as soon as it passes `limit` (announced or not)."""
     if limit is None:
-        return await request.body()
-    announced = request.headers.get("content-length")
-    if announced is not None and announced.isdigit() and int(announced) > limit:
-        raise RequestTooLarge("The request body", limit)
-    chunks, size = [], 0
-    async for chunk in request.stream():
-        size += len(chunk)
-        if size > limit:
-            chunks.clear()
-            if size >= BIG_REQUEST_BYTES:  # what it took stays in the heap unless handed back (see malloc)
-                release_free_memory_soon()
+        body = await request.body()
+    else:
+        announced = request.headers.get("content-length")
+        if announced is not None and announced.isdigit() and int(announced) > limit:
             raise RequestTooLarge("The request body", limit)
-        chunks.append(chunk)
-    return b"".join(chunks)
+        chunks, size = [], 0
+        async for chunk in request.stream():
+            size += len(chunk)
+            if size > limit:
+                chunks.clear()
+                if size >= BIG_REQUEST_BYTES:  # what it took stays in the heap unless handed back (see malloc)
+                    release_free_memory_soon()
+                raise RequestTooLarge("The request body", limit)
+            chunks.append(chunk)
+        body = b"".join(chunks)
+    if len(body) >= QUIET_TRIM_BYTES:  # its decode's memory goes back once big bodies stop coming
+        release_free_memory_when_quiet()
+    return body
 
 
 async def decoded_body(request: Request, limit: int | None) -> bytes:
