@@ -384,6 +384,43 @@ def test_big_rectangular_children_of_ragged_parent() -> None:
     assert [type(v) for v in ours] == [np.ndarray, np.ndarray, list]
 
 
+RECT = np.arange(120).reshape(40, 3).tolist()
+
+
+@pytest.mark.parametrize(
+    ("doc", "one"),
+    [
+        ({"instances": [RECT]}, True),
+        ({"signature_name": "a[0]", "inputs": {"x": RECT}, "note": "]"}, True),  # brackets in strings around it
+        ({"k[": 1, "k]": 2, "a": {"b": RECT}}, True),
+        ([RECT, RECT], True),  # a top-level array, rectangular as a whole
+        ({"a": RECT, "b": RECT}, False),  # two arrays: a key between them
+        ({"a": RECT, "b": [1]}, False),
+        ([RECT, np.arange(90).reshape(30, 3).tolist()], False),  # ragged as a whole: its children are found
+        ({"a": [[1, 2]] * 60 + [[3]]}, False),
+        ({"a": [1.5] * 100 + [None]}, False),
+        ({f"[{i}]": i for i in range(9)} | {"a": RECT}, False),  # more bracketed keys than it looks past
+        ({"a": "[" * 300}, False),
+    ],
+)
+def test_one_big_array_skips_the_scan(reader: str, monkeypatch: pytest.MonkeyPatch, doc: Any, one: bool) -> None:
+    """The common document takes _one_span; any other leaves it to the scan, and both agree with the plain path."""
+    body = orjson.dumps(doc)
+    q = fast_json._quotes(body, np.frombuffer(body, np.uint8))
+    assert bool(fast_json._one_span(body, q)) == (one and reader == "simdjson")
+    ours = check(body)
+    monkeypatch.setattr(fast_json, "_one_span", lambda body, q: [])
+    assert [type(v) for v in _leaves(ours)] == [type(v) for v in _leaves(check(body))]
+
+
+def _leaves(doc: Any) -> list[Any]:
+    if isinstance(doc, dict):
+        return [x for v in doc.values() for x in _leaves(v)]
+    if isinstance(doc, list) and doc and isinstance(doc[0], (list, dict, np.ndarray)):
+        return [x for v in doc for x in _leaves(v)]
+    return [doc]
+
+
 def test_small_arrays_stay_lists() -> None:
     ours = check(orjson.dumps({"a": [[1.5, 2.5]] * 3, "b": "x" * SMALL}))
     assert isinstance(ours["a"], list)
