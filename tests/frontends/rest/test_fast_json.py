@@ -316,6 +316,17 @@ def test_ragged_arrays_with_a_rectangle_s_count_stay_lists(ragged: str) -> None:
     assert isinstance(check(orjson.dumps(cube)), list)
 
 
+def test_the_remembered_layout_only_answers_for_itself() -> None:
+    """_shape remembers the last rectangle; a ragged layout of the same length right after it stays a list."""
+    rect, ragged = np.arange(300).reshape(100, 3).tolist(), np.arange(300).reshape(100, 3).tolist()
+    ragged[10].append(ragged[11].pop())
+    for _ in range(2):
+        assert check(orjson.dumps({"x": rect}))["x"].shape == (100, 3)
+        assert isinstance(check(orjson.dumps({"x": ragged}))["x"], list)
+    assert check(orjson.dumps({"x": rect}))["x"].shape == (100, 3)
+    assert check(orjson.dumps({"x": np.arange(300).reshape(3, 100).tolist()}))["x"].shape == (3, 100)
+
+
 @pytest.mark.parametrize("keep_bytes", [None, 1024])
 def test_parser_reuse_after_refusals_and_across_threads(monkeypatch: pytest.MonkeyPatch, keep_bytes: int) -> None:
     """A refused array (invalid, not numbers, out of range, an error) must not spoil the next parse, in any
