@@ -4,6 +4,7 @@ that front-end processes share."""
 from __future__ import annotations
 
 import asyncio
+import hashlib
 import socket
 
 import pytest
@@ -133,3 +134,42 @@ def test_a_head_deadline_shorter_than_the_body_one_still_holds() -> None:
         False, client, HttpLimits(header_timeout_s=0.3, body_timeout_s=5.0)))
     assert answer.startswith(b"HTTP/1.1 408") and b"--http_header_timeout_s" in answer
     assert waited < 2.5
+
+
+async def _digest(scope, receive, send) -> None:  # type: ignore[no-untyped-def]
+    """Answers with the sha256 of the body it read."""
+    if scope["type"] != "http":
+        return
+    h, more = hashlib.sha256(), True
+    while more:
+        message = await receive()
+        h.update(message.get("body", b""))
+        more = message.get("more_body", False)
+    digest = h.hexdigest().encode()
+    await send({"type": "http.response.start", "status": 200, "headers": [(b"content-length", b"%d" % len(digest))]})
+    await send({"type": "http.response.body", "body": digest})
+
+
+def test_big_and_small_bodies_on_one_connection() -> None:
+    """A big body is read in bigger pieces than asyncio's 256 KiB; the bodies after it, on the same kept-alive
+    connection, arrive whole and are read at asyncio's own size again."""
+    bodies = [bytes(range(256)) * (12 << 10), b'{"instances": [1]}', bytes(range(255, -1, -1)) * (5 << 10), b"x"]
+
+    async def main() -> list[bool]:
+        listener = RestListener(_digest, host="127.0.0.1", port=0, what="REST", flag="--rest_api_port")
+        await listener.start()
+        try:
+            reader, writer = await asyncio.open_connection("127.0.0.1", listener.port)
+            back_to_default = []
+            for body in bodies:
+                writer.write(b"POST / HTTP/1.1\r\nHost: x\r\nContent-Length: %d\r\n\r\n" % len(body) + body)
+                head, digest = await _response(reader)
+                assert head.startswith(b"HTTP/1.1 200") and digest == hashlib.sha256(body).hexdigest().encode()
+                (protocol,) = listener._server.server_state.connections  # type: ignore[union-attr]
+                back_to_default.append("max_size" not in vars(protocol._socket_transport))
+            writer.close()
+            return back_to_default
+        finally:
+            await listener.stop()
+
+    assert asyncio.run(main()) == [True] * len(bodies)
