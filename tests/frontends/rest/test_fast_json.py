@@ -424,6 +424,59 @@ def test_one_big_array_skips_the_scan(reader: str, monkeypatch: pytest.MonkeyPat
     assert [type(v) for v in _leaves(ours)] == [type(v) for v in _leaves(check(body))]
 
 
+def _rows_doc(kind: str) -> bytes:
+    rng = np.random.default_rng(3)
+    imgs = rng.random((6, 10, 10, 3)).round(6)
+    if kind == "compact":
+        return orjson.dumps({"instances": imgs.tolist()})
+    if kind == "spaced":
+        return json.dumps({"instances": imgs.tolist()}).encode()
+    if kind == "indented":  # whitespace inside the runs of brackets: rows are not cut, the numpy path reads it
+        return json.dumps({"instances": imgs.tolist()}, indent=1).encode()
+    if kind == "ints":
+        return orjson.dumps({"instances": rng.integers(-(10**6), 10**6, (6, 10, 10, 3)).tolist()})
+    if kind == "ints then floats":  # one dtype for all rows, as if parsed at once
+        rows = [rng.integers(0, 9, (10, 10, 3)).tolist() for _ in range(5)] + [imgs[0].tolist()]
+        return orjson.dumps({"instances": rows})
+    if kind.startswith("uneven"):  # a short row first: nothing where its end should be, or a later row's end
+        rows = [np.zeros((10, 10, 3), int).tolist()] + [imgs[i].tolist() for i in range(1, 6)]
+        return orjson.dumps({"instances": rows})
+    if kind == "nan":
+        return orjson.dumps({"instances": imgs.tolist()}).replace(b"]]]]", b",NaN]]]]")
+    if kind == "many small rows":
+        return orjson.dumps({"instances": rng.random((3000, 1)).tolist()})
+    return orjson.dumps({"instances": rng.random(2000).tolist()})  # one dimension: nothing to cut
+
+
+@pytest.mark.parametrize(
+    ("kind", "cut"),
+    [("compact", True), ("spaced", True), ("indented", False), ("ints", True), ("ints then floats", True),
+     ("uneven", True), ("uneven, wide window", True), ("nan", False), ("many small rows", False), ("flat", False)],
+)
+def test_a_span_too_big_for_one_parse_is_read_a_row_at_a_time(
+    reader: str, monkeypatch: pytest.MonkeyPatch, kind: str, cut: bool
+) -> None:
+    """Past _SIMD_MAX_BYTES (lowered here) the rows of the first dimension are parsed one by one; whatever cannot
+    be cut so goes the numpy path, and both agree with the plain path."""
+    monkeypatch.setattr(fast_json, "_SIMD_MAX_BYTES", 4096)
+    if kind == "uneven, wide window":
+        monkeypatch.setattr(fast_json, "_ROW_WINDOW", 2)
+    body = _rows_doc(kind)
+    results: list[bool] = []
+    real = fast_json._simd_rows
+
+    def spy(*args: Any) -> np.ndarray | None:
+        out = real(*args)
+        results.append(out is not None)
+        return out
+
+    monkeypatch.setattr(fast_json, "_simd_rows", spy)
+    ours = check(body)
+    assert (results == [True]) == (cut and reader == "simdjson"), results
+    if kind == "ints then floats":
+        assert ours["instances"].dtype == np.float64
+
+
 def _leaves(doc: Any) -> list[Any]:
     if isinstance(doc, dict):
         return [x for v in doc.values() for x in _leaves(v)]
