@@ -217,8 +217,8 @@ def _one_span(body: bytes, q: np.ndarray) -> list[tuple[int, int, np.ndarray]]:
         if hi < 0 or i % 2 == 0:
             break
         hi = body.rfind(b"]", 0, int(q[i - 1]))
-    if lo < 0 or hi - lo + 1 < max(MIN_FAST_BYTES, 2):
-        return []
+    if lo < 0 or hi - lo + 1 < max(MIN_FAST_BYTES, 2) or hi - lo >= _ROWS_MAX_BYTES:
+        return []  # (past _ROWS_MAX_BYTES the copy and layout below would add ~2x the span to the numpy path's own)
     if np.searchsorted(q, lo) != np.searchsorted(q, hi) or np.searchsorted(q, lo) % 2:
         return []  # a string between them (two arrays, or an object), or still inside one
     shape = _shape(body[lo : hi + 1].translate(None, _NOT_LAYOUT))
@@ -229,6 +229,8 @@ def _one_span(body: bytes, q: np.ndarray) -> list[tuple[int, int, np.ndarray]]:
     return [] if arr is None else [(lo, hi, arr.reshape(shape))]
 
 
+_ROWS_MAX_BYTES = 64 << 20
+"""Spans from this size skip _one_span (and _simd_rows): 21 images of 224x224x3 fit under it."""
 _ROW_WINDOW = 64
 """_simd_rows looks for a row's end within 1/_ROW_WINDOW of a row's average length of where it should be."""
 

@@ -427,7 +427,7 @@ def test_one_big_array_skips_the_scan(reader: str, monkeypatch: pytest.MonkeyPat
 def _rows_doc(kind: str) -> bytes:
     rng = np.random.default_rng(3)
     imgs = rng.random((6, 10, 10, 3)).round(6)
-    if kind == "compact":
+    if kind.startswith("compact"):
         return orjson.dumps({"instances": imgs.tolist()})
     if kind == "spaced":
         return json.dumps({"instances": imgs.tolist()}).encode()
@@ -451,7 +451,8 @@ def _rows_doc(kind: str) -> bytes:
 @pytest.mark.parametrize(
     ("kind", "cut"),
     [("compact", True), ("spaced", True), ("indented", False), ("ints", True), ("ints then floats", True),
-     ("uneven", True), ("uneven, wide window", True), ("nan", False), ("many small rows", False), ("flat", False)],
+     ("uneven", True), ("uneven, wide window", True), ("nan", False), ("many small rows", False), ("flat", False),
+     ("compact, over _ROWS_MAX_BYTES", False)],
 )
 def test_a_span_too_big_for_one_parse_is_read_a_row_at_a_time(
     reader: str, monkeypatch: pytest.MonkeyPatch, kind: str, cut: bool
@@ -461,6 +462,8 @@ def test_a_span_too_big_for_one_parse_is_read_a_row_at_a_time(
     monkeypatch.setattr(fast_json, "_SIMD_MAX_BYTES", 4096)
     if kind == "uneven, wide window":
         monkeypatch.setattr(fast_json, "_ROW_WINDOW", 2)
+    if kind.endswith("_ROWS_MAX_BYTES"):
+        monkeypatch.setattr(fast_json, "_ROWS_MAX_BYTES", 8192)
     body = _rows_doc(kind)
     results: list[bool] = []
     real = fast_json._simd_rows
