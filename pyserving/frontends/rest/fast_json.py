@@ -270,14 +270,13 @@ def _simd_rows(body: bytes, lo: int, hi: int, shape: tuple[int, ...]) -> np.ndar
             if row is None:
                 cut = body.find(end_of_row, start, hi)
                 row = row_ending(cut)
-            end = cut + k - 2
         else:
-            end = hi - 1
-            row = _simd_numbers(body, start, end, per_row, floats)
+            cut = hi - k + 1  # the last row ends right before the span's own ']'
+            row = row_ending(cut)
         if row is None:
             return None
         out[i * per_row : (i + 1) * per_row] = row
-        start = end + 2
+        start = cut + k  # past the row's run of ']' and the ','
         while start < hi and body[start] in _WS:
             start += 1
     return out

@@ -5,6 +5,7 @@ from __future__ import annotations
 import json
 import math
 import random
+import re
 import struct
 from concurrent.futures import ThreadPoolExecutor
 from decimal import Decimal
@@ -441,6 +442,9 @@ def _rows_doc(kind: str) -> bytes:
     if kind.startswith("uneven"):  # a short row first: nothing where its end should be, or a later row's end
         rows = [np.zeros((10, 10, 3), int).tolist()] + [imgs[i].tolist() for i in range(1, 6)]
         return orjson.dumps({"instances": rows})
+    if kind.startswith("a last row"):  # as many numbers as the others, in far more bytes (trailing zeros)
+        last = re.sub(rb"([0-9]\.[0-9]+)", rb"\g<1>000000000000", orjson.dumps((imgs[5] + 1).tolist()))
+        return b'{"instances": [' + b",".join([orjson.dumps(r) for r in imgs[:5].tolist()] + [last]) + b"]}"
     if kind == "nan":
         return orjson.dumps({"instances": imgs.tolist()}).replace(b"]]]]", b",NaN]]]]")
     if kind == "many small rows":
@@ -452,7 +456,7 @@ def _rows_doc(kind: str) -> bytes:
     ("kind", "cut"),
     [("compact", True), ("spaced", True), ("indented", False), ("ints", True), ("ints then floats", True),
      ("uneven", True), ("uneven, wide window", True), ("nan", False), ("many small rows", False), ("flat", False),
-     ("compact, over _ROWS_MAX_BYTES", False)],
+     ("compact, over _ROWS_MAX_BYTES", False), ("a last row over _SIMD_MAX_BYTES", False)],
 )
 def test_a_span_too_big_for_one_parse_is_read_a_row_at_a_time(
     reader: str, monkeypatch: pytest.MonkeyPatch, kind: str, cut: bool
