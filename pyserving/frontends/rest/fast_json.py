@@ -221,6 +221,8 @@ def _one_span(body: bytes, q: np.ndarray) -> list[tuple[int, int, np.ndarray]]:
         return []  # (past _ROWS_MAX_BYTES the copy and layout below would add ~2x the span to the numpy path's own)
     if np.searchsorted(q, lo) != np.searchsorted(q, hi) or np.searchsorted(q, lo) % 2:
         return []  # a string between them (two arrays, or an object), or still inside one
+    if hi - lo >= _SIMD_MAX_BYTES and body[lo + 1] != 91:
+        return []  # _simd_rows could not cut it (one dimension, or indented): spare the layout, the scan decides
     shape = _shape(body[lo : hi + 1].translate(None, _NOT_LAYOUT))
     n = int(np.prod(shape)) if shape else 0
     if not n:

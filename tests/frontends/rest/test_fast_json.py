@@ -480,6 +480,8 @@ def test_a_span_too_big_for_one_parse_is_read_a_row_at_a_time(
     monkeypatch.setattr(fast_json, "_simd_rows", spy)
     ours = check(body)
     assert (results == [True]) == (cut and reader == "simdjson"), results
+    if kind in ("indented", "flat"):  # declined before the layout was built: '[' is not followed by a row
+        assert results == []
     if kind == "ints then floats":
         assert ours["instances"].dtype == np.float64
 
