@@ -9,6 +9,7 @@ from collections.abc import Callable
 from concurrent.futures import ThreadPoolExecutor
 from typing import Any, TypeVar
 
+import numpy as np
 from starlette.requests import Request
 
 from pyserving.errors import Code, RequestTooLarge, ServingError
@@ -88,12 +89,28 @@ def check_decoded_size(body: bytes, limit: int | None) -> None:
     two quotes. A body that small cannot exceed the limit, so most are never counted."""
     if limit is None or len(body) * (_VALUE_BYTES + _STRING_BYTES) <= limit:
         return
-    values = body.count(b",") + body.count(b"[") + body.count(b"{")
-    decoded = values * _VALUE_BYTES + body.count(b'"') // 2 * _STRING_BYTES
+    data = np.frombuffer(body, np.uint8)
+    quotes = _count(data, ord('"'))
+    strings = quotes // 2
+    # Commas and opening brackets are bytes other than quotes, so this bounds the estimate below: most big bodies
+    # (numbers) pass with one count instead of four (8 images of row JSON, 24 MB: 35 -> 2 ms).
+    if (len(body) - quotes) * _VALUE_BYTES + strings * _STRING_BYTES <= limit:
+        return
+    values = _count(data, ord(",")) + _count(data, ord("[")) + _count(data, ord("{"))
+    decoded = values * _VALUE_BYTES + strings * _STRING_BYTES
     if decoded > limit:
         raise RequestTooLarge("", limit, message=(
             f"The request body would decode to about {decoded} bytes ({values} JSON values), more than the "
             f"server's limit of {limit} bytes (--max_request_bytes). Send smaller requests, or raise the limit."))
+
+
+_COUNT_STEP = 1 << 20
+
+
+def _count(data: np.ndarray, byte: int) -> int:
+    """How often `byte` occurs in `data`. A cache-sized slice at a time: ~3x faster than bytes.count, and the
+    comparison's temporary stays 1 MiB whatever the body."""
+    return sum(int(np.count_nonzero(data[i:i + _COUNT_STEP] == byte)) for i in range(0, len(data), _COUNT_STEP))
 
 
 async def in_decoder_thread(fn: Callable[..., _T], *args: Any) -> _T:
