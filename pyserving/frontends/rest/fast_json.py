@@ -221,8 +221,13 @@ def _one_span(body: bytes, q: np.ndarray) -> list[tuple[int, int, np.ndarray]]:
         return []  # (past _ROWS_MAX_BYTES the copy and layout below would add ~2x the span to the numpy path's own)
     if np.searchsorted(q, lo) != np.searchsorted(q, hi) or np.searchsorted(q, lo) % 2:
         return []  # a string between them (two arrays, or an object), or still inside one
+    if body.find(b"[", lo + 1, hi) < 0:
+        # One dimension (V2's flat `data`, a column of scalars): no layout to prove, and simdjson counts the
+        # numbers (the layout's translate was a quarter of such a decode). Past one parse's size, the scan decides.
+        arr = _simd_numbers(body, lo, hi, None) if hi - lo < _SIMD_MAX_BYTES else None
+        return [(lo, hi, arr)] if arr is not None and arr.size else []
     if hi - lo >= _SIMD_MAX_BYTES and body[lo + 1] != 91:
-        return []  # _simd_rows could not cut it (one dimension, or indented): spare the layout, the scan decides
+        return []  # _simd_rows could not cut it (indented): spare the layout, the scan decides
     shape = _shape(body[lo : hi + 1].translate(None, _NOT_LAYOUT))
     n = int(np.prod(shape)) if shape else 0
     if not n:
@@ -337,10 +342,10 @@ def _has_floats(body: bytes, lo: int, hi: int) -> bool:
     return any(body.find(c, lo, hi) >= 0 for c in (b".", b"e", b"E"))
 
 
-def _simd_numbers(body: bytes, lo: int, hi: int, n: int, floats: bool | None = None) -> np.ndarray | None:
+def _simd_numbers(body: bytes, lo: int, hi: int, n: int | None, floats: bool | None = None) -> np.ndarray | None:
     """The n numbers of body[lo : hi+1] read by simdjson (int64 when none has a '.' or an exponent, else
-    float64; `floats` decides instead when given), or None where it refuses the text, a number or the count: the
-    numpy path then decides.
+    float64; `floats` decides instead when given), or None where it refuses the text, a number or the count (None:
+    any count): the numpy path then decides.
 
     simdjson rounds exactly like float(); an int element of a float array is cast from int64/uint64, rounding as
     float(int) does, and "-0" is the integer 0 there as in orjson. It flattens nested arrays: the caller has
@@ -362,7 +367,7 @@ def _simd_numbers(body: bytes, lo: int, hi: int, n: int, floats: bool | None = N
     if keep:
         _parsers.parser = parser
     arr = np.frombuffer(buf, np.float64 if floats else np.int64)
-    return arr if arr.size == n else None
+    return arr if n is None or arr.size == n else None
 
 
 def _trim(b: np.ndarray, pos: np.ndarray, step: int) -> bool:

@@ -413,6 +413,12 @@ RECT = np.arange(120).reshape(40, 3).tolist()
         ({"a": [1.5] * 100 + [None]}, False),
         ({f"[{i}]": i for i in range(9)} | {"a": RECT}, False),  # more bracketed keys than it looks past
         ({"a": "[" * 300}, False),
+        # one dimension: no layout, simdjson counts the numbers
+        ({"inputs": {"x": list(range(300))}}, True),
+        ({"instances": [0.5, -1.25e-7] * 100}, True),
+        ({"a": [1.5] * 100 + [True]}, False),
+        ({"a": [1.5] * 100 + [{}]}, False),
+        ({"a": list(range(100)) + [2**63]}, False),  # past int64: stays a list
     ],
 )
 def test_one_big_array_skips_the_scan(reader: str, monkeypatch: pytest.MonkeyPatch, doc: Any, one: bool) -> None:
