@@ -4,10 +4,13 @@ unchanged, against a TensorFlow model and a framework-free "memory" model."""
 from __future__ import annotations
 
 import concurrent.futures
-from collections.abc import Iterator
+import json
+from collections.abc import Callable, Iterator
 from pathlib import Path
+from typing import Any
 
 import numpy as np
+import orjson
 import pytest
 import requests
 import tritonclient.grpc as grpcclient  # (scripts/test.sh installs Triton's client)
@@ -15,9 +18,10 @@ import tritonclient.http as httpclient
 from tritonclient.utils import InferenceServerException
 
 from conftest import RunningServer, run_server
-from pyserving.codecs.oip.tensor import InputTensor, decode_inputs, output_tensor, to_raw
+from pyserving.codecs.oip.tensor import DTYPES, InputTensor, decode_inputs, output_tensor, to_raw
 from pyserving.core.ids import ServableRequest
 from pyserving.errors import Code, ServingError
+from pyserving.frontends.rest.oip_v2 import _loads as v2_loads, parse_infer
 from pyserving.options import BatchingOptions, ModelConfig, ServerOptions
 from pyserving.runtimes.base import Signature, TensorSpec
 from pyserving.dtypes import DType
@@ -30,6 +34,8 @@ MEMORY_SIGNATURES = {
                                     "n": {"dtype": "DT_INT64", "shape": [-1, 2]}}},
     "echo": {"inputs": {"s": {"dtype": "DT_STRING", "shape": [-1]}},
              "outputs": {"t": {"dtype": "DT_STRING", "shape": [-1]}}},
+    "wide": {"inputs": {"x": {"dtype": "DT_FLOAT", "shape": [-1, 40000]}},
+             "outputs": {"y": {"dtype": "DT_FLOAT", "shape": [-1, 40000]}}},
 }
 
 
@@ -194,6 +200,79 @@ def test_bytes_raw_round_trip_and_malformed_lengths() -> None:
         with pytest.raises(ServingError) as err:
             decode_inputs([InputTensor("s", "BYTES", [3], raw=cut)], sig, "m")
         assert err.value.code == Code.INVALID_ARGUMENT
+
+
+def _big(values: list, datatype: str, shape: list[int] | None = None, name: str = "x") -> bytes:
+    return json.dumps({"inputs": [{"name": name, "shape": shape or [len(values)], "datatype": datatype,
+                                   "data": values}]}).encode()  # (json: orjson cannot write ints past int64)
+
+
+_RNG = np.random.default_rng(7)
+_FLOATS = (_RNG.standard_normal(40_000) * 10.0 ** _RNG.integers(-30, 30, 40_000)).tolist()
+_INTS = _RNG.integers(-1000, 1000, 40_000).tolist()
+BIG_V2_BODIES = {
+    # (datatype of the input and of the signature, body): each body's `data` is well over fast_json's threshold
+    "fp32-floats": ("FP32", _big(_FLOATS, "FP32")),
+    "fp32-ints": ("FP32", _big(_INTS, "FP32")),
+    "fp32-ints-past-2**53": ("FP32", _big([2**60 + 1, *_INTS], "FP32", [40_001])),
+    "fp16": ("FP16", _big(_FLOATS, "FP16")),
+    "fp64-nested": ("FP64", _big(np.reshape(_FLOATS, (200, 200)).tolist(), "FP64", [200, 200])),
+    "int32": ("INT32", _big(_INTS, "INT32")),
+    "int32-given-floats": ("INT32", _big([float(v) + 0.5 for v in _INTS], "INT32")),
+    "uint8-out-of-range": ("UINT8", _big(_INTS, "UINT8")),
+    "int8-past-int64": ("INT8", _big([2**70, *_INTS], "INT8", [40_001])),
+    "bool": ("BOOL", _big([v % 2 for v in _INTS] * 2, "BOOL")),
+    "bytes-given-numbers": ("BYTES", _big(_INTS, "BYTES")),
+    "count-off": ("FP32", _big(_FLOATS, "FP32", [39_999])),
+    "nan": ("FP32", _big(_FLOATS, "FP32").replace(b",", b",NaN,", 1)),
+    "infinity-in-a-string": ("FP32", _big(_FLOATS, "FP32").replace(b"{", b'{"id": "-Infinity", ', 1)),
+    "many-capitals": ("FP32", _big(_FLOATS, "FP32").replace(b"{", b'{"id": "' + b"N" * 100 + b'", ', 1)),
+    "malformed": ("FP32", _big(_FLOATS, "FP32")[:-3]),
+}
+READ_BY_ORJSON = ("nan", "infinity-in-a-string", "many-capitals", "malformed")
+"""fast_json would accept NaN and Infinity, which orjson refuses; a document that may hold them (or is malformed:
+the error's words) is orjson's to read."""
+
+
+@pytest.mark.parametrize("case", list(BIG_V2_BODIES))
+@pytest.mark.filterwarnings("ignore:overflow encountered in cast:RuntimeWarning")  # fp16: both ways
+def test_big_json_data_decodes_as_orjson_reads_it(case: str) -> None:
+    """V2 JSON bodies whose `data` fast_json turns into a numpy array give the tensors, or the refusals (same
+    words), that orjson's lists give."""
+    datatype, body = BIG_V2_BODIES[case]
+    sig = Signature("serving_default", "", {"x": TensorSpec(DTYPES[datatype], (None,))}, {})
+
+    def decode(loads: Callable[[bytes], Any]) -> np.ndarray | str:
+        try:
+            inputs, _, _ = parse_infer(loads(body), memoryview(b""))
+            return decode_inputs(inputs, sig, "m")["x"]
+        except ServingError as exc:
+            return f"{exc.code.name}: {exc.message}"
+        except orjson.JSONDecodeError as exc:
+            return f"JSONDecodeError: {exc}"
+
+    expected, got = decode(orjson.loads), decode(v2_loads)
+    if isinstance(expected, str):
+        assert got == expected
+    else:
+        assert isinstance(got, np.ndarray) and got.dtype == expected.dtype and got.shape == expected.shape
+        assert got.tobytes() == expected.tobytes()
+    if case in ("nan", "malformed"):  # refused, in orjson's words (above)
+        return
+    data = v2_loads(body)["inputs"][0]["data"]
+    # orjson's lists where it read the document; fast_json leaves integers past int64 as a list too
+    as_list = case in READ_BY_ORJSON or case == "int8-past-int64"
+    assert isinstance(data, list if as_list else np.ndarray), type(data)
+
+
+def test_big_json_tensor_through_tritonclient(http: httpclient.InferenceServerClient) -> None:
+    # ~1.6 MB of JSON numbers: decoded in the front end's decoding thread, as a numpy array
+    x = np.random.default_rng(3).standard_normal((2, 40_000)).astype(np.float32)
+    inp = httpclient.InferInput("x", list(x.shape), "FP32")
+    inp.set_data_from_numpy(x, binary_data=False)
+    result = http.infer("mem", [inp], parameters={"signature_name": "wide"},
+                        outputs=[httpclient.InferRequestedOutput("y", binary_data=True)])
+    np.testing.assert_array_equal(result.as_numpy("y"), x * np.float32(2) + np.float32(1))
 
 
 # --- gRPC with tritonclient.grpc ------------------------------------------------------------------------------

@@ -100,10 +100,40 @@ def _strings(data: Any) -> Iterator[Any]:
         yield data
 
 
+def _cast(data: np.ndarray, target: np.dtype) -> np.ndarray | None:
+    """A decoded JSON number array (float64, or int64 when every number is an integer) as `target`, where the
+    cast gives what np.asarray of the same numbers as Python values gives; None where it might not (floats for an
+    integer or bool type, integers out of the type's range, integers past 2**53 for a float type)."""
+    if data.size == 0:
+        return None
+    if target.kind == "f":
+        if data.dtype.kind == "f" or max(-int(data.min()), int(data.max())) <= 1 << 53:  # exact in a float64
+            return data.astype(target)
+        return None
+    if target.kind in "iu" and data.dtype.kind in "iu":
+        bounds = np.iinfo(target)
+        if bounds.min <= int(data.min()) and int(data.max()) <= bounds.max:
+            return data.astype(target)
+    return None
+
+
 def _from_data(t: InputTensor, dtype: DType, shape: tuple[int, ...], count: int) -> np.ndarray:
+    data = t.data
+    # the REST front end's JSON decoder gives big number arrays as numpy arrays
+    array = _cast(data, dtype.numpy) if isinstance(data, np.ndarray) else None
+    if array is None:
+        array = _from_values(t, data.tolist() if isinstance(data, np.ndarray) else data, dtype)
+    if array.size != count:
+        raise ServingError(Code.INVALID_ARGUMENT, f"input '{t.name}' has {array.size} elements, but its shape "
+                           f"{list(shape)} needs {count}")
+    return array.reshape(shape)
+
+
+def _from_values(t: InputTensor, data: Any, dtype: DType) -> np.ndarray:
+    """JSON values (Python's: a numpy array's `tolist()` gives the ones orjson would) or gRPC contents."""
     if dtype is DType.DT_STRING:
         items = []
-        for item in _strings(t.data):
+        for item in _strings(data):
             if isinstance(item, str):
                 item = item.encode()
             elif not isinstance(item, bytes):
@@ -112,16 +142,12 @@ def _from_data(t: InputTensor, dtype: DType, shape: tuple[int, ...], count: int)
             items.append(item)
         array = np.empty(len(items), dtype=object)
         array[:] = items
-    else:
-        try:
-            array = np.asarray(t.data, dtype=dtype.numpy)
-        except (ValueError, TypeError, OverflowError) as exc:
-            raise ServingError(Code.INVALID_ARGUMENT, f"input '{t.name}' does not hold {t.datatype} values: "
-                               f"{exc}") from None
-    if array.size != count:
-        raise ServingError(Code.INVALID_ARGUMENT, f"input '{t.name}' has {array.size} elements, but its shape "
-                           f"{list(shape)} needs {count}")
-    return array.reshape(shape)
+        return array
+    try:
+        return np.asarray(data, dtype=dtype.numpy)
+    except (ValueError, TypeError, OverflowError) as exc:
+        raise ServingError(Code.INVALID_ARGUMENT, f"input '{t.name}' does not hold {t.datatype} values: "
+                           f"{exc}") from None
 
 
 def _from_raw(t: InputTensor, dtype: DType, shape: tuple[int, ...], count: int) -> np.ndarray:

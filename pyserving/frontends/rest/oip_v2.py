@@ -41,6 +41,7 @@ from pyserving.frontends.oip import (
     repository_index,
     servable_request,
 )
+from pyserving.frontends.rest import fast_json
 from pyserving.frontends.rest.body import OFF_LOOP_BYTES, check_decoded_size, decoded_body, in_decoder_thread
 from pyserving.frontends.rest.errors import http_status
 from pyserving.frontends.rest.tfserving_v1 import VERSION_HEADER, decode_part, request_path
@@ -76,6 +77,35 @@ def _parameters(doc: Mapping[str, Any], what: str) -> Mapping[str, Any]:
     if not isinstance(parameters, dict):
         raise _invalid(f"{what}: 'parameters' must be a JSON object")
     return parameters
+
+
+def _loads(header: bytes) -> Any:
+    """The request's JSON as orjson reads it, except that a big all-number `data` comes back as a numpy array
+    (fast_json: an image's 3 MB of JSON numbers decode ~4x faster, and take 8 bytes a number, not a Python float's
+    32). A document with NaN or Infinity, which fast_json accepts and orjson refuses, or one fast_json finds
+    malformed is read by orjson: V2 clients are refused what they were, in the same words."""
+    if len(header) < fast_json.MIN_FAST_BYTES or _may_hold_nonfinite(header):
+        return orjson.loads(header)
+    try:
+        return fast_json.loads(header)
+    except fast_json.JsonParseError:
+        return orjson.loads(header)
+
+
+def _may_hold_nonfinite(body: bytes) -> bool:
+    """Whether `body` holds the word NaN or Infinity anywhere (or has too many capitals to say cheaply). Looking
+    for the capital is memchr's job; `b"NaN" in body` took 1.9 ms of a 3 MB body, a third of its decode."""
+    for word in (b"NaN", b"Infinity"):
+        at = body.find(word[:1])
+        for _ in range(64):  # ("FP32", "INT64", input names: a few capitals are usual; thousands are not)
+            if at < 0:
+                break
+            if body.startswith(word, at):
+                return True
+            at = body.find(word[:1], at + 1)
+        else:
+            return True
+    return False
 
 
 def parse_infer(doc: Any, binary: memoryview) -> tuple[list[InputTensor], list[RequestedOutput], Mapping[str, Any]]:
@@ -282,7 +312,7 @@ class OipV2:
         check_decoded_size(header, self._max_body)
         off_loop = len(raw) >= OFF_LOOP_BYTES
         try:
-            doc = await in_decoder_thread(orjson.loads, header) if off_loop else orjson.loads(header)
+            doc = await in_decoder_thread(_loads, header) if off_loop else _loads(header)
         except orjson.JSONDecodeError as exc:
             raise _invalid(f"The inference request is not valid JSON: {exc}") from None
         inputs, requested, parameters = parse_infer(doc, view[split:])
