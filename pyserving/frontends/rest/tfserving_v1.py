@@ -226,6 +226,9 @@ class TfServingV1:
                 inputs, _ = await in_decoder_thread(json_codec.predict_inputs, doc, sig)
             else:
                 inputs, _ = json_codec.predict_inputs(doc, sig)
+            # The document is not read again: its arrays (float64 where the signature wants float32: twice the
+            # tensor) go now rather than after the model has answered, a whole batch wait later.
+            doc.clear()
             info.inputs = inputs
             result = await self._service.predict(PredictRequest(
                 model=target, inputs=inputs, signature_name=sig_name, timeout_s=self._timeout_s, headers=headers,
