@@ -308,7 +308,7 @@ class OipV2:
         else:
             split = len(raw)
         view = memoryview(raw)
-        header = bytes(view[:split])
+        header = raw if split == len(raw) else bytes(view[:split])  # all JSON: no copy of it
         check_decoded_size(header, self._max_body)
         off_loop = len(raw) >= OFF_LOOP_BYTES
         try:
@@ -324,6 +324,9 @@ class OipV2:
         info.version, info.signature = route.servable.version, sig.name
         arrays = (await in_decoder_thread(decode_inputs, inputs, sig, target.name) if off_loop
                   else decode_inputs(inputs, sig, target.name))
+        # the document's arrays (float64 where the model wants float32) go now, not after the model answers
+        request_id = doc.get("id")
+        del doc, inputs
         info.inputs = arrays
         result = await self._service.predict(PredictRequest(
             model=target, inputs=arrays, signature_name=sig_name, output_filter=[o.name for o in requested],
@@ -336,8 +339,8 @@ class OipV2:
         tensors = [output_tensor(name, result.outputs[name]) for name in names]
         binary = [all_binary if wanted.get(name) is None else bool(wanted[name]) for name in names]
         head: dict[str, Any] = {"model_name": result.servable.name, "model_version": str(result.servable.version)}
-        if isinstance(doc.get("id"), str):
-            head["id"] = doc["id"]
+        if isinstance(request_id, str):
+            head["id"] = request_id
         if off_loop or sum(t.array.nbytes for t in tensors) >= OFF_LOOP_BYTES:
             body, header_length = await in_decoder_thread(encode_infer, tensors, binary, head)
         else:
