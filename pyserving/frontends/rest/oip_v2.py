@@ -81,9 +81,9 @@ def _parameters(doc: Mapping[str, Any], what: str) -> Mapping[str, Any]:
 
 def _loads(header: bytes) -> Any:
     """The request's JSON as orjson reads it, except that a big all-number `data` comes back as a numpy array
-    (fast_json: an image's 3 MB of JSON numbers decode ~4x faster, and take 8 bytes a number, not a Python float's
-    32). A document with NaN or Infinity, which fast_json accepts and orjson refuses, or one fast_json finds
-    malformed is read by orjson: V2 clients are refused what they were, in the same words."""
+    (fast_json: an image's 3 MB of JSON numbers decode 2x faster flat, 6x nested, and take 8 bytes a number, not a
+    Python float's 32). A document with NaN or Infinity, which fast_json accepts and orjson refuses, or one
+    fast_json finds malformed is read by orjson: V2 clients are refused what they were, in the same words."""
     if len(header) < fast_json.MIN_FAST_BYTES or _may_hold_nonfinite(header):
         return orjson.loads(header)
     try:
