@@ -473,8 +473,9 @@ def _dumps(doc: Any, non_finite: Callable[[], bool]) -> bytes:
     else:
         body = orjson.dumps(doc, option=_DUMPS_OPTIONS)
     # orjson writes NaN and Infinity as null, and nothing else in an answer is null: scan the bytes (C speed) before
-    # paying for a check of every output.
-    if b"null" not in body or not non_finite():
+    # paying for a check of every output. Numbers hold no 'l', so memchr answers for most bodies first (`b"null" in
+    # body` compares byte by byte: 1.3 ms of an image-sized answer's 1.7 MB).
+    if b"l" not in body or b"null" not in body or not non_finite():
         return body
     # TF Serving writes bare NaN/Infinity. Shortest float repr is kept by going through str() of the numpy scalar,
     # which prints float32 values as float32 ("0.1", not "0.10000000149").
