@@ -82,7 +82,8 @@ def start_server(args: list[str], log: Path, ready: list[str], rest_port: int, t
                  src: Path = REPO) -> subprocess.Popen[bytes]:
     """`python -m pyserving serve ARGS` in its own process group, ready once GET /v1/models/M says AVAILABLE for
     every M in `ready`."""
-    env = dict(os.environ, PYTHONPATH=str(src), PYTHONUNBUFFERED="1")
+    # PYTHONSAFEPATH: else `python -m` run from another pyserving tree would import that tree, not `src`
+    env = dict(os.environ, PYTHONPATH=str(src), PYTHONUNBUFFERED="1", PYTHONSAFEPATH="1")
     env.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
     with log.open("wb") as out:
         proc = subprocess.Popen([sys.executable, "-m", "pyserving", "serve", *args], stdout=out,

@@ -95,7 +95,9 @@ def start(model: Path, tls: Path | None, auth: Path | None, log: Path, *, src: P
            f"--rest_api_port={rest}", "--model_name=small", f"--model_base_path={model}", *extra]
     cmd += [f"--ssl_config_file={tls}"] if tls else []
     cmd += [f"--auth_config_file={auth}"] if auth else []
-    env = dict(os.environ, PYTHONPATH=str(src))
+    # PYTHONSAFEPATH: `python -m` would put the current directory first on sys.path, and run from the repository
+    # root that tree would shadow `src` (bench/ab_commits.py then compared the checkout with itself)
+    env = dict(os.environ, PYTHONPATH=str(src), PYTHONSAFEPATH="1")
     proc = subprocess.Popen(cmd, stdout=log.open("wb"), stderr=subprocess.STDOUT, env=env, start_new_session=True)
     deadline = time.monotonic() + 120
     while time.monotonic() < deadline:
