@@ -5,7 +5,7 @@ again. Here each big all-number '[...]' is found from the raw bytes (its bracket
 shape and proves it rectangular), its numbers are read by simdjson (pysimdjson) straight into one buffer, the
 rest of the document ("skeleton", one placeholder per array) is parsed by orjson, and the arrays are put back.
 The usual document, one big array between its first '[' and last ']', skips the search for spans (_one_span);
-so does the Open Inference Protocol's, a flat array after its last string.
+so does the Open Inference Protocol's, a flat array between two of its strings.
 Where simdjson is not installed or refuses an array, vectorised numpy reads it (SWAR digit decoding, exact
 float64 rounding). Anything unusual falls back to the plain path, which also reports errors, so results and
 errors always match it.
@@ -222,7 +222,7 @@ def _one_span(body: bytes, q: np.ndarray) -> list[tuple[int, int, np.ndarray]]:
         return []  # (past _ROWS_MAX_BYTES the copy and layout below would add ~2x the span to the numpy path's own)
     if np.searchsorted(q, lo) != np.searchsorted(q, hi) or np.searchsorted(q, lo) % 2:
         # a string between them (two arrays, or an object), or still inside one
-        return _flat_after_strings(body, q)
+        return _flat_between_strings(body, q)
     if body.find(b"[", lo + 1, hi) < 0:
         # One dimension (V2's flat `data`, a column of scalars): no layout to prove, and simdjson counts the
         # numbers (the layout's translate was a quarter of such a decode). Past one parse's size, the scan decides.
@@ -238,18 +238,25 @@ def _one_span(body: bytes, q: np.ndarray) -> list[tuple[int, int, np.ndarray]]:
     return [] if arr is None else [(lo, hi, arr.reshape(shape))]
 
 
-def _flat_after_strings(body: bytes, q: np.ndarray) -> list[tuple[int, int, np.ndarray]]:
+def _flat_between_strings(body: bytes, q: np.ndarray) -> list[tuple[int, int, np.ndarray]]:
     """The Open Inference Protocol's document, {"inputs": [{"name": "x", "shape": [...], "datatype": "FP32",
-    "data": [...]}]}: after its last string, one big flat array of numbers (the shape's '[' came first). No string
-    follows the last quote, so the first ']' after a '[' there, with no '[' between, closes it. It is the only big
-    array when what comes before the last string is too short to hold one and no '[' follows it (else the scan
-    finds them all)."""
-    if not q.size or int(q[-1]) >= MIN_FAST_BYTES:
+    "data": [...]}], "outputs": [...]}: one big flat array of numbers in the longest stretch between two strings (the
+    shape's '[' came first; tritonclient puts "outputs" or "parameters" after it). No string lies in that stretch,
+    so the first ']' after a '[' there, with no '[' between, closes it. It is the only big array when what lies
+    outside the stretch is too short to hold one and no other '[' follows it in the stretch (else the scan finds
+    them all)."""
+    if not q.size or q.size % 2:
         return []
-    lo = body.find(b"[", int(q[-1]) + 1)
-    hi = body.find(b"]", lo + 1) if lo >= 0 else -1
+    after = np.concatenate(([-1], q[1::2]))  # each string's closing quote (-1: the document's start)
+    before = np.concatenate((q[0::2], [len(body)]))  # the next string's opening quote (or the document's end)
+    k = int(np.argmax(before - after))
+    start, stop = int(after[k]), int(before[k])
+    if len(body) - (stop - start) >= MIN_FAST_BYTES:
+        return []
+    lo = body.find(b"[", start + 1, stop)
+    hi = body.find(b"]", lo + 1, stop) if lo >= 0 else -1
     if hi - lo + 1 < max(MIN_FAST_BYTES, 2) or hi - lo >= _SIMD_MAX_BYTES or body.find(b"[", lo + 1, hi) >= 0 \
-            or body.find(b"[", hi) >= 0:
+            or body.find(b"[", hi, stop) >= 0:
         return []
     arr = _simd_numbers(body, lo, hi, None)
     return [(lo, hi, arr)] if arr is not None and arr.size else []

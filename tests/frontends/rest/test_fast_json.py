@@ -419,13 +419,14 @@ RECT = np.arange(120).reshape(40, 3).tolist()
         ({"a": [1.5] * 100 + [True]}, False),
         ({"a": [1.5] * 100 + [{}]}, False),
         ({"a": list(range(100)) + [2**63]}, False),  # past int64: stays a list
-        # the Open Inference Protocol's flat `data`, after the shape's array: the one big array after the last string
+        # the Open Inference Protocol's flat `data`, after the shape's array: the one big array between two strings
         ({"inputs": [{"name": "x", "shape": [300], "datatype": "FP32", "data": [0.5] * 300}]}, True),
+        ({"inputs": [{"name": "x", "shape": [300], "datatype": "FP32", "data": [0.5] * 300}],  # as tritonclient
+          "outputs": [{"name": "y", "parameters": {"binary_data": False}}]}, True),
         ({"inputs": [{"name": "x", "shape": [40, 3], "datatype": "FP32", "data": RECT}]}, False),  # nested: scan
-        ({"inputs": [{"name": "x", "shape": [300], "datatype": "FP32", "data": [0.5] * 300}],
-          "outputs": [{"name": "y"}]}, False),
         ({"inputs": [{"name": n, "shape": [300], "datatype": "FP32", "data": [0.5] * 300} for n in "ab"]}, False),
         (["s", [0.5] * 300, [0.25] * 300], False),  # another big array after it
+        ({"a": [0.5] * 300, "b": "s", "c": [0.25] * 300}, False),  # and one in another stretch
     ],
 )
 def test_one_big_array_skips_the_scan(reader: str, monkeypatch: pytest.MonkeyPatch, doc: Any, one: bool) -> None:
