@@ -225,9 +225,8 @@ def _one_span(body: bytes, q: np.ndarray) -> list[tuple[int, int, np.ndarray]]:
         return _flat_between_strings(body, q)
     if body.find(b"[", lo + 1, hi) < 0:
         # One dimension (V2's flat `data`, a column of scalars): no layout to prove, and simdjson counts the
-        # numbers (the layout's translate was a quarter of such a decode). Past one parse's size, the scan decides.
-        arr = _simd_numbers(body, lo, hi, None) if hi - lo < _SIMD_MAX_BYTES else None
-        return [(lo, hi, arr)] if arr is not None and arr.size else []
+        # numbers (the layout's translate was a quarter of such a decode)
+        return _flat(body, lo, hi)
     if hi - lo >= _SIMD_MAX_BYTES and body[lo + 1] != 91:
         return []  # _simd_rows could not cut it (indented): spare the layout, the scan decides
     shape = _shape(body[lo : hi + 1].translate(None, _NOT_LAYOUT))
@@ -244,9 +243,7 @@ def _flat_between_strings(body: bytes, q: np.ndarray) -> list[tuple[int, int, np
     shape's '[' came first; tritonclient puts "outputs" or "parameters" after it). No string lies in that stretch,
     so the first ']' after a '[' there, with no '[' between, closes it. It is the only big array when what lies
     outside the stretch is too short to hold one and no other '[' follows it in the stretch (else the scan finds
-    them all)."""
-    if not q.size or q.size % 2:
-        return []
+    them all). `q` holds a string's quotes at least, in pairs (_one_span's caller saw to it)."""
     after = np.concatenate(([-1], q[1::2]))  # each string's closing quote (-1: the document's start)
     before = np.concatenate((q[0::2], [len(body)]))  # the next string's opening quote (or the document's end)
     k = int(np.argmax(before - after))
@@ -255,10 +252,15 @@ def _flat_between_strings(body: bytes, q: np.ndarray) -> list[tuple[int, int, np
         return []
     lo = body.find(b"[", start + 1, stop)
     hi = body.find(b"]", lo + 1, stop) if lo >= 0 else -1
-    if hi - lo + 1 < max(MIN_FAST_BYTES, 2) or hi - lo >= _SIMD_MAX_BYTES or body.find(b"[", lo + 1, hi) >= 0 \
-            or body.find(b"[", hi, stop) >= 0:
+    if hi - lo + 1 < max(MIN_FAST_BYTES, 2) or body.find(b"[", lo + 1, hi) >= 0 or body.find(b"[", hi, stop) >= 0:
         return []
-    arr = _simd_numbers(body, lo, hi, None)
+    return _flat(body, lo, hi)
+
+
+def _flat(body: bytes, lo: int, hi: int) -> list[tuple[int, int, np.ndarray]]:
+    """The flat array body[lo : hi+1] read by one simdjson parse; [] past one parse's size, or where simdjson
+    refuses it (the scan then decides)."""
+    arr = _simd_numbers(body, lo, hi, None) if hi - lo < _SIMD_MAX_BYTES else None
     return [(lo, hi, arr)] if arr is not None and arr.size else []
 
 
