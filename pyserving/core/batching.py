@@ -10,7 +10,7 @@ Shape: one BatchScheduler per batch-thread pool (TF Serving's shared scheduler: 
 at once, queues served round-robin); one Batcher per loaded version, attached at load and closed at unload; inside
 it one BatchQueue per (signature, inputs, outputs, dtypes and non-batch shapes). Queues and the scheduler live on
 the event loop and are touched only from its thread; concatenation, the model call and splitting run in a worker
-thread.
+thread, or on the loop for a small batch of a model measured fast (core/handoff.py Pace).
 """
 
 from __future__ import annotations
@@ -19,6 +19,7 @@ import asyncio
 import collections
 import itertools
 import logging
+import math
 import os
 import time
 from collections.abc import Callable, Mapping, Sequence
@@ -27,7 +28,7 @@ from dataclasses import dataclass, field
 
 import numpy as np
 
-from pyserving.core.handoff import ModelCalls
+from pyserving.core.handoff import ModelCalls, Pace
 from pyserving.core.ids import ServableId
 from pyserving.errors import Code, ServingError
 from pyserving.options import BatchingOptions, ModelConfig
@@ -72,10 +73,14 @@ class _Batch:
 class BatchQueue:
     """The tasks of one signature/input/output set of one version, grouped into batches in arrival order."""
 
-    def __init__(self, batcher: Batcher, signature: str, output_keys: tuple[str, ...]) -> None:
+    def __init__(
+        self, batcher: Batcher, signature: str, output_keys: tuple[str, ...], row_bytes: int | None = None,
+    ) -> None:
         self._batcher = batcher
         self.signature = signature
         self.output_keys = output_keys
+        self.row_bytes = row_bytes
+        """Input bytes per row, the same for every task here (None: strings, or padded shapes)."""
         self.batches: collections.deque[_Batch] = collections.deque()
         self.queued_tasks = 0
 
@@ -159,6 +164,7 @@ class BatchScheduler:
         self._next = 0
         self._timer: asyncio.TimerHandle | None = None
         self._timer_at = 0.0
+        self._pumping = False
         self._retired = False
         """Whether some queue belongs to a retired batcher (dropped once empty)."""
 
@@ -183,6 +189,15 @@ class BatchScheduler:
 
     def pump(self) -> None:
         """Start every batch that may run now; arm a timer for the earliest one that may run later."""
+        if self._pumping:  # a batch run inline finished within pump: the loop below goes on
+            return
+        self._pumping = True
+        try:
+            self._pump()
+        finally:
+            self._pumping = False
+
+    def _pump(self) -> None:
         loop = asyncio.get_running_loop()
         now = time.monotonic()
         while self._free > 0 and self._queues:
@@ -227,10 +242,19 @@ class BatchScheduler:
 
     def _start(self, batch: _Batch) -> None:
         """Hand the batch to a lane: its answer comes back with other answers in one loop callback, which
-        completes every caller's future at once (no task, no executor future per batch)."""
+        completes every caller's future at once (no task, no executor future per batch). A small batch of a
+        model measured fast runs here on the loop instead, as unbatched calls do (core/handoff.py Pace): for a
+        model of tens of microseconds the hand-over to a lane and back cost more than the batch."""
         self._free -= 1
+        queue = batch.queue
+        batcher = queue._batcher
         try:
-            self._calls.start(_BatchRun(self, batch), batch.queue._batcher.execute, batch)
+            if batcher.pace is None:
+                self._calls.start(_BatchRun(self, batch), batcher.execute, batch)
+            else:
+                nbytes = None if queue.row_bytes is None else queue.row_bytes * _allowed_size(
+                    batch.size, batcher.options.allowed_batch_sizes)
+                self._calls.start_paced(_BatchRun(self, batch), batcher.pace, nbytes, batcher.execute, batch)
         except BaseException as exc:  # the executor is shut down (server stopping): the batch's callers hear so
             _BatchRun(self, batch).finish(None, exc, pump=False)
 
@@ -302,8 +326,11 @@ class Batcher:
         scheduler: BatchScheduler,
         loop: asyncio.AbstractEventLoop | None = None,
         on_batch: BatchObserver | None = None,
+        pace: Pace | None = None,
     ) -> None:
         self.options = options
+        self.pace = pace
+        """How fast this version's small batches are, for a runtime that may run them on the loop (None: never)."""
         self._run = run
         self._scheduler = scheduler
         self._queues: dict[tuple[object, ...], BatchQueue] = {}
@@ -354,7 +381,10 @@ class Batcher:
         ))
         queue = self._queues.get(key)
         if queue is None:
-            queue = self._queues[key] = BatchQueue(self, signature, outputs)
+            row_bytes = None if self.options.pad_variable_length_inputs or any(
+                v.dtype.hasobject for v in inputs.values()) else sum(
+                v.dtype.itemsize * math.prod(v.shape[1:]) for v in inputs.values())
+            queue = self._queues[key] = BatchQueue(self, signature, outputs, row_bytes)
             self._scheduler.add(queue)
             if self.retired:  # retired before it ever ran: this late request's queue must leave once empty too
                 self._scheduler._retired = True
@@ -399,7 +429,8 @@ class Batcher:
         return sizes.pop()
 
     def execute(self, batch: _Batch) -> list[dict[str, np.ndarray]]:
-        """Worker thread: concatenate the pieces, pad, run once, split the outputs back (padding trimmed)."""
+        """Worker thread (or the loop, paced): concatenate the pieces, pad, run once, split the outputs back
+        (padding trimmed)."""
         queue = batch.queue
         started = time.monotonic()
         first = batch.pieces[0].task.inputs
@@ -531,4 +562,5 @@ class BatcherFactory:
             if on_batch is not None:
                 on_batch(model.name, version.version, name, size, task_sizes, queued_s)
 
-        return Batcher(servable.run, batching, scheduler, self._loop(), observe)
+        pace = Pace() if getattr(servable, "inline_when_fast", False) else None
+        return Batcher(servable.run, batching, scheduler, self._loop(), observe, pace)

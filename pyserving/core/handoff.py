@@ -209,22 +209,32 @@ class ModelCalls:
         """`run`, but inline on the loop when `pace` says the model is fast and the request (`nbytes` of input,
         None: unknown, never inline) is small; a small request's time feeds `pace` either way."""
         future = asyncio.get_running_loop().create_future()
+        self.start_paced(future, pace, nbytes, fn, *args)
+        return future
+
+    def start_paced(self, target: Answer, pace: Pace, nbytes: int | None, fn: Callable[..., Any], *args: Any) -> None:
+        """`start`, paced as `run_paced` is. Inline, `target` has its answer before this returns."""
         small = nbytes is not None and nbytes <= INLINE_MAX_BYTES
         if small and pace.fast:
             watch = pace.watching
             started = time.perf_counter()
             cpu_started = time.thread_time() if watch else 0.0
+            error: BaseException | None = None
             try:
-                future.set_result(fn(*args))
+                value = fn(*args)
             except BaseException as exc:  # noqa: BLE001 - the caller's await re-raises it
-                future.set_exception(exc)
-            seconds = time.perf_counter() - started
-            pace.inline_call(seconds, time.thread_time() - cpu_started if watch else None)
+                error, value = exc, None
+            # only the call is timed: what the answer wakes (a batch completes all its callers) is not the model's
+            pace.inline_call(time.perf_counter() - started, time.thread_time() - cpu_started if watch else None)
+            if error is not None:
+                target.set_exception(error)
+                del error  # its traceback holds this frame: no cycle left for the collector
+            else:
+                target.set_result(value)
         elif small:
-            self.start(future, _timed, pace, fn, *args)
+            self.start(target, _timed, pace, fn, *args)
         else:
-            self.start(future, fn, *args)
-        return future
+            self.start(target, fn, *args)
 
     def start(self, target: Answer, fn: Callable[..., Any], *args: Any) -> None:
         """On the event loop: queue the call; its answer goes to `target.set_result` (or `set_exception`) on the

@@ -810,3 +810,122 @@ def test_a_shut_down_executor_fails_the_batch_and_gives_its_thread_back() -> Non
         assert model.calls == []
 
     run(main())
+
+
+# --- a fast model's small batches on the event loop ----------------------------------------------------------------
+
+def paced_engine_run(
+    model: Model, batches: Sequence[Task], *, blocker: Task | None = None, **options: Any,
+) -> tuple[list[str], list[Any]]:
+    """Batches of one task each (max_batch_size 1 unless the test says) through a Batcher with a Pace, one after the
+    other: where each model call ran ("loop" or "lane") and every task's result."""
+    from pyserving.core.handoff import Pace
+
+    where: list[str] = []
+    respond = model.respond
+
+    def recording(inputs: Mapping[str, np.ndarray], output_keys: Sequence[str]) -> dict[str, np.ndarray]:
+        where.append("loop" if threading.get_ident() == loop_thread else "lane")
+        return respond(inputs, output_keys)
+
+    model.respond = recording
+    loop_thread = threading.get_ident()
+    opts = BatchingOptions(**{"max_batch_size": 1, "batch_timeout_micros": 0, "num_batch_threads": 1,
+                              "max_enqueued_batches": 100_000, **options})
+
+    async def main() -> list[Any]:
+        with ThreadPoolExecutor(4) as pool:
+            batcher = Batcher(model, opts, BatchScheduler(1, pool), pace=Pace())
+            results = []
+            for t in batches:
+                try:
+                    results.append(await batcher.run(*t))
+                except ServingError as exc:
+                    results.append(exc)
+            return results
+
+    return where, run(main())
+
+
+def test_a_fast_models_small_batches_run_on_the_loop_after_one_window() -> None:
+    from pyserving.core.handoff import PACE_WINDOW
+
+    ts = tasks_of([1] * (PACE_WINDOW + 6))
+    where, results = paced_engine_run(Model(), ts)
+    assert where == ["lane"] * PACE_WINDOW + ["loop"] * 6
+    for t, result in zip(ts, results):
+        assert_own_rows(t, result)
+
+
+@pytest.mark.parametrize(
+    ("make", "options"),
+    [
+        # 4 rows of 5,000 float32: 80 kB, over what runs inline
+        pytest.param(lambda i: task(4, offset=i, width=5_000), dict(max_batch_size=4), id="big-batch"),
+        # padded up to 4 allowed rows of 4,500 float32 (72 kB) although the task has one
+        pytest.param(lambda i: task(1, offset=i, width=4_500), dict(max_batch_size=4, allowed_batch_sizes=(4,)),
+                     id="padded-big"),
+        pytest.param(lambda i: (SIG, {"x": np.array([[f"s{i}"]], object)}, ("y",)), {}, id="strings"),
+        pytest.param(lambda i: task(1, offset=i), dict(pad_variable_length_inputs=True), id="padded-shapes"),
+    ],
+)
+def test_big_string_and_padded_batches_stay_in_lanes(make: Callable[[int], Task], options: dict[str, Any]) -> None:
+    from pyserving.core.handoff import PACE_WINDOW
+
+    def respond(inputs: Mapping[str, np.ndarray], output_keys: Sequence[str]) -> dict[str, np.ndarray]:
+        return {"y": inputs["x"]}
+
+    where, results = paced_engine_run(Model(respond=respond), [make(i) for i in range(PACE_WINDOW * 2 + 2)],
+                                      **options)
+    assert set(where) == {"lane"}
+    assert not any(isinstance(r, BaseException) for r in results), results
+
+
+def test_an_inline_batch_that_fails_fails_only_its_callers() -> None:
+    from pyserving.core.handoff import PACE_WINDOW
+
+    ts = tasks_of([1] * (PACE_WINDOW + 2)) + [(SIG, {"x": np.array([[MARKER]], np.float32)}, ("y",))]
+    ts += tasks_of([1] * 3)
+    where, results = paced_engine_run(Model(respond=failing(raise_(RuntimeError("boom")))), ts)
+    assert where[PACE_WINDOW:] == ["loop"] * 6
+    failed = results[PACE_WINDOW + 2]
+    assert isinstance(failed, ServingError) and failed.code == Code.INTERNAL and failed.message == "RuntimeError: boom"
+    for t, result in zip(ts[:PACE_WINDOW + 2] + ts[PACE_WINDOW + 3:], results[:PACE_WINDOW + 2] + results[PACE_WINDOW + 3:]):
+        assert_own_rows(t, result)
+
+
+def test_thousands_of_queued_batches_run_inline_in_one_pump_without_recursion() -> None:
+    """A batch run on the loop finishes inside the pump that started it; were its finish to pump again, a queue of
+    thousands of batches released at once would recurse thousands deep."""
+    from pyserving.core.handoff import PACE_WINDOW, Pace
+
+    model = Model()
+    where: list[str] = []
+
+    def recording(inputs: Mapping[str, np.ndarray], output_keys: Sequence[str]) -> dict[str, np.ndarray]:
+        where.append("loop" if threading.get_ident() == loop_thread else "lane")
+        return answer(inputs, output_keys)
+
+    model.respond = recording
+    loop_thread = threading.get_ident()
+    opts = BatchingOptions(max_batch_size=1, batch_timeout_micros=0, num_batch_threads=1, max_enqueued_batches=100_000)
+
+    async def main() -> None:
+        with ThreadPoolExecutor(4) as pool:
+            batcher = Batcher(model, opts, BatchScheduler(1, pool), pace=Pace())
+            for t in tasks_of([1] * PACE_WINDOW):  # learn that it is fast
+                await batcher.run(*t)
+            model.gate.clear()  # the only batch thread held, in a lane, by a batch too big to run inline
+            blocker = batcher.run(BLOCKER, {"x": np.zeros((1, 20_000), np.float32)}, ("y",))
+            await until(lambda: model.active == 1)
+            ts = tasks_of([1] * 3000)
+            futures = start(batcher, ts)
+            await settle()
+            assert batcher.queue_length == len(ts)
+            model.gate.set()
+            await blocker
+            for t, result in zip(ts, await asyncio.gather(*futures)):
+                assert_own_rows(t, result)
+
+    run(main())
+    assert where == ["lane"] * (PACE_WINDOW + 1) + ["loop"] * 3000
