@@ -8,6 +8,8 @@ REST (wrk), next to a bare grpc.aio servicer and a bare starlette app doing the 
 Servers, all started once and kept up (idle ones cost nothing), measured in turn, `--rounds` times:
   * bare-grpc: bench/peers/grpc_servicer.py, grpc.aio decoding the PredictRequest and answering a fixed
     PredictResponse (the gRPC ceiling);
+  * bare-grpc-hop: the same servicer making one round trip per call to an echo process (`--hop`): the floor of a
+    server whose model lives in another process (pyserving's front ends and model process);
   * bare-starlette: bench/peers/starlette_app.py, uvicorn + starlette + orjson + the model's math in numpy (the
     REST ceiling);
   * pyserving: `pyserving serve` of the small model (no batching) from --src (default: this checkout), with serve's
@@ -96,6 +98,11 @@ def start_servers(args: argparse.Namespace, model: Path, logs: Path) -> list[Ser
         p = start("bare-grpc", [sys.executable, str(BENCH / "peers" / "grpc_servicer.py"), str(port)], logs)
         wait_log(p, logs, "bare-grpc", "bare grpc.aio servicer on", 60)
         servers.append(Server("bare-grpc", p, {"gRPC": f"http://127.0.0.1:{port}{PREDICT_GRPC}"}))
+        port = free_port()
+        p = start("bare-grpc-hop", [sys.executable, str(BENCH / "peers" / "grpc_servicer.py"), str(port), "--hop"],
+                  logs)
+        wait_log(p, logs, "bare-grpc-hop", "bare grpc.aio servicer on", 60)
+        servers.append(Server("bare-grpc-hop", p, {"gRPC": f"http://127.0.0.1:{port}{PREDICT_GRPC}"}))
     if "rest" in args.protocols:
         port = free_port()
         p = start("bare-starlette", [sys.executable, str(BENCH / "peers" / "starlette_app.py"),
