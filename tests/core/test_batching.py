@@ -814,28 +814,37 @@ def test_a_shut_down_executor_fails_the_batch_and_gives_its_thread_back() -> Non
 
 # --- a fast model's small batches on the event loop ----------------------------------------------------------------
 
-def paced_engine_run(
-    model: Model, batches: Sequence[Task], *, blocker: Task | None = None, **options: Any,
-) -> tuple[list[str], list[Any]]:
-    """Batches of one task each (max_batch_size 1 unless the test says) through a Batcher with a Pace, one after the
-    other: where each model call ran ("loop" or "lane") and every task's result."""
-    from pyserving.core.handoff import Pace
-
+def record_where(model: Model) -> list[str]:
+    """Where each of `model`'s calls from now on runs: "loop" (this thread, the event loop's) or "lane"."""
     where: list[str] = []
-    respond = model.respond
+    respond, loop_thread = model.respond, threading.get_ident()
 
     def recording(inputs: Mapping[str, np.ndarray], output_keys: Sequence[str]) -> dict[str, np.ndarray]:
         where.append("loop" if threading.get_ident() == loop_thread else "lane")
         return respond(inputs, output_keys)
 
     model.respond = recording
-    loop_thread = threading.get_ident()
+    return where
+
+
+def paced_batcher(model: Model, pool: ThreadPoolExecutor, **options: Any) -> Batcher:
+    """A Batcher with a Pace, as a runtime that may run on the loop gets; one batch thread, one-task batches that
+    run at once, unless the test says."""
+    from pyserving.core.handoff import Pace
+
     opts = BatchingOptions(**{"max_batch_size": 1, "batch_timeout_micros": 0, "num_batch_threads": 1,
                               "max_enqueued_batches": 100_000, **options})
+    return Batcher(model, opts, BatchScheduler(opts.num_batch_threads, pool), pace=Pace())
+
+
+def paced_engine_run(model: Model, batches: Sequence[Task], **options: Any) -> tuple[list[str], list[Any]]:
+    """`batches` through a paced Batcher, one after the other: where each model call ran and every task's result
+    (or its ServingError)."""
+    where = record_where(model)
 
     async def main() -> list[Any]:
         with ThreadPoolExecutor(4) as pool:
-            batcher = Batcher(model, opts, BatchScheduler(1, pool), pace=Pace())
+            batcher = paced_batcher(model, pool, **options)
             results = []
             for t in batches:
                 try:
@@ -897,22 +906,14 @@ def test_an_inline_batch_that_fails_fails_only_its_callers() -> None:
 def test_thousands_of_queued_batches_run_inline_in_one_pump_without_recursion() -> None:
     """A batch run on the loop finishes inside the pump that started it; were its finish to pump again, a queue of
     thousands of batches released at once would recurse thousands deep."""
-    from pyserving.core.handoff import PACE_WINDOW, Pace
+    from pyserving.core.handoff import PACE_WINDOW
 
     model = Model()
-    where: list[str] = []
-
-    def recording(inputs: Mapping[str, np.ndarray], output_keys: Sequence[str]) -> dict[str, np.ndarray]:
-        where.append("loop" if threading.get_ident() == loop_thread else "lane")
-        return answer(inputs, output_keys)
-
-    model.respond = recording
-    loop_thread = threading.get_ident()
-    opts = BatchingOptions(max_batch_size=1, batch_timeout_micros=0, num_batch_threads=1, max_enqueued_batches=100_000)
+    where = record_where(model)
 
     async def main() -> None:
         with ThreadPoolExecutor(4) as pool:
-            batcher = Batcher(model, opts, BatchScheduler(1, pool), pace=Pace())
+            batcher = paced_batcher(model, pool)
             for t in tasks_of([1] * PACE_WINDOW):  # learn that it is fast
                 await batcher.run(*t)
             model.gate.clear()  # the only batch thread held, in a lane, by a batch too big to run inline
