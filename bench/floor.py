@@ -12,6 +12,8 @@ Servers, all started once and kept up (idle ones cost nothing), measured in turn
     server whose model lives in another process (pyserving's front ends and model process);
   * bare-starlette: bench/peers/starlette_app.py, uvicorn + starlette + orjson + the model's math in numpy (the
     REST ceiling);
+  * bare-starlette-hop: the same app making one round trip per request to an echo process (`--hop`), REST's
+    floor of a server with a model process;
   * pyserving: `pyserving serve` of the small model (no batching) from --src (default: this checkout), with serve's
     defaults (one front-end process per core);
   * pyserving[NAME] (with --variant NAME=FLAGS): the same with more flags, e.g. one-process=--frontend_processes=0;
@@ -109,6 +111,11 @@ def start_servers(args: argparse.Namespace, model: Path, logs: Path) -> list[Ser
                                      str(model / "weights.npz"), str(port)], logs)
         wait_ready(p, f"http://127.0.0.1:{port}/readyz", "bare-starlette", logs, 60)
         servers.append(Server("bare-starlette", p, {"REST": f"http://127.0.0.1:{port}{PREDICT_REST}"}))
+        port = free_port()
+        p = start("bare-starlette-hop", [sys.executable, str(BENCH / "peers" / "starlette_app.py"),
+                                         str(model / "weights.npz"), str(port), "--hop"], logs)
+        wait_ready(p, f"http://127.0.0.1:{port}/readyz", "bare-starlette-hop", logs, 60)
+        servers.append(Server("bare-starlette-hop", p, {"REST": f"http://127.0.0.1:{port}{PREDICT_REST}"}))
     trees = [("pyserving", args.src, "")] + ([("pyserving-base", args.base_src, "")] if args.base_src else [])
     trees += [(f"pyserving[{name}]", args.src, flags) for name, flags in args.variant]
     for name, src, variant_flags in trees:

@@ -10,23 +10,22 @@ front end is measured against (bench/floor.py).
 
     python bench/peers/grpc_servicer.py PORT --hop
 
-The same, but each call first makes one round trip to a second process (an echo over a UNIX socket pair; ids
-written once per event-loop turn, as pyserving's channel to its model process writes frames): the floor of any
-server whose model lives in another process, as pyserving's front ends do.
+The same, but each call first makes one round trip to a second process (bench/peers/hop.py: an echo over a UNIX
+socket pair, ids written once per event-loop turn, as pyserving's channel to its model process writes frames): the
+floor of any server whose model lives in another process, as pyserving's front ends do.
 """
 
 import asyncio
-import itertools
-import os
-import socket
-import struct
 import sys
 from pathlib import Path
 
 import grpc
 
-sys.path.insert(0, str(Path(__file__).resolve().parents[2]))  # the messages only: TF Serving's wire format
+sys.path[:0] = [str(Path(__file__).resolve().parent),  # hop.py, also under PYTHONSAFEPATH
+                str(Path(__file__).resolve().parents[2])]  # the messages only: TF Serving's wire format
 from pyserving.codecs.tfserving.protos.predict_pb2 import PredictRequest, PredictResponse  # noqa: E402
+
+import hop  # noqa: E402  (bench/peers/hop.py: the same round trip as the bare starlette app's --hop)
 
 ANSWER = PredictResponse()
 ANSWER.model_spec.name = "small"
@@ -43,59 +42,10 @@ async def predict(request: PredictRequest, context: grpc.aio.ServicerContext) ->
     return ANSWER
 
 
-_ID = struct.Struct("<Q")
-
-
-def echo(sock: socket.socket) -> None:
-    """The other process: sends back whatever arrives, as it arrives, until the socket closes."""
-    while data := sock.recv(1 << 16):
-        sock.sendall(data)
-
-
-class Hop(asyncio.Protocol):
-    """One round trip per call to the echo process: a call's id goes out with the others of its loop turn."""
-
-    def __init__(self) -> None:
-        self.waiting: dict[int, asyncio.Future[None]] = {}
-        self.ids = itertools.count()
-        self.pending: list[bytes] = []
-        self.received = b""
-
-    def connection_made(self, transport: asyncio.BaseTransport) -> None:
-        self.transport = transport
-
-    def data_received(self, data: bytes) -> None:
-        self.received += data
-        whole = len(self.received) // _ID.size * _ID.size
-        for (call,) in _ID.iter_unpack(self.received[:whole]):
-            future = self.waiting.pop(call)
-            if not future.done():  # cancelled: the client went away (a load generator stopping)
-                future.set_result(None)
-        self.received = self.received[whole:]
-
-    async def round_trip(self) -> None:
-        call = next(self.ids)
-        future = self.waiting[call] = asyncio.get_running_loop().create_future()
-        if not self.pending:
-            asyncio.get_running_loop().call_soon(self.flush)
-        self.pending.append(_ID.pack(call))
-        await future  # its id comes back even if cancelled meanwhile, and is dropped then
-
-    def flush(self) -> None:
-        self.transport.writelines(self.pending)  # type: ignore[attr-defined]
-        self.pending = []
-
-
-async def main(port: int, hop: bool) -> None:
+async def main(port: int, with_hop: bool) -> None:
     handler = predict
-    if hop:
-        ours, theirs = socket.socketpair()
-        if os.fork() == 0:  # same process group: bench/floor.py counts its CPU with the server's
-            ours.close()
-            echo(theirs)
-            os._exit(0)
-        theirs.close()
-        _, channel = await asyncio.get_running_loop().create_unix_connection(Hop, sock=ours)
+    if with_hop:
+        channel = await hop.connect(hop.fork_echo())
 
         async def handler(request: PredictRequest, context: grpc.aio.ServicerContext) -> PredictResponse:
             await channel.round_trip()
@@ -110,7 +60,7 @@ async def main(port: int, hop: bool) -> None:
     ),))
     server.add_insecure_port(f"127.0.0.1:{port}")
     await server.start()
-    print(f"bare grpc.aio servicer on 127.0.0.1:{port}{' (one round trip to another process per call)' if hop else ''}",
+    print(f"bare grpc.aio servicer on 127.0.0.1:{port}{' (one round trip to another process per call)' if with_hop else ''}",
           flush=True)
     await server.wait_for_termination()
 
