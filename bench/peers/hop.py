@@ -1,7 +1,7 @@
 """One round trip per call to a second process: what any server whose model lives in another process pays.
 
 The bare peers' `--hop` (bench/peers/grpc_servicer.py, bench/peers/starlette_app.py) use it: `fork_echo()` before
-the server's event loop starts, `await connect(sock)` on that loop, then `await channel.round_trip()` in each call.
+the server is made, `await connect(sock)` on the server's event loop, then `await channel.round_trip()` in each call.
 Ids are written once per event-loop turn, as pyserving's channel to its model process writes its frames.
 """
 
