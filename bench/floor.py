@@ -95,27 +95,18 @@ def wait_log(proc: Any, logs: Path, name: str, text: str, timeout: float) -> Non
 
 def start_servers(args: argparse.Namespace, model: Path, logs: Path) -> list[Server]:
     servers: list[Server] = []
-    if "grpc" in args.protocols:
-        port = free_port()
-        p = start("bare-grpc", [sys.executable, str(BENCH / "peers" / "grpc_servicer.py"), str(port)], logs)
-        wait_log(p, logs, "bare-grpc", "bare grpc.aio servicer on", 60)
-        servers.append(Server("bare-grpc", p, {"gRPC": f"http://127.0.0.1:{port}{PREDICT_GRPC}"}))
-        port = free_port()
-        p = start("bare-grpc-hop", [sys.executable, str(BENCH / "peers" / "grpc_servicer.py"), str(port), "--hop"],
-                  logs)
-        wait_log(p, logs, "bare-grpc-hop", "bare grpc.aio servicer on", 60)
-        servers.append(Server("bare-grpc-hop", p, {"gRPC": f"http://127.0.0.1:{port}{PREDICT_GRPC}"}))
-    if "rest" in args.protocols:
-        port = free_port()
-        p = start("bare-starlette", [sys.executable, str(BENCH / "peers" / "starlette_app.py"),
-                                     str(model / "weights.npz"), str(port)], logs)
-        wait_ready(p, f"http://127.0.0.1:{port}/readyz", "bare-starlette", logs, 60)
-        servers.append(Server("bare-starlette", p, {"REST": f"http://127.0.0.1:{port}{PREDICT_REST}"}))
-        port = free_port()
-        p = start("bare-starlette-hop", [sys.executable, str(BENCH / "peers" / "starlette_app.py"),
-                                         str(model / "weights.npz"), str(port), "--hop"], logs)
-        wait_ready(p, f"http://127.0.0.1:{port}/readyz", "bare-starlette-hop", logs, 60)
-        servers.append(Server("bare-starlette-hop", p, {"REST": f"http://127.0.0.1:{port}{PREDICT_REST}"}))
+    for suffix, hop in (("", []), ("-hop", ["--hop"])):  # each bare peer alone, then with a round trip per call
+        if "grpc" in args.protocols:
+            name, port = f"bare-grpc{suffix}", free_port()
+            p = start(name, [sys.executable, str(BENCH / "peers" / "grpc_servicer.py"), str(port), *hop], logs)
+            wait_log(p, logs, name, "bare grpc.aio servicer on", 60)
+            servers.append(Server(name, p, {"gRPC": f"http://127.0.0.1:{port}{PREDICT_GRPC}"}))
+        if "rest" in args.protocols:
+            name, port = f"bare-starlette{suffix}", free_port()
+            p = start(name, [sys.executable, str(BENCH / "peers" / "starlette_app.py"), str(model / "weights.npz"),
+                             str(port), *hop], logs)
+            wait_ready(p, f"http://127.0.0.1:{port}/readyz", name, logs, 60)
+            servers.append(Server(name, p, {"REST": f"http://127.0.0.1:{port}{PREDICT_REST}"}))
     trees = [("pyserving", args.src, "")] + ([("pyserving-base", args.base_src, "")] if args.base_src else [])
     trees += [(f"pyserving[{name}]", args.src, flags) for name, flags in args.variant]
     for name, src, variant_flags in trees:
